@@ -1,0 +1,112 @@
+//! The graph driver contract (Docker's `daemon/graphdriver`), as a Rust trait.
+//!
+//! Semantics follow `graphdriver.md`: layers have ids and optional parents; `get`/`put` are
+//! reference counted mounts of the merged view; `diff`/`changes`/`diff_size` compare a layer with a
+//! parent, walking only the layer's own directory when the parent is its own.
+
+pub mod idmap;
+pub mod opts;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+pub use idmap::{IdMap, IdMappings};
+pub use opts::StorageOpts;
+
+/// What happened to a path between a parent and a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// The path exists in both and differs (or is a directory containing a change).
+    Modify = 0,
+    /// The path is new in the layer.
+    Add = 1,
+    /// The path was removed by the layer.
+    Delete = 2,
+}
+
+/// One entry of `changes`: an absolute path inside the layer ("/etc/passwd") and its kind.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Change {
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+/// Options given when a layer is created.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOpts {
+    /// SELinux label for the mount (kept and reported, not interpreted).
+    pub mount_label: String,
+    /// Raw storage options (`size=50M`); drivers reject keys they do not know.
+    pub storage_opt: BTreeMap<String, String>,
+}
+
+/// What a driver can promise about its archives.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The same layer always gives a byte-identical `diff` tar.
+    pub reproduces_exact_diffs: bool,
+}
+
+/// Reads files of one layer by their path inside it (Docker's `FileGetCloser`), used to rebuild
+/// a layer tar from tar-split metadata.
+pub trait FileGetter: Send {
+    /// Open the file at `path` (relative to the layer root, with or without a leading `/`).
+    fn get(&self, path: &str) -> Result<Box<dyn Read + Send>>;
+    /// Release what the getter holds. Calling `get` afterwards is an error.
+    fn close(&mut self) -> Result<()>;
+}
+
+/// A graph driver. Ids are validated by the driver; `parent` of `None` means "no parent".
+pub trait Driver: Send + Sync {
+    /// The driver's name, also the directory under the engine's root (`<root>/<name>`).
+    fn name(&self) -> &'static str;
+
+    /// Make a new empty read-only (parent) layer on top of `parent`.
+    fn create(&self, id: &str, parent: Option<&str>, opts: &CreateOpts) -> Result<()>;
+    /// Make a new empty writable (container) layer on top of `parent`.
+    fn create_read_write(&self, id: &str, parent: Option<&str>, opts: &CreateOpts) -> Result<()>;
+    /// Delete a layer. Refused while it is mounted or has children.
+    fn remove(&self, id: &str) -> Result<()>;
+    /// Mount the merged view of `id` and its parents; reference counted. Returns the mount point.
+    fn get(&self, id: &str, mount_label: &str) -> Result<PathBuf>;
+    /// Drop one reference taken by `get`; unmount at zero.
+    fn put(&self, id: &str) -> Result<()>;
+    /// Whether the layer exists.
+    fn exists(&self, id: &str) -> bool;
+    /// Human-readable diagnostics.
+    fn status(&self) -> Vec<(String, String)>;
+    /// Low-level facts about one layer (its directories, its parent chain).
+    fn get_metadata(&self, id: &str) -> Result<BTreeMap<String, String>>;
+    /// Unmount everything this driver mounted.
+    fn cleanup(&self) -> Result<()>;
+
+    /// Write the changes of `id` against `parent` as an uncompressed OCI layer tar to `out`.
+    fn diff(&self, id: &str, parent: Option<&str>, out: &mut dyn Write) -> Result<()>;
+    /// The list of changed paths of `id` against `parent`.
+    fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>>;
+    /// Unpack an uncompressed OCI layer tar into the empty layer `id`. Returns its size in bytes.
+    fn apply_diff(&self, id: &str, parent: Option<&str>, diff: &mut dyn Read) -> Result<u64>;
+    /// Bytes of files added or modified by `id` against `parent`, hard links counted once.
+    fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64>;
+    /// A getter for file contents by path within the layer.
+    fn diff_getter(&self, id: &str) -> Result<Box<dyn FileGetter>>;
+    /// Whether `path` is a live mount made by this driver.
+    fn is_mounted(&self, path: &Path) -> bool;
+    /// What the driver promises about its archives.
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// What a driver is constructed with (Docker's `graphdriver.Options` plus the engine root).
+#[derive(Debug, Clone, Default)]
+pub struct DriverConfig {
+    /// The engine's root; the driver keeps its state under `<root>/<name>`.
+    pub root: PathBuf,
+    /// Driver options (`key=value`), as given by the engine.
+    pub options: Vec<String>,
+    /// User and group id maps for layers.
+    pub id_mappings: IdMappings,
+}

@@ -1,0 +1,179 @@
+//! Every whiteout and opaque-directory format stratafs reads, and the one it writes.
+//!
+//! Read: `.wh.NAME` files (aufs/OCI/fuse-overlayfs rootless), character devices 0/0 (kernel
+//! overlayfs, fuse-overlayfs as root), `.wh..wh..opq` files and the `trusted.overlay.opaque`,
+//! `user.overlay.opaque`, `user.fuseoverlayfs.opaque` xattrs (value `y`).
+//! Write: `.wh.NAME` and `.wh..wh..opq` empty files, which need no privilege and no xattrs.
+//! This is the only module that knows these spellings.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::sys;
+
+/// Prefix of a whiteout file name.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// Name of the file that marks its directory opaque.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// Prefix of aufs-internal names (`.wh..wh.plnk`, `.wh..wh.aufs`), which are never shown.
+const META_PREFIX: &str = ".wh..wh.";
+/// The xattrs that mark a directory opaque when set to `y`.
+pub const OPAQUE_XATTRS: [&str; 3] = [
+    "trusted.overlay.opaque",
+    "user.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
+
+/// What a directory entry's name means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind<'a> {
+    /// An ordinary name.
+    Plain,
+    /// `.wh.NAME`: deletes `NAME` of lower layers.
+    Whiteout(&'a OsStr),
+    /// `.wh..wh..opq`: the directory holding it is opaque.
+    OpaqueMarker,
+    /// Another aufs-internal `.wh..wh.*` name: hidden, meaningless to us.
+    Internal,
+    /// A bare `.wh.`: invalid in an archive, hidden in a view.
+    Invalid,
+}
+
+/// Classify a directory entry name.
+pub fn classify(name: &OsStr) -> NameKind<'_> {
+    let b = name.as_bytes();
+    if !b.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+        return NameKind::Plain;
+    }
+    if b == OPAQUE_MARKER.as_bytes() {
+        return NameKind::OpaqueMarker;
+    }
+    if b.starts_with(META_PREFIX.as_bytes()) {
+        return NameKind::Internal;
+    }
+    let target = &b[WHITEOUT_PREFIX.len()..];
+    if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+        return NameKind::Invalid;
+    }
+    NameKind::Whiteout(OsStr::from_bytes(target))
+}
+
+/// The whiteout file name for `name` (`.wh.NAME`).
+pub fn whiteout_name(name: &OsStr) -> std::ffi::OsString {
+    let mut s = std::ffi::OsString::from(WHITEOUT_PREFIX);
+    s.push(name);
+    s
+}
+
+/// Whether a `stat` result is a kernel-overlay style whiteout (char device 0/0).
+pub fn is_whiteout_device(st: &libc::stat) -> bool {
+    (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// Whether an xattr value means "opaque".
+fn is_yes(v: &[u8]) -> bool {
+    v == b"y" || v == b"y\0"
+}
+
+/// Whether the directory at `path` carries one of the opaque xattrs.
+pub fn has_opaque_xattr(path: &Path) -> bool {
+    OPAQUE_XATTRS
+        .iter()
+        .any(|x| matches!(sys::lgetxattr(path, x), Ok(Some(v)) if is_yes(&v)))
+}
+
+/// Whether the open directory `fd` carries one of the opaque xattrs.
+pub fn fd_has_opaque_xattr(fd: BorrowedFd<'_>) -> bool {
+    OPAQUE_XATTRS
+        .iter()
+        .any(|x| matches!(sys::fgetxattr(fd, x), Ok(Some(v)) if is_yes(&v)))
+}
+
+/// Whether the directory at `path` is opaque in any format (xattr or marker file).
+pub fn is_opaque_dir(path: &Path) -> bool {
+    has_opaque_xattr(path) || path.join(OPAQUE_MARKER).symlink_metadata().is_ok()
+}
+
+/// Record that `name` in `dir` is deleted: create `.wh.NAME` (an empty file, mode 0).
+pub fn write_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let wh = whiteout_name(name);
+    match sys::openat(
+        dir,
+        Path::new(&wh),
+        libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW,
+        0o000,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Mark the directory `dir` opaque: create `.wh..wh..opq`.
+pub fn write_opaque(dir: BorrowedFd<'_>) -> io::Result<()> {
+    sys::openat(
+        dir,
+        Path::new(OPAQUE_MARKER),
+        libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW,
+        0o000,
+    )
+    .map(drop)
+}
+
+/// Whether an xattr name is internal to overlay implementations or to stratafs and must not be
+/// shown in a view nor exported in a diff.
+pub fn is_internal_xattr(name: &[u8]) -> bool {
+    const INTERNAL: [&[u8]; 4] = [
+        b"trusted.overlay.",
+        b"user.overlay.",
+        b"user.fuseoverlayfs.",
+        b"user.stratafs.",
+    ];
+    INTERNAL.iter().any(|p| name.starts_with(p))
+        || name == crate::layer::meta::OVERRIDE_STAT_XATTR.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_names() {
+        assert_eq!(classify(OsStr::new("etc")), NameKind::Plain);
+        assert_eq!(classify(OsStr::new(".whx")), NameKind::Plain);
+        assert_eq!(
+            classify(OsStr::new(".wh.etc")),
+            NameKind::Whiteout(OsStr::new("etc"))
+        );
+        assert_eq!(classify(OsStr::new(".wh..wh..opq")), NameKind::OpaqueMarker);
+        assert_eq!(classify(OsStr::new(".wh..wh.plnk")), NameKind::Internal);
+        assert_eq!(classify(OsStr::new(".wh.")), NameKind::Invalid);
+        assert_eq!(classify(OsStr::new(".wh...")), NameKind::Invalid);
+        assert_eq!(whiteout_name(OsStr::new("a b")), ".wh.a b");
+    }
+
+    #[test]
+    fn writes_markers_and_detects_them() {
+        let d = tempfile::tempdir().unwrap();
+        let fd = sys::open_dir(d.path()).unwrap();
+        use std::os::fd::AsFd;
+        write_whiteout(fd.as_fd(), OsStr::new("gone")).unwrap();
+        write_whiteout(fd.as_fd(), OsStr::new("gone")).unwrap();
+        assert!(d.path().join(".wh.gone").exists());
+        assert!(!is_opaque_dir(d.path()));
+        write_opaque(fd.as_fd()).unwrap();
+        assert!(is_opaque_dir(d.path()));
+    }
+
+    #[test]
+    fn internal_xattrs() {
+        assert!(is_internal_xattr(b"trusted.overlay.opaque"));
+        assert!(is_internal_xattr(b"user.containers.override_stat"));
+        assert!(is_internal_xattr(b"user.stratafs.origin"));
+        assert!(!is_internal_xattr(b"user.mime_type"));
+        assert!(!is_internal_xattr(b"security.capability"));
+    }
+}

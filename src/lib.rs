@@ -1,0 +1,14 @@
+//! stratafs: a container storage driver whose layers are plain directories plus whiteout
+//! metadata, merged by a userspace (FUSE) union view.
+//!
+//! Data flows down: `cli`/`plugin` -> [`driver`] -> [`store`], `union`, `archive` -> [`layer`] ->
+//! [`sys`].
+
+pub mod driver;
+pub mod error;
+pub mod layer;
+pub mod store;
+pub mod sys;
+
+pub use driver::{Change, ChangeKind, CreateOpts, Driver, DriverConfig};
+pub use error::{Error, Result};

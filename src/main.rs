@@ -1,0 +1,3 @@
+fn main() {
+    println!("stratafs {}", env!("CARGO_PKG_VERSION"));
+}
