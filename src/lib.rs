@@ -4,11 +4,13 @@
 //! Data flows down: `cli`/`plugin` -> [`driver`] -> [`store`], `union`, `archive` -> [`layer`] ->
 //! [`sys`].
 
+pub mod archive;
 pub mod driver;
 pub mod error;
 pub mod layer;
 pub mod store;
 pub mod sys;
+pub mod union;
 
 pub use driver::{Change, ChangeKind, CreateOpts, Driver, DriverConfig};
 pub use error::{Error, Result};

@@ -1,3 +1,7 @@
-fn main() {
-    println!("stratafs {}", env!("CARGO_PKG_VERSION"));
+//! The `stratafs` binary: a thin command line over the `stratafs` library.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::run()
 }

@@ -241,3 +241,28 @@ pub fn dev_major_minor(rdev: u64) -> (u32, u32) {
 pub fn makedev(major: u32, minor: u32) -> u64 {
     libc::makedev(major, minor)
 }
+
+/// The name of the filesystem holding `path` (from `statfs`'s magic number).
+pub fn fs_type_name(path: &Path) -> String {
+    let Ok(c) = cstr(path) else {
+        return "unknown".into();
+    };
+    // SAFETY: zeroed statfs is a valid plain C struct.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers for the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut sfs) } != 0 {
+        return "unknown".into();
+    }
+    match sfs.f_type as i64 {
+        0xEF53 => "extfs".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        0x6573_5546 => "fuse".into(),
+        0x2FC1_2FC1 => "zfs".into(),
+        0x6969 => "nfs".into(),
+        0x5346_544E => "ntfs".into(),
+        other => format!("0x{other:x}"),
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod idmap;
 pub mod opts;
+pub mod strata;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -1,0 +1,3 @@
+//! The merged view served over FUSE, and the lifecycle of its mounts.
+
+pub mod mount;
