@@ -7,6 +7,7 @@
 pub mod idmap;
 pub mod opts;
 pub mod strata;
+pub mod vfs;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
