@@ -178,11 +178,13 @@ pub fn docker_plugin_lookup(
     }
 }
 
+type BuiltinConstructor = fn(&DriverConfig) -> Result<Box<dyn Driver>>;
+
 /// The registry of built-in drivers: `stratafs` first, `vfs` last, plugins found by their Docker
 /// socket.
 pub fn default_registry() -> Registry {
     let mut r = Registry::new();
-    let builtins: [(&str, u32, fn(&DriverConfig) -> Result<Box<dyn Driver>>); 2] = [
+    let builtins: [(&str, u32, BuiltinConstructor); 2] = [
         (super::strata::NAME, 10, |cfg| {
             Ok(Box::new(super::strata::StrataDriver::new(cfg)?))
         }),
