@@ -218,3 +218,36 @@ fn demo_runs_in_a_given_root_and_cleans_up() {
     // The layers were removed again.
     assert_eq!(json(&ok(r, &["--json", "ls"])), serde_json::json!([]));
 }
+
+#[test]
+fn id_maps_give_the_layer_root_to_the_mapped_root() {
+    use std::os::unix::fs::MetadataExt;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    // Giving a directory to another uid needs root; the suite runs as root (scripts/test.sh).
+    // SAFETY: geteuid never fails.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to chown");
+        return;
+    }
+    ok(
+        r,
+        &[
+            "--uidmap",
+            "0:100000:65536",
+            "--gidmap",
+            "0:200000:65536",
+            "create",
+            "mapped",
+        ],
+    );
+    let meta = std::fs::metadata(r.join("stratafs/layers/mapped/diff")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (100000, 200000));
+
+    let err = fails(r, &["--uidmap", "1:100000:10", "create", "unmapped-root"]);
+    assert!(err.contains("container root"), "{err}");
+    assert_eq!(
+        stratafs(r, &["--driver", "stratafs", "exists", "unmapped-root"]).code,
+        1
+    );
+}
