@@ -251,3 +251,36 @@ fn id_maps_give_the_layer_root_to_the_mapped_root() {
         1
     );
 }
+
+#[test]
+fn diff_refuses_to_write_a_tar_to_a_terminal() {
+    // `script` (util-linux) gives the command a pseudo-terminal as stdout.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` is not installed");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    ok(r, &["create", "l"]);
+    for extra in ["", " -o -"] {
+        let cmd = format!(
+            "{} --root '{}' --driver stratafs diff{extra} l",
+            env!("CARGO_BIN_EXE_stratafs"),
+            r.display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success(),
+            "diff{extra} wrote to a terminal: {text}"
+        );
+        assert!(
+            text.contains("refusing to write a tar archive to a terminal"),
+            "{text}"
+        );
+    }
+}

@@ -109,8 +109,9 @@ pub fn parse_storage_opt(s: &str) -> std::result::Result<(String, String), Strin
 
 pub fn run(cli: &Cli, cmd: &LayerCommand) -> Result<ExitCode> {
     // Checked before the driver starts: nothing to undo if the request is refused.
-    if let LayerCommand::Diff { output: None, .. } = cmd {
-        if io::stdout().is_terminal() {
+    if let LayerCommand::Diff { output, .. } = cmd {
+        let to_stdout = !output.as_deref().is_some_and(|p| p != Path::new("-"));
+        if to_stdout && io::stdout().is_terminal() {
             return Err(Error::Usage(
                 "refusing to write a tar archive to a terminal; redirect stdout or use -o FILE"
                     .into(),
