@@ -80,7 +80,11 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets (unit, fuse-tests, cli)"
-cargo test --all-targets
+cargo test --all-targets 2>&1 | tee "$RUN_TMP/cargo-test.log"
+# One closing line over all test binaries (the last binary alone may hold few tests).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
+    "$RUN_TMP/cargo-test.log"
 
 shopt -s nullglob
 for script in scripts/e2e-*.sh; do
