@@ -157,10 +157,8 @@ pub fn tree_size(dir: &Path) -> Result<u64> {
             let st = sys::lstat(&p).ctx(|| format!("stat {}", p.display()))?;
             match file_type(st.st_mode) {
                 libc::S_IFDIR => stack.push(p),
-                libc::S_IFREG => {
-                    if st.st_nlink <= 1 || seen.insert((st.st_dev, st.st_ino)) {
-                        total += st.st_size as u64;
-                    }
+                libc::S_IFREG if st.st_nlink <= 1 || seen.insert((st.st_dev, st.st_ino)) => {
+                    total += st.st_size as u64;
                 }
                 _ => {}
             }

@@ -139,18 +139,31 @@ impl<'a, W: Write> TarWriter<'a, W> {
                 return Ok(false);
             }
         };
-        if !xattrs.is_empty() {
-            let keys: Vec<(String, &[u8])> = xattrs
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        format!("SCHILY.xattr.{}", String::from_utf8_lossy(k)),
-                        v.as_slice(),
-                    )
-                })
-                .collect();
+        // Symlink targets go in verbatim (the crate's link-name setter normalises `./` and
+        // `//`): in the header when they fit, else as a PAX `linkpath` record.
+        let target = if kind == T::Symlink {
+            Some(
+                std::fs::read_link(path)
+                    .ctx(|| format!("reading link {}", path.display()))?
+                    .into_os_string()
+                    .into_vec(),
+            )
+        } else {
+            None
+        };
+        let mut records: Vec<(String, &[u8])> = Vec::new();
+        if let Some(t) = target.as_deref().filter(|t| t.len() > 100) {
+            records.push(("linkpath".to_string(), t));
+        }
+        for (k, v) in &xattrs {
+            records.push((
+                format!("SCHILY.xattr.{}", String::from_utf8_lossy(k)),
+                v.as_slice(),
+            ));
+        }
+        if !records.is_empty() {
             self.builder
-                .append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
+                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
                 .map_err(|e| write_err(rel, e))?;
         }
         let mut h = Self::header(kind, mode, uid, gid, mtime);
@@ -172,10 +185,12 @@ impl<'a, W: Write> TarWriter<'a, W> {
                     .map_err(|e| write_err(rel, e))?;
             }
             T::Symlink => {
-                let target =
-                    std::fs::read_link(path).ctx(|| format!("reading link {}", path.display()))?;
+                let t = target.as_deref().unwrap_or_default();
+                if t.len() <= 100 {
+                    h.as_old_mut().linkname[..t.len()].copy_from_slice(t);
+                }
                 self.builder
-                    .append_link(&mut h, archive_path(rel), &target)
+                    .append_data(&mut h, archive_path(rel), io::empty())
                     .map_err(|e| write_err(rel, e))?;
             }
             T::Char | T::Block => {
