@@ -2,6 +2,7 @@
 //! each group adds a variant to [`Command`] and a branch to [`dispatch`].
 
 mod layers;
+mod mount_program;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,13 @@ pub enum Command {
 
 /// Parse the process arguments and run; errors go to stderr with a non-zero exit code.
 pub fn run() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(code) = mount_program::try_run(&args) {
+        return code;
+    }
     init_logging();
     let cli = Cli::parse();
     match dispatch(cli) {

@@ -57,7 +57,7 @@ pub struct UnionFs {
     /// Per-inode passthrough backing ids: all opens of one inode must share one.
     backing: DashMap<u64, (Arc<BackingId>, usize)>,
     /// Set once the session exists; the write path uses it to invalidate kernel caches.
-    pub notifier: OnceLock<Notifier>,
+    pub notifier: Arc<OnceLock<Notifier>>,
 }
 
 pub(crate) fn err(e: io::Error) -> Errno {
@@ -74,7 +74,7 @@ impl UnionFs {
             dir_handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
             backing: DashMap::new(),
-            notifier: OnceLock::new(),
+            notifier: Arc::new(OnceLock::new()),
         }
     }
 

@@ -9,5 +9,6 @@ pub mod fs;
 pub mod layers;
 pub mod mount;
 pub mod options;
+pub mod server;
 pub mod tree;
 pub(crate) mod write;
