@@ -78,7 +78,8 @@ fn every_whiteout_and_opaque_format() {
 #[test]
 fn formats_alone_each_layer_pair() {
     // Each format on its own over the same base, so one broken reader cannot hide behind another.
-    let cases: &[(&str, &dyn Fn(&Path))] = &[
+    type Make<'a> = &'a dyn Fn(&Path);
+    let cases: &[(&str, Make)] = &[
         (".wh.", &|p| put_file(p, ".wh.keep", "")),
         ("char", &|p| put_char_whiteout(p, "keep")),
         ("opq-file", &|p| put_file(p, "o1/.wh..wh..opq", "")),
