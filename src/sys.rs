@@ -8,6 +8,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+// The write path's wrappers (mkdirat, renameat2, FICLONE, copy_file_range, ...).
+mod mutate;
+pub use mutate::*;
+
 /// A path or name as a C string; an interior NUL is `EINVAL`.
 pub fn cstr(p: impl AsRef<OsStr>) -> io::Result<CString> {
     CString::new(p.as_ref().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
