@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::cstr;
 
@@ -54,24 +54,6 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Resul
     // SAFETY: valid C strings and fd.
     check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
     Ok(())
-}
-
-/// `readlinkat(dir, name)`; an empty name reads the link `dir` itself (an `O_PATH` fd).
-pub fn readlinkat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
-    let c = cstr(name)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: buffer valid for its length.
-    let n = check_size(unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
-    buf.truncate(n);
-    Ok(PathBuf::from(std::ffi::OsString::from_vec(buf)))
 }
 
 /// `linkat(old_dir, old, new_dir, new, 0)`.
@@ -266,17 +248,6 @@ pub fn sendfile(
     Ok(n)
 }
 
-/// `lseek(fd, off, whence)`.
-pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> io::Result<i64> {
-    // SAFETY: valid fd.
-    let r = unsafe { libc::lseek(fd.as_raw_fd(), off as libc::off_t, whence) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as i64)
-    }
-}
-
 /// `ftruncate(fd, len)`.
 pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     // SAFETY: valid fd.
@@ -317,15 +288,6 @@ pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> io::Result<()> {
         }
     })?;
     Ok(())
-}
-
-/// `fstatvfs(fd)`.
-pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
-    // SAFETY: zeroed statvfs is valid; pointer valid.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) })?;
-    Ok(s)
 }
 
 /// `lremovexattr`, with "absent" (`ENODATA`) reported as `Ok(false)`.
