@@ -58,6 +58,8 @@ pub struct UnionFs {
     backing: DashMap<u64, (Arc<BackingId>, usize)>,
     /// Set once the session exists; the write path uses it to invalidate kernel caches.
     pub notifier: OnceLock<Notifier>,
+    /// State of the write path (upper layer, quota).
+    pub(crate) writer: write::Writer,
 }
 
 pub(crate) fn err(e: io::Error) -> Errno {
@@ -75,6 +77,7 @@ impl UnionFs {
             next_fh: AtomicU64::new(1),
             backing: DashMap::new(),
             notifier: OnceLock::new(),
+            writer: write::Writer::default(),
         }
     }
 
@@ -118,7 +121,7 @@ impl UnionFs {
         if !writable {
             flags |= FopenFlags::FOPEN_KEEP_CACHE;
         }
-        if self.passthrough.load(Ordering::Relaxed) {
+        if self.passthrough.load(Ordering::Relaxed) && !self.writer.blocks_passthrough(ino) {
             let id = match self.backing.entry(ino) {
                 dashmap::Entry::Occupied(mut o) => {
                     o.get_mut().1 += 1;
@@ -154,6 +157,11 @@ impl UnionFs {
             passthrough: false,
         });
         reply.opened(FileHandle(fh), flags);
+    }
+
+    /// Whether some open of `ino` uses a passthrough backing file (write path hook).
+    pub fn has_passthrough(&self, ino: u64) -> bool {
+        self.backing.contains_key(&ino)
     }
 
     /// Drop a handle (and its passthrough reference).
@@ -230,6 +238,7 @@ impl Filesystem for UnionFs {
             self.passthrough.store(true, Ordering::Relaxed);
         }
         let _ = config.set_max_readahead(1 << 20);
+        write::prepare(self);
         tracing::info!(
             passthrough = self.passthrough.load(Ordering::Relaxed),
             "FUSE session initialised"

@@ -304,6 +304,16 @@ impl Tree {
         }
     }
 
+    /// Drop every cached listing (write path: a change whose effects reach directories it
+    /// cannot name, e.g. the other names of a hard-linked file moving to the upper).
+    pub fn invalidate_all_listings(&self) {
+        for n in self.nodes.iter() {
+            if let Some(d) = n.state.write().dir.as_mut() {
+                d.listing = None;
+            }
+        }
+    }
+
     /// Change the cached listing of `ino` in place, if there is one (write path). Open
     /// directory handles keep the snapshot they started with.
     pub fn update_listing(&self, ino: u64, f: impl FnOnce(&mut Listing)) {
