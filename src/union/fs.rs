@@ -159,6 +159,14 @@ impl UnionFs {
         reply.opened(FileHandle(fh), flags);
     }
 
+    /// Some open handle of `ino` (write path hook: attributes of an unlinked open file).
+    pub fn any_handle(&self, ino: u64) -> Option<Arc<Handle>> {
+        self.handles
+            .iter()
+            .find(|h| h.ino == ino)
+            .map(|h| h.clone())
+    }
+
     /// Whether some open of `ino` uses a passthrough backing file (write path hook).
     pub fn has_passthrough(&self, ino: u64) -> bool {
         self.backing.contains_key(&ino)
@@ -226,7 +234,11 @@ impl Filesystem for UnionFs {
             want(config, f);
         }
         let kernel_ok = sys::kernel_version().is_some_and(|v| v >= (6, 9));
-        if sys::is_root() && kernel_ok && want(config, InitFlags::FUSE_PASSTHROUGH) {
+        if std::env::var_os("STRATAFS_NO_PASSTHROUGH").is_none()
+            && sys::is_root()
+            && kernel_ok
+            && want(config, InitFlags::FUSE_PASSTHROUGH)
+        {
             // Backing files on a stacked filesystem (overlayfs) need depth 2.
             let stacked = self
                 .tree
@@ -269,10 +281,14 @@ impl Filesystem for UnionFs {
     // batch_forget: fuser 0.18 keeps `ForgetOne` private, so its default (one `forget` per
     // node) is what runs.
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.tree.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(err(e)),
+            // Write path hook: an open file whose name is gone is described by its fd.
+            Err(e) => match write::getattr_open(self, ino.0, fh.map(|f| f.0)) {
+                Some(attr) => reply.attr(&TTL, &attr),
+                None => reply.error(err(e)),
+            },
         }
     }
 

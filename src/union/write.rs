@@ -225,6 +225,42 @@ fn copy_up_node(fs: &UnionFs, up: &UpperLayer, ino: u64, rel: &Path) -> io::Resu
     Ok(())
 }
 
+/// Attributes of `ino` from an open handle (its name may be unlinked): `fh`, else any handle
+/// of the inode.
+pub(crate) fn getattr_open(fs: &UnionFs, ino: u64, fh: Option<u64>) -> Option<fuser::FileAttr> {
+    let h = fh
+        .and_then(|f| fs.handle(f))
+        .or_else(|| fs.any_handle(ino))?;
+    let st = sys::fstat(h.file.as_fd()).ok()?;
+    let node = fs.tree.node(ino).ok()?;
+    let layer = node.state.read().layer;
+    Some(
+        fs.tree
+            .attr_from_stat(&node, layer, Path::new("/nonexistent"), st),
+    )
+}
+
+/// Point every live node below `dir` (a directory just materialised in the upper) at the upper.
+fn repoint_subtree(fs: &UnionFs, up: &UpperLayer, dir: &Path) {
+    for node in fs.tree.all_nodes() {
+        let Ok(rel) = fs.tree.path_of(node.ino) else {
+            continue;
+        };
+        if !rel.starts_with(dir) || rel == dir {
+            continue;
+        }
+        if let Some(st) = up.upper_stat(&rel) {
+            fs.tree.layers.alias_ino(0, st.st_ino, node.ino);
+            let mut s = node.state.write();
+            s.layer = 0;
+            if let Some(d) = s.dir.as_mut() {
+                d.layers = vec![0];
+                d.listing = None;
+            }
+        }
+    }
+}
+
 /// `open` with write access or `O_TRUNC` (read-only opens are served by fs.rs).
 pub(crate) fn open_writable(
     fs: &UnionFs,
@@ -536,6 +572,10 @@ pub(crate) fn rename(
             Some(newparent.0),
             dst.parent().unwrap_or(Path::new("")),
         );
+        repoint_subtree(fs, up, &dst);
+        if exchange {
+            repoint_subtree(fs, up, &src);
+        }
         if let (Some(m), Some(st)) = (moved, up.upper_stat(&dst)) {
             fs.tree.layers.alias_ino(0, st.st_ino, m);
         }
