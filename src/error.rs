@@ -91,6 +91,10 @@ pub enum Error {
     #[error("no supported storage backend found")]
     NoSupportedBackend,
 
+    /// A plugin call that needs a driver arrived before `/GraphDriver.Init`.
+    #[error("the plugin has no driver yet: /GraphDriver.Init was not called")]
+    NotInitialized,
+
     /// An I/O error with the path or operation it concerns.
     #[error("{context}: {source}")]
     Io {
