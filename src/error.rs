@@ -94,6 +94,9 @@ pub enum Error {
     /// A plugin call that needs a driver arrived before `/GraphDriver.Init`.
     #[error("the plugin has no driver yet: /GraphDriver.Init was not called")]
     NotInitialized,
+    /// A request that makes no sense as given (a bad command-line argument, a tar to a terminal).
+    #[error("{0}")]
+    Usage(String),
 
     /// An I/O error with the path or operation it concerns.
     #[error("{context}: {source}")]
@@ -135,7 +138,8 @@ impl Error {
             | Error::UnknownStorageOpt(_)
             | Error::InvalidStorageOpt { .. }
             | Error::InvalidIdMap { .. }
-            | Error::InvalidMountOption { .. } => libc::EINVAL,
+            | Error::InvalidMountOption { .. }
+            | Error::Usage(_) => libc::EINVAL,
             _ => libc::EIO,
         }
     }
