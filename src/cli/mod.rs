@@ -3,8 +3,8 @@
 
 mod demo;
 mod layers;
-mod plugin;
 mod output;
+mod plugin;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
