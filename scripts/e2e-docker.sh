@@ -30,10 +30,11 @@ for arg in "$@"; do
 done
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib/rootfs.sh
+. "$REPO/scripts/lib/rootfs.sh"
 PLUGIN_DRIVER=${STRATAFS_PLUGIN_DRIVER:-stratafs}
 MAIN_DRIVER=${E2E_DOCKER_DRIVER:-stratafs}
 SOCKET=/run/docker/plugins/stratafs.sock
-CACHE=/var/tmp/stratafs-cache
 T=$(mktemp -d /var/tmp/stratafs-e2e.XXXXXX)
 DOCKERD_PID=
 PLUGIN_PID=
@@ -167,7 +168,7 @@ trap 'exit 130' INT TERM
 
 step "docker daemon"
 if [ ! -x /usr/sbin/dockerd ]; then
-    apt-get install -y docker.io
+    DEBIAN_FRONTEND=noninteractive apt-get install -y docker.io
 fi
 /usr/sbin/dockerd --version
 docker --version
@@ -181,53 +182,9 @@ else
 fi
 [ -x "$STRATAFS" ] || fail "$STRATAFS is not executable"
 
-# The first mirror of the machine's apt sources (never a host name of our own).
-apt_mirror() {
-    local m
-    m=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-    if [ -z "$m" ]; then
-        m=$(awk '/^deb / && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
-    fi
-    echo "$m"
-}
-
-busybox_root() {
-    local r=$1
-    command -v busybox >/dev/null || apt-get install -y busybox-static
-    mkdir -p "$r/bin" "$r/etc/apt/apt.conf.d" "$r/usr/share/doc/busybox" "$r/tmp" "$r/root"
-    cp "$(command -v busybox)" "$r/bin/busybox"
-    for a in $("$r/bin/busybox" --list); do ln -sf busybox "$r/bin/$a"; done
-    echo "busybox root" >"$r/etc/issue"
-    echo "welcome" >"$r/etc/motd"
-    echo "12" >"$r/etc/debian_version"
-    echo "APT::Quiet 1;" >"$r/etc/apt/apt.conf.d/00e2e"
-    echo "docs" >"$r/usr/share/doc/busybox/README"
-    echo "root:x:0:0:root:/root:/bin/sh" >"$r/etc/passwd"
-}
-
-step "base root filesystem"
-mkdir -p "$CACHE"
-(
-    flock 9
-    if [ -s "$CACHE/rootfs.tar" ] && tar -tf "$CACHE/rootfs.tar" ./etc/motd >/dev/null 2>&1; then
-        echo "cached $CACHE/rootfs.tar"
-        exit 0
-    fi
-    build=$(mktemp -d "$CACHE/build.XXXXXX")
-    mirror=$(apt_mirror)
-    if [ -n "$mirror" ] && debootstrap --variant=minbase bookworm "$build/root" "$mirror" \
-        >"$T/debootstrap.log" 2>&1; then
-        echo "debootstrap from $mirror done"
-    else
-        echo "debootstrap unavailable (see $T/debootstrap.log); using a busybox-static root"
-        rm -rf "$build/root"
-        busybox_root "$build/root"
-    fi
-    tar --numeric-owner -C "$build/root" -cf "$build/rootfs.tar" .
-    mv "$build/rootfs.tar" "$CACHE/rootfs.tar"
-    rm -rf "$build"
-) 9>"$CACHE/.lock"
-ROOTFS=$CACHE/rootfs.tar
+step "base root filesystem (shared cache: debootstrap from the machine's apt mirror, or busybox)"
+ROOTFS=$(ensure_rootfs_tar) || fail "no root filesystem tar"
+ls -la "$ROOTFS"
 
 if [ "$MAIN_DRIVER" = stratafs ]; then
     if [ -S "$SOCKET" ] && python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])" "$SOCKET" 2>/dev/null; then
@@ -299,9 +256,31 @@ expect_output() {
     echo "    $what: ok"
 }
 
+# The files the flow changes; a busybox fallback root lacks some, so they are added in a layer
+# of their own (which exercises one more run and commit).
+# shellcheck disable=SC2016 # expanded inside the container
+FIXTURE='set -e
+mkdir -p /etc/apt/apt.conf.d /usr/share/doc/e2e
+[ -e /etc/motd ] || echo welcome > /etc/motd
+[ -e /etc/issue ] || echo "e2e root" > /etc/issue
+[ -e /etc/debian_version ] || echo 12 > /etc/debian_version
+[ -n "$(ls /etc/apt/apt.conf.d)" ] || echo "APT::Quiet 1;" > /etc/apt/apt.conf.d/00e2e
+[ -n "$(ls /usr/share/doc)" ] || echo docs > /usr/share/doc/e2e/README'
+
+# import_base TAG: import the root filesystem (timed) and complete it with the fixture files.
+import_base() {
+    timed import dk import "$ROOTFS" "$1"
+    if ! tar -tf "$ROOTFS" ./etc/motd ./etc/apt/apt.conf.d/ >/dev/null 2>&1; then
+        echo "    (busybox root: adding the fixture files in a layer)"
+        dk run --net=none --name fixture "$1" sh -c "$FIXTURE"
+        dk commit fixture "$1" >/dev/null
+        dk rm fixture >/dev/null
+    fi
+}
+
 run_flow() {
     step "docker import"
-    timed import dk import "$ROOTFS" e2e-base:1
+    import_base e2e-base:1
 
     step "docker run --net=none (add, change, delete, rename; whole base directory removed)"
     timed run dk run --net=none --name c1 e2e-base:1 sh -c "$CHANGE_SCRIPT"
@@ -410,7 +389,7 @@ if [ "$COMPARE" = 1 ]; then
         [ "$drv" = "$MAIN_DRIVER" ] && continue
         start_dockerd "$drv"
         step "timing on dockerd's own $drv"
-        timed import dk import "$ROOTFS" e2e-base:1
+        import_base e2e-base:1
         timed run dk run --net=none --name c1 e2e-base:1 sh -c "$CHANGE_SCRIPT"
         timed commit dk commit c1 e2e-changed:1
         RESULTS[$drv]="${TIMES[import]} ${TIMES[run]} ${TIMES[commit]}"
