@@ -120,9 +120,12 @@ pub fn bind(socket: &Path) -> Result<UnixListener> {
     UnixListener::bind(socket).ctx(|| format!("binding {}", socket.display()))
 }
 
+/// Where the last Init is kept by default (outside Docker's plugin directory, which Docker scans).
+pub const DEFAULT_STATE_FILE: &str = "/run/stratafs/plugin-init.json";
+
 /// Serve the plugin protocol on `socket` until SIGTERM or SIGINT, then clean up the driver and
-/// remove the socket.
-pub fn run(socket: &Path, factory: DriverFactory) -> Result<()> {
+/// remove the socket. With a `state_file`, a restarted plugin resumes the last `Init` at once.
+pub fn run(socket: &Path, state_file: Option<PathBuf>, factory: DriverFactory) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,7 +141,9 @@ pub fn run(socket: &Path, factory: DriverFactory) -> Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT"),
             }
         };
-        let result = Server::new(factory).serve(listener, shutdown).await;
+        let server = Server::with_state_file(factory, state_file);
+        server.resume().await;
+        let result = server.serve(listener, shutdown).await;
         if let Err(e) = std::fs::remove_file(socket) {
             tracing::warn!(socket = %socket.display(), error = %e, "removing the socket");
         }

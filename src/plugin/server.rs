@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,7 +27,7 @@ use super::bridge::{BodyReader, ChannelWriter};
 use super::proto::{CapabilitiesJson, ChangeJson, InitRequest, LayerRequest, Reply, MEDIA_TYPE};
 use super::{DriverFactory, InitParams};
 use crate::driver::{CreateOpts, Driver, IdMappings};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// Response bodies: small JSON documents or a streamed tar.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -40,14 +41,63 @@ const DIFF_QUEUE: usize = 4;
 pub struct Server {
     factory: DriverFactory,
     driver: RwLock<Option<Arc<dyn Driver>>>,
+    /// Where the last successful `Init` request is kept, so that a restarted plugin can serve a
+    /// dockerd that is still running (Docker does not call `Init` again on a known plugin).
+    state_file: Option<PathBuf>,
 }
 
 impl Server {
     pub fn new(factory: DriverFactory) -> Arc<Self> {
+        Self::with_state_file(factory, None)
+    }
+
+    pub fn with_state_file(factory: DriverFactory, state_file: Option<PathBuf>) -> Arc<Self> {
         Arc::new(Server {
             factory,
             driver: RwLock::new(None),
+            state_file,
         })
+    }
+
+    /// Initialise from the state file of an earlier run, if there is one. The driver's cleanup
+    /// then releases that run's stale mounts. Failures are logged; Docker's next `Init` wins.
+    pub async fn resume(&self) {
+        let Some(path) = self.state_file.clone() else {
+            return;
+        };
+        let req = match std::fs::read(&path) {
+            Ok(data) => match serde_json::from_slice::<InitRequest>(&data) {
+                Ok(req) => req,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable plugin state");
+                    return;
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "reading plugin state");
+                return;
+            }
+        };
+        tracing::info!(home = %req.home, "resuming the previous Init");
+        if let Err(e) = self.init_driver(req).await {
+            tracing::warn!(error = %e, "resuming the previous Init failed");
+        }
+    }
+
+    /// Keep the Init request for [`Server::resume`]; written atomically (temp file + rename).
+    fn save_state(&self, req: &InitRequest) -> Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        }
+        let data = serde_json::to_vec(req)
+            .map_err(|e| Error::io("encoding plugin state", io::Error::other(e)))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, data).ctx(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).ctx(|| format!("renaming {}", tmp.display()))
     }
 
     /// The driver `Init` made, if any.
@@ -132,22 +182,33 @@ impl Server {
     }
 
     async fn init(&self, req: InitRequest) -> Response<Body> {
-        let id_mappings = match IdMappings::new(
-            req.uid_maps.unwrap_or_default(),
-            req.gid_maps.unwrap_or_default(),
-        ) {
-            Ok(m) => m,
-            Err(e) => return json_ok(Reply::error(e)),
-        };
+        match self.init_driver(req).await {
+            Ok(()) => json_ok(Reply::default()),
+            Err(e) => {
+                tracing::error!(error = %e, "init failed");
+                json_ok(Reply::error(e))
+            }
+        }
+    }
+
+    /// Construct the driver for `req`, clean up stale mounts, and remember the request.
+    async fn init_driver(&self, req: InitRequest) -> Result<()> {
+        let id_mappings = IdMappings::new(
+            req.uid_maps.clone().unwrap_or_default(),
+            req.gid_maps.clone().unwrap_or_default(),
+        )?;
         let params = InitParams {
-            home: req.home.into(),
-            options: req.opts.unwrap_or_default(),
+            home: req.home.clone().into(),
+            options: req.opts.clone().unwrap_or_default(),
             id_mappings,
         };
         // A second Init (dockerd restarted while we kept running): release what the previous
-        // driver holds before opening the store again.
-        if let Err(e) = self.cleanup().await {
-            tracing::warn!(error = %e, "cleanup of the previous driver");
+        // driver holds before opening the store again; it is not used after a failed Init either.
+        let previous = self.driver.write().take();
+        if let Some(old) = previous {
+            if let Err(e) = blocking(move || old.cleanup()).await {
+                tracing::warn!(error = %e, "cleanup of the previous driver");
+            }
         }
         let factory = self.factory.clone();
         let made = blocking(move || {
@@ -158,16 +219,12 @@ impl Server {
             Ok(driver)
         })
         .await;
-        match made {
-            Ok(driver) => {
-                *self.driver.write() = Some(driver);
-                json_ok(Reply::default())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "init failed");
-                json_ok(Reply::error(e))
-            }
+        let driver = made?;
+        *self.driver.write() = Some(driver);
+        if let Err(e) = self.save_state(&req) {
+            tracing::warn!(error = %e, "saving the Init request");
         }
+        Ok(())
     }
 
     async fn call(&self, method: &str, req: LayerRequest) -> Response<Body> {

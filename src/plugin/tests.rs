@@ -267,6 +267,11 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Self::start_with(None).await
+    }
+
+    /// A server with a state file; it resumes the Init kept there before serving.
+    async fn start_with(state_file: Option<PathBuf>) -> Harness {
         let tmp = tempfile::tempdir().expect("tempdir");
         let socket = tmp.path().join("run/plugins/test.sock");
         let layers = tmp.path().join("layers");
@@ -287,7 +292,9 @@ impl Harness {
         });
         let listener = bind(&socket).expect("bind");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(Server::new(factory).serve(listener, async move {
+        let server = Server::with_state_file(factory, state_file);
+        server.resume().await;
+        let task = tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
         }));
         Harness {
@@ -786,6 +793,44 @@ async fn shutdown_runs_cleanup() {
     // Init's cleanup, then the shutdown's.
     assert_eq!(driver.cleanups.load(Ordering::SeqCst), 2);
     assert!(driver.mounts.lock().is_empty());
+}
+
+#[tokio::test]
+async fn a_restarted_plugin_resumes_the_last_init() {
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let state = state_dir.path().join("run/plugin-init.json");
+    let h = Harness::start_with(Some(state.clone())).await;
+    let maps = json!([{"container_id": 0, "host_id": 1000, "size": 10}]);
+    h.ok(
+        "Init",
+        json!({"Home": "/data/stratafs", "UIDMaps": maps, "GIDMaps": maps}),
+    )
+    .await;
+    h.stop().await;
+    assert!(state.exists());
+
+    // The next run serves at once, without an Init from Docker, and has already cleaned up.
+    let h = Harness::start_with(Some(state.clone())).await;
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 1);
+    {
+        let inits = h.inits.lock();
+        assert_eq!(inits.len(), 1);
+        assert_eq!(inits[0].home, Path::new("/data/stratafs"));
+        assert_eq!(inits[0].id_mappings.gids[0].host_id, 1000);
+    }
+    h.ok("Create", json!({"ID": "a"})).await;
+    h.stop().await;
+
+    // An unreadable state file is ignored: the plugin waits for Docker's Init.
+    std::fs::write(&state, b"{broken").expect("write");
+    let h = Harness::start_with(Some(state.clone())).await;
+    h.fails("Exists", json!({"ID": "a"}), "Init").await;
+    h.init().await;
+    h.ok("Create", json!({"ID": "a"})).await;
+    h.stop().await;
+    // A successful Init rewrote it.
+    let kept: Value = serde_json::from_slice(&std::fs::read(&state).expect("read")).expect("json");
+    assert_eq!(kept["Home"], json!("/var/lib/docker/stratafs"));
 }
 
 #[tokio::test]
