@@ -406,7 +406,8 @@ fi
 
 step "timings (seconds, one run each; base image $(du -m "$ROOTFS" | cut -f1) MB)"
 printf '%-10s %8s %8s %8s\n' driver import run commit
-for drv in "${!RESULTS[@]}"; do
+for drv in stratafs vfs overlay2; do
+    [ -n "${RESULTS[$drv]:-}" ] || continue
     # shellcheck disable=SC2086
     printf '%-10s %8s %8s %8s\n' "$drv" ${RESULTS[$drv]}
 done
