@@ -22,9 +22,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 pub use server::{Body, Server};
 
-use crate::driver::strata::{self, StrataDriver};
-use crate::driver::vfs::{self, VfsDriver};
-use crate::driver::{Driver, DriverConfig, IdMappings};
+use crate::driver::{default_registry, Driver, DriverConfig, IdMappings};
 use crate::error::{Error, IoContext, Result};
 
 /// Where Docker looks for a plugin named `stratafs`.
@@ -64,28 +62,17 @@ pub fn driver_config(params: &InitParams, driver_name: &str) -> Result<DriverCon
     })
 }
 
-/// The factory for a driver chosen by name (`stratafs` or `vfs`).
+/// The factory for a built-in driver chosen by name (`stratafs` or `vfs`), constructed through
+/// the driver registry when Docker calls `Init`.
 pub fn factory_for(name: &str) -> Result<DriverFactory> {
-    match name {
-        strata::NAME => Ok(Arc::new(|p: &InitParams| {
-            let driver: Arc<dyn Driver> =
-                Arc::new(StrataDriver::new(&driver_config(p, strata::NAME)?)?);
-            Ok(driver)
-        })),
-        vfs::NAME => Ok(Arc::new(|p: &InitParams| {
-            vfs_driver(&driver_config(p, vfs::NAME)?)
-        })),
-        other => Err(Error::UnknownDriver(other.to_string())),
+    if !default_registry().names().contains(&name) {
+        return Err(Error::UnknownDriver(name.to_string()));
     }
-}
-
-/// The `vfs` driver. Its implementation lands on another branch; until `VfsDriver` implements
-/// [`Driver`] this reports what its constructor says, or "not supported".
-fn vfs_driver(cfg: &DriverConfig) -> Result<Arc<dyn Driver>> {
-    let _driver = VfsDriver::new(cfg)?;
-    Err(Error::NotSupported(
-        "vfs: this build's VfsDriver does not implement the driver trait yet".into(),
-    ))
+    let name = name.to_string();
+    Ok(Arc::new(move |p: &InitParams| {
+        let cfg = driver_config(p, &name)?;
+        Ok(Arc::from(default_registry().get(&name, &cfg)?))
+    }))
 }
 
 /// Bind the plugin socket: create its directory and replace a stale socket file. A socket that
