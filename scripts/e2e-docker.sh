@@ -155,7 +155,7 @@ cleanup() {
     if [ "${E2E_KEEP:-0}" = 1 ]; then
         echo "kept $T"
     else
-        rm -rf "$T"
+        rm -rf --one-file-system "$T"
     fi
     exit $rc
 }
