@@ -382,7 +382,9 @@ restart_checks() {
 
 run_flow
 declare -A RESULTS
-RESULTS[$MAIN_DRIVER]="${TIMES[import]} ${TIMES[run]} ${TIMES[commit]}"
+MAIN_LABEL=$MAIN_DRIVER
+[ "$MAIN_DRIVER" = stratafs ] && MAIN_LABEL="plugin:$PLUGIN_DRIVER"
+RESULTS[$MAIN_LABEL]="${TIMES[import]} ${TIMES[run]} ${TIMES[commit]}"
 if [ "$MAIN_DRIVER" = stratafs ]; then
     restart_checks
 else
@@ -405,10 +407,10 @@ if [ "$COMPARE" = 1 ]; then
 fi
 
 step "timings (seconds, one run each; base image $(du -m "$ROOTFS" | cut -f1) MB)"
-printf '%-10s %8s %8s %8s\n' driver import run commit
-for drv in stratafs vfs overlay2; do
+printf '%-16s %8s %8s %8s\n' driver import run commit
+for drv in plugin:stratafs plugin:vfs vfs overlay2; do
     [ -n "${RESULTS[$drv]:-}" ] || continue
     # shellcheck disable=SC2086
-    printf '%-10s %8s %8s %8s\n' "$drv" ${RESULTS[$drv]}
+    printf '%-16s %8s %8s %8s\n' "$drv" ${RESULTS[$drv]}
 done
 step "PASS"
