@@ -161,6 +161,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'echo "FAIL: line $LINENO: $BASH_COMMAND" >&2' ERR
 
 # ---- preparation ----------------------------------------------------------------------------
 
