@@ -91,6 +91,9 @@ pub enum Error {
     #[error("no supported storage backend found")]
     NoSupportedBackend,
 
+    /// A plugin call that needs a driver arrived before `/GraphDriver.Init`.
+    #[error("the plugin has no driver yet: /GraphDriver.Init was not called")]
+    NotInitialized,
     /// A request that makes no sense as given (a bad command-line argument, a tar to a terminal).
     #[error("{0}")]
     Usage(String),

@@ -5,6 +5,7 @@ mod demo;
 mod layers;
 mod mount_program;
 mod output;
+mod plugin;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ pub struct Cli {
 pub enum Command {
     #[command(flatten)]
     Layers(layers::LayerCommand),
+    /// Serve Docker's graph driver plugin protocol on a unix socket (for dockerd
+    /// --experimental --storage-driver=stratafs).
+    Plugin(plugin::PluginArgs),
     /// Build a small three-layer sample, mount it and show the merged tree and its changes.
     Demo(demo::DemoArgs),
 }
@@ -73,6 +77,7 @@ pub fn run() -> ExitCode {
 fn dispatch(cli: Cli) -> stratafs::Result<ExitCode> {
     match &cli.command {
         Command::Layers(cmd) => layers::run(&cli, cmd),
+        Command::Plugin(args) => plugin::run(&cli, args),
         Command::Demo(args) => demo::run(&cli, args),
     }
 }
@@ -138,6 +143,8 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: the plugin server's stderr is usually a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
