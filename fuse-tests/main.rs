@@ -2,3 +2,4 @@
 //! up its mounts, even when it fails (see `common::MountGuard`).
 
 mod common;
+mod conformance;

@@ -266,3 +266,205 @@ pub fn fs_type_name(path: &Path) -> String {
         other => format!("0x{other:x}"),
     }
 }
+
+/// `openat2(dir, name, {flags | O_CLOEXEC, mode, resolve})`: path resolution confined by the
+/// kernel (`RESOLVE_BENEATH` refuses `..`, absolute symlinks and anything leading out of `dir`).
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: zeroed open_how is valid (all-integer struct); fields set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        mode as u64
+    } else {
+        0
+    };
+    how.resolve = resolve;
+    loop {
+        // SAFETY: valid fd, C string and open_how pointer with its exact size.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if r >= 0 {
+            // SAFETY: fresh fd returned by the kernel.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r as i32) });
+        }
+        let e = io::Error::last_os_error();
+        // EAGAIN: a concurrent rename raced the lookup; the kernel asks us to retry.
+        if e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: stay under the starting directory.
+pub const RESOLVE_BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+
+/// `mkdirat(dir, name, mode)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+/// `mknodat(dir, name, mode, dev)`.
+pub fn mknodat(dir: BorrowedFd<'_>, name: &Path, mode: u32, dev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            dev as libc::dev_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    // SAFETY: valid C strings and fd.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+/// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink at `oldname`.
+pub fn linkat(
+    olddir: BorrowedFd<'_>,
+    oldname: &Path,
+    newdir: BorrowedFd<'_>,
+    newname: &Path,
+) -> io::Result<()> {
+    let o = cstr(oldname)?;
+    let n = cstr(newname)?;
+    // SAFETY: valid C strings and fds.
+    check(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// `unlinkat(dir, name, flags)` (`libc::AT_REMOVEDIR` for directories).
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &Path, flags: i32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+}
+
+/// `readlinkat(dir, name)`; an empty name reads the symlink `dir` was opened on (O_PATH).
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid fd, C string and buffer of the given length.
+        let n = check_size(unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        })?;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Ok(std::ffi::OsString::from_vec(buf));
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`.
+pub fn lchownat(dir: BorrowedFd<'_>, name: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if name.as_os_str().is_empty() {
+        libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// `fchmodat(dir, name, mode, 0)` (follows nothing because callers never pass symlinks).
+pub fn fchmodat(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
+}
+
+/// `fchmod(fd, mode)`.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: valid fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+}
+
+/// Set atime and mtime (seconds, nanoseconds) of `name` in `dir`, not following a final symlink.
+pub fn lutimensat(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+) -> io::Result<()> {
+    let c = cstr(name)?;
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0 as libc::time_t,
+            tv_nsec: atime.1 as _,
+        },
+        libc::timespec {
+            tv_sec: mtime.0 as libc::time_t,
+            tv_nsec: mtime.1 as _,
+        },
+    ];
+    let flags = if name.as_os_str().is_empty() {
+        libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: valid fd, C string and a two-element timespec array.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), flags) }).map(drop)
+}
+
+/// `ioctl(dst, FICLONE, src)`: share the data blocks of `src` (reflink) where the filesystem can.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both fds valid; FICLONE takes the source fd as its argument.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) }).map(drop)
+}
+
+/// The path under `/proc/self/fd` naming `name` inside the open directory `dir`, for the
+/// `l*xattr` calls that have no `*at` form. Safe against symlinks because `name` is a single
+/// component and `l*` calls do not follow a final symlink.
+pub fn fd_child_path(dir: BorrowedFd<'_>, name: &Path) -> std::path::PathBuf {
+    let base = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    if name.as_os_str().is_empty() {
+        base
+    } else {
+        base.join(name)
+    }
+}
+
+/// Whether two open files live on the same inode.
+pub fn same_inode(a: &libc::stat, b: &libc::stat) -> bool {
+    a.st_dev == b.st_dev && a.st_ino == b.st_ino
+}
