@@ -468,3 +468,230 @@ pub fn fd_child_path(dir: BorrowedFd<'_>, name: &Path) -> std::path::PathBuf {
 pub fn same_inode(a: &libc::stat, b: &libc::stat) -> bool {
     a.st_dev == b.st_dev && a.st_ino == b.st_ino
 }
+
+/// One entry of a directory read with [`read_dir_fd`].
+#[derive(Debug, Clone)]
+pub struct RawDirEntry {
+    pub name: std::ffi::OsString,
+    pub ino: u64,
+    /// `DT_*` type (may be `DT_UNKNOWN`).
+    pub d_type: u8,
+}
+
+/// All entries of the open directory `dir` except `.` and `..`, via `getdents64` on a duplicate
+/// of the fd (so the caller's offset is untouched).
+pub fn read_dir_fd(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
+    let fd = openat(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is valid for its length; the kernel writes at most that many bytes.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        let n = n as usize;
+        let mut off = 0usize;
+        // linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, char d_name[].
+        while off + 19 <= n {
+            let rec = &buf[off..n];
+            let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
+            let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+            if reclen == 0 || reclen > rec.len() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let d_type = rec[18];
+            let name_bytes = &rec[19..reclen];
+            let len = name_bytes
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push(RawDirEntry {
+                    name: OsStr::from_bytes(name).to_os_string(),
+                    ino,
+                    d_type,
+                });
+            }
+            off += reclen;
+        }
+    }
+}
+
+/// `fstatvfs(fd)`.
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    // SAFETY: zeroed statvfs is a valid plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and pointer.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// `flistxattr(fd)`: the attribute names (empty when xattrs are unsupported).
+pub fn flistxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: valid fd and buffer.
+    let res = xattr_buf_loop(|buf, len| unsafe { libc::flistxattr(raw, buf.cast(), len) });
+    match res {
+        Ok(raw) => Ok(raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_vec())
+            .collect()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `lseek(fd, offset, whence)`.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Result of [`fork`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForkResult {
+    Parent { child: i32 },
+    Child,
+}
+
+/// `fork()`.
+///
+/// # Safety
+/// The process must be single-threaded: the child runs only the calling thread, so any lock
+/// held by another thread would stay locked forever.
+pub unsafe fn fork() -> io::Result<ForkResult> {
+    // SAFETY: the caller guarantees the process is single-threaded.
+    let pid = check(unsafe { libc::fork() })?;
+    Ok(if pid == 0 {
+        ForkResult::Child
+    } else {
+        ForkResult::Parent { child: pid }
+    })
+}
+
+/// `setsid()`.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is valid for two ints.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `dup2(from, to)`: make `to` (e.g. 0, 1, 2) refer to `from`.
+pub fn dup2(from: BorrowedFd<'_>, to: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; `to` is replaced atomically.
+    check(unsafe { libc::dup2(from.as_raw_fd(), to) }).map(drop)
+}
+
+/// Block SIGTERM, SIGINT and SIGHUP in the calling thread (inherited by threads it starts).
+pub fn block_termination_signals() -> io::Result<()> {
+    // SAFETY: sigset operations on a local, zero-initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(())
+}
+
+/// Wait for one of the signals blocked by [`block_termination_signals`]; returns its number.
+pub fn wait_termination_signal() -> io::Result<i32> {
+    // SAFETY: as above; sigwait writes the signal number into `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut sig: libc::c_int = 0;
+        let r = libc::sigwait(&set, &mut sig);
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        Ok(sig)
+    }
+}
+
+/// Whether a process with this pid exists (`kill(pid, 0)`; EPERM still means it exists).
+pub fn process_exists(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped): such a server is gone.
+pub fn process_is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Send `sig` to `pid`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// `umount2(path, flags)` (root only).
+pub fn umount2(path: &Path, flags: i32) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::umount2(c.as_ptr(), flags) }).map(drop)
+}
+
+/// The kernel release as (major, minor), from `uname`.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: zeroed utsname is a valid plain C struct; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    let rel: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    let rel = String::from_utf8_lossy(&rel);
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
