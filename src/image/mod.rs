@@ -178,6 +178,27 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     }
 }
 
+/// Maps for a new layer's root directory: owned by whoever unpacks. Without root, files keep
+/// the archive's ids through `override_stat` (identity maps at apply time); only the layer's
+/// own directory, which no archive entry owns, must be ours.
+fn root_owner() -> IdMappings {
+    if crate::sys::is_root() {
+        return IdMappings::default();
+    }
+    let (uid, gid) = crate::sys::effective_ids();
+    let one = |host_id| {
+        vec![crate::driver::IdMap {
+            container_id: 0,
+            host_id,
+            size: 1,
+        }]
+    };
+    IdMappings {
+        uids: one(uid),
+        gids: one(gid),
+    }
+}
+
 /// The hex of a `sha256:` digest, used as a directory name.
 fn key(digest: &str) -> Result<String> {
     Ok(digest::sha256_hex(digest)?.to_string())
@@ -343,13 +364,8 @@ impl ImageStore {
             }
         }
         progress.layer(index, total, &l.diff_id, Some(len), false);
-        self.layers.create(
-            &id,
-            None,
-            LayerKind::ReadOnly,
-            &CreateOpts::default(),
-            &IdMappings::default(),
-        )?;
+        self.layers
+            .create(&id, None, LayerKind::ReadOnly, &CreateOpts::default(), &root_owner())?;
         let res = self.unpack_verified(&id, blob, l, progress);
         progress.layer_done();
         match res {
