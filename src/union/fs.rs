@@ -143,7 +143,8 @@ impl UnionFs {
                     writable,
                     passthrough: true,
                 });
-                reply.opened_passthrough(FileHandle(fh), flags, &id);
+                // The kernel refuses page-cache flags (KEEP_CACHE) on passthrough opens.
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                 return;
             }
         }
@@ -218,7 +219,11 @@ impl Filesystem for UnionFs {
             want(config, f);
         }
         let kernel_ok = sys::kernel_version().is_some_and(|v| v >= (6, 9));
-        if sys::is_root() && kernel_ok && want(config, InitFlags::FUSE_PASSTHROUGH) {
+        if sys::is_root()
+            && kernel_ok
+            && !self.opts.no_passthrough
+            && want(config, InitFlags::FUSE_PASSTHROUGH)
+        {
             // Backing files on a stacked filesystem (overlayfs) need depth 2.
             let stacked = self
                 .tree

@@ -78,6 +78,8 @@ pub struct MountOptions {
     pub pidfile: Option<PathBuf>,
     /// Worker threads of the FUSE session.
     pub threads: Option<usize>,
+    /// Never use FUSE passthrough (`nopassthrough`).
+    pub no_passthrough: bool,
 }
 
 impl MountOptions {
@@ -151,6 +153,7 @@ impl MountOptions {
                         reason,
                     })?)
                 }
+                "nopassthrough" => o.no_passthrough = true,
                 "log" => o.log = Some(PathBuf::from(need()?)),
                 "pidfile" => o.pidfile = Some(PathBuf::from(need()?)),
                 "threads" => {
