@@ -7,6 +7,8 @@ use crate::error::{Error, Result};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0];
+const BZIP2_MAGIC: &[u8] = b"BZh";
 
 /// The compression a stream starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +16,10 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+    /// Refused: not a layer format engines produce; the user should decompress first.
+    Xz,
+    /// Refused, as `Xz`.
+    Bzip2,
 }
 
 /// Detect the compression from the first bytes of a stream.
@@ -22,6 +28,10 @@ pub fn detect(head: &[u8]) -> Compression {
         Compression::Zstd
     } else if head.starts_with(&GZIP_MAGIC) {
         Compression::Gzip
+    } else if head.starts_with(&XZ_MAGIC) {
+        Compression::Xz
+    } else if head.starts_with(BZIP2_MAGIC) {
+        Compression::Bzip2
     } else {
         Compression::None
     }
@@ -29,7 +39,7 @@ pub fn detect(head: &[u8]) -> Compression {
 
 /// Wrap `reader` in the decompressor its first bytes call for (none for a plain tar).
 pub fn auto<'a, R: Read + 'a>(mut reader: R) -> Result<Box<dyn Read + 'a>> {
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 6];
     let mut got = 0;
     while got < head.len() {
         match reader.read(&mut head[got..]) {
@@ -47,6 +57,11 @@ pub fn auto<'a, R: Read + 'a>(mut reader: R) -> Result<Box<dyn Read + 'a>> {
             zstd::stream::read::Decoder::new(whole)
                 .map_err(|e| Error::io("starting the zstd decoder", e))?,
         ),
+        Compression::Xz | Compression::Bzip2 => {
+            return Err(Error::Usage(
+                "xz and bzip2 layers are not supported; decompress the archive first".into(),
+            ))
+        }
     })
 }
 
@@ -77,5 +92,39 @@ mod tests {
         roundtrip(&data, zs);
         roundtrip(&data, data.clone());
         roundtrip(b"ab", b"ab".to_vec());
+    }
+
+    #[test]
+    fn refuses_xz_and_bzip2() {
+        for head in [
+            &b"BZh91AY&SY"[..],
+            &[0xfd, b'7', b'z', b'X', b'Z', 0, 0, 4][..],
+        ] {
+            assert!(matches!(
+                auto(Cursor::new(head.to_vec())),
+                Err(Error::Usage(_))
+            ));
+        }
+    }
+
+    /// A reader that hands out one byte per call, like a slow pipe.
+    struct Trickle(Cursor<Vec<u8>>);
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn magic_number_split_across_reads() {
+        let payload = b"hello through a trickle".to_vec();
+        let zs = zstd::encode_all(Cursor::new(&payload), 1).unwrap();
+        let mut out = Vec::new();
+        auto(Trickle(Cursor::new(zs)))
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, payload);
     }
 }

@@ -825,3 +825,179 @@ fn symlink_targets_are_kept_verbatim() {
         OsStr::new(&long)
     );
 }
+
+/// A real root filesystem: set `STRATAFS_ROOTFS_TAR` to an uncompressed rootfs tar (made by
+/// `scripts/check-rootfs-apply.sh`); compared entry by entry with GNU tar's own listing.
+#[test]
+fn rootfs_tar_applies_like_gnu_tar_lists_it() {
+    let Some(tar_path) = std::env::var_os("STRATAFS_ROOTFS_TAR") else {
+        eprintln!("STRATAFS_ROOTFS_TAR not set; skipping the real-archive check");
+        return;
+    };
+    let f = fixture();
+    let dir = f.layer("rootfs", None);
+    let started = std::time::Instant::now();
+    let mut file = std::io::BufReader::new(std::fs::File::open(&tar_path).unwrap());
+    let size = apply_layer(&f.store, "rootfs", &mut file, &IdMappings::default()).unwrap();
+    eprintln!("apply_layer: {:?}, {size} bytes", started.elapsed());
+    let started = std::time::Instant::now();
+    let mut sink = std::io::sink();
+    export_layer(&f.store, "rootfs", &mut sink, &IdMappings::default()).unwrap();
+    eprintln!("export_layer: {:?}", started.elapsed());
+    let out = std::process::Command::new("tar")
+        .args(["--numeric-owner", "--full-time", "-tvf"])
+        .arg(&tar_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut checked = 0;
+    for line in listing.lines() {
+        // perms, uid/gid, size, date, time, name (split again: spaces pad the size column).
+        let mut it = line.split_whitespace();
+        let perms = it.next().unwrap();
+        let owner = it.next().unwrap();
+        let size_field = it.next().unwrap();
+        let _date = it.next().unwrap();
+        let time = it.next().unwrap();
+        // --full-time pads entries without sub-second times with spaces.
+        let rest = line[line.find(time).unwrap() + time.len()..].trim_start();
+        let (name, target) = match perms.as_bytes()[0] {
+            b'l' => rest.split_once(" -> ").map(|(a, b)| (a, Some(b))).unwrap(),
+            b'h' => rest
+                .split_once(" link to ")
+                .map(|(a, b)| (a, Some(b)))
+                .unwrap(),
+            _ => (rest, None),
+        };
+        let name = name.trim_start_matches("./").trim_end_matches('/');
+        if name.is_empty() || name == "." || name.contains('\\') {
+            continue;
+        }
+        seen.insert(name.to_string());
+        let p = dir.join(name);
+        let st = sys::lstat(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (uid, gid) = owner.split_once('/').unwrap();
+        let ty = st.st_mode & libc::S_IFMT;
+        let want_ty = match perms.as_bytes()[0] {
+            b'd' => libc::S_IFDIR,
+            b'-' | b'h' => libc::S_IFREG,
+            b'l' => libc::S_IFLNK,
+            b'c' => libc::S_IFCHR,
+            b'b' => libc::S_IFBLK,
+            b'p' => libc::S_IFIFO,
+            other => panic!("unexpected type {}", other as char),
+        };
+        if perms.as_bytes()[0] == b'h' {
+            let t = dir.join(target.unwrap().trim_start_matches("./"));
+            let tst = sys::lstat(&t).unwrap();
+            assert!(
+                sys::same_inode(&st, &tst),
+                "{name} not linked to its target"
+            );
+            checked += 1;
+            continue;
+        }
+        assert_eq!(ty, want_ty, "{name}: type");
+        assert_eq!(perm_string(st.st_mode), perms[1..], "{name}: mode");
+        assert_eq!(
+            (st.st_uid.to_string(), st.st_gid.to_string()),
+            (uid.to_string(), gid.to_string()),
+            "{name}: owner"
+        );
+        if want_ty == libc::S_IFREG {
+            assert_eq!(st.st_size.to_string(), size_field, "{name}: size");
+        }
+        if let Some(t) = target {
+            assert_eq!(
+                std::fs::read_link(&p).unwrap().as_os_str(),
+                OsStr::new(t),
+                "{name}: target"
+            );
+        }
+        checked += 1;
+    }
+    eprintln!("checked {checked} entries");
+    assert!(checked > 1000, "only {checked} entries checked");
+}
+
+fn perm_string(mode: u32) -> String {
+    let mut s = String::new();
+    for (i, c) in "rwxrwxrwx".chars().enumerate() {
+        let bit = 0o400 >> i;
+        let on = mode & bit != 0;
+        let special = match i {
+            2 => mode & 0o4000 != 0,
+            5 => mode & 0o2000 != 0,
+            8 => mode & 0o1000 != 0,
+            _ => false,
+        };
+        s.push(match (special, on) {
+            (true, true) => {
+                if i == 8 {
+                    't'
+                } else {
+                    's'
+                }
+            }
+            (true, false) => {
+                if i == 8 {
+                    'T'
+                } else {
+                    'S'
+                }
+            }
+            (false, true) => c,
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+/// Timing of export_layer for a layer of 10,000 files against `tar -c` of the same directory.
+/// Set `STRATAFS_BENCH=1` (best with `--release`); prints the figures.
+#[test]
+fn bench_export_10k_files() {
+    if std::env::var_os("STRATAFS_BENCH").is_none() {
+        eprintln!("STRATAFS_BENCH not set; skipping");
+        return;
+    }
+    let f = fixture();
+    let dir = f.layer("many", None);
+    for d in 0..100 {
+        let sub = dir.join(format!("dir-{d}"));
+        std::fs::create_dir(&sub).unwrap();
+        for i in 0..100 {
+            std::fs::write(sub.join(format!("file-{i}")), vec![(d + i) as u8; 4096]).unwrap();
+        }
+    }
+    let best = |mut run: Box<dyn FnMut()>| {
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                run();
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let store = f.store.clone();
+    let ours = best(Box::new(move || {
+        let mut sink = std::io::sink();
+        export_layer(&store, "many", &mut sink, &IdMappings::default()).unwrap();
+    }));
+    let d2 = dir.clone();
+    let gnu = best(Box::new(move || {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -C '{}' -cf - . | cat > /dev/null",
+                d2.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }));
+    eprintln!("export_layer 10,000 files: {ours:?}; tar -c: {gnu:?}");
+}

@@ -237,4 +237,22 @@ impl Driver for VfsDriver {
             reproduces_exact_diffs: true,
         }
     }
+
+    fn list(&self) -> Result<Vec<crate::driver::LayerInfo>> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .map(|r| crate::driver::LayerInfo {
+                mounted_at: None,
+                id: r.id,
+                parent: r.parent,
+                kind: r.kind,
+            })
+            .collect())
+    }
+
+    fn parent(&self, id: &str) -> Result<Option<String>> {
+        Ok(self.store.record(id)?.parent)
+    }
 }
