@@ -76,12 +76,18 @@ fn tree(dir: &Path) -> Vec<String> {
             let rel = p.strip_prefix(dir).unwrap().display().to_string();
             let m = std::fs::symlink_metadata(&p).unwrap();
             if m.file_type().is_symlink() {
-                out.push(format!("{rel} -> {}", std::fs::read_link(&p).unwrap().display()));
+                out.push(format!(
+                    "{rel} -> {}",
+                    std::fs::read_link(&p).unwrap().display()
+                ));
             } else if m.is_dir() {
                 out.push(format!("{rel}/"));
                 stack.push(p);
             } else {
-                out.push(format!("{rel} = {}", String::from_utf8_lossy(&std::fs::read(&p).unwrap()).trim()));
+                out.push(format!(
+                    "{rel} = {}",
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap()).trim()
+                ));
             }
         }
     }
@@ -141,11 +147,19 @@ fn docker_save_and_oci_archive_mount_the_same_tree_and_share_layers() {
     assert!(String::from_utf8_lossy(&rm.stderr).contains("mounted"));
 
     for m in [&m1, &m2] {
-        ok(stratafs(&root, &["image", "umount", m.dir.to_str().unwrap()]));
+        ok(stratafs(
+            &root,
+            &["image", "umount", m.dir.to_str().unwrap()],
+        ));
         assert!(!fuse_mounted(&m.dir));
     }
     ok(stratafs(&root, &["image", "rm", "sample:1"]));
-    assert_eq!(std::fs::read_dir(root.join("images/layers")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(root.join("images/layers"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -189,16 +203,29 @@ fn a_corrupt_layer_is_refused_before_mounting() {
     let _guard = Mounted {
         dir: std::fs::canonicalize(&dir).unwrap(),
     };
-    let out = stratafs(&root, &["image", "mount", p.to_str().unwrap(), dir.to_str().unwrap()]);
+    let out = stratafs(
+        &root,
+        &["image", "mount", p.to_str().unwrap(), dir.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("digest mismatch"), "{err}");
     assert!(!fuse_mounted(&dir));
     // Only the verified base layer remains; prune drops it.
-    assert_eq!(std::fs::read_dir(root.join("images/layers")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(root.join("images/layers"))
+            .unwrap()
+            .count(),
+        1
+    );
     let pruned = ok(stratafs(&root, &["image", "prune"]));
     assert_eq!(pruned.lines().count(), 1, "{pruned}");
-    assert_eq!(std::fs::read_dir(root.join("images/layers")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(root.join("images/layers"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -247,9 +274,11 @@ fn image_diff_and_config_output() {
     assert!(cfg.contains("  LANG=C.UTF-8"), "{cfg}");
     assert!(cfg.contains("  org.example.name=sample:1"), "{cfg}");
     assert!(cfg.contains("step 1"), "{cfg}");
-    let j: serde_json::Value =
-        serde_json::from_str(&ok(stratafs(&root, &["--json", "image", "config", "base:1"])))
-            .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&ok(stratafs(
+        &root,
+        &["--json", "image", "config", "base:1"],
+    )))
+    .unwrap();
     assert_eq!(j["id"], base.id());
     assert_eq!(j["config"]["config"]["WorkingDir"], "/work");
 }
@@ -267,7 +296,10 @@ fn an_unprivileged_user_mounts_an_image() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let st = Command::new("chmod").args(["0666", "/dev/fuse"]).status().unwrap();
+    let st = Command::new("chmod")
+        .args(["0666", "/dev/fuse"])
+        .status()
+        .unwrap();
     assert!(st.success());
     let home = d.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -301,12 +333,28 @@ fn an_unprivileged_user_mounts_an_image() {
         dir.to_str().unwrap(),
     ]));
     assert!(fuse_mounted(&dir));
-    assert_eq!(
-        std::fs::read_to_string(dir.join("etc/motd")).unwrap(),
-        "hello from the top layer\n"
-    );
+    // Without allow_other only the mounting user sees inside the mount (root included).
+    let motd = dir.join("etc/motd");
+    let read = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "stat",
+            "-c",
+            "%u %s",
+        ])
+        .arg(&motd)
+        .output()
+        .unwrap();
     // Ownership recorded in the archive (root) is what the view shows.
-    assert_eq!(std::fs::metadata(dir.join("etc/motd")).unwrap().uid(), 0);
+    assert_eq!(ok(read).trim(), "0 25");
+    let cat = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(&motd)
+        .output()
+        .unwrap();
+    assert_eq!(ok(cat), "hello from the top layer\n");
     ok(as_nobody(&["image", "umount", dir.to_str().unwrap()]));
     assert!(!fuse_mounted(&dir));
 }

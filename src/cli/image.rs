@@ -158,7 +158,10 @@ impl Progress for Bar {
         let short = diff_id.trim_start_matches("sha256:");
         let short = &short[..short.len().min(12)];
         if reused {
-            b.println(format!("layer {}/{total} {short}: already unpacked", index + 1));
+            b.println(format!(
+                "layer {}/{total} {short}: already unpacked",
+                index + 1
+            ));
             return;
         }
         b.reset();
@@ -209,15 +212,24 @@ fn mount(cli: &Cli, store: &ImageStore, pick: &Pick, image: &str, dir: &Path) ->
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir).ctx(|| format!("resolving {}", dir.display()))?;
     if stratafs::union::mount::fuse_mounted(&dir) {
-        return Err(Error::Usage(format!("{} is already a mount point", dir.display())));
+        return Err(Error::Usage(format!(
+            "{} is already a mount point",
+            dir.display()
+        )));
     }
     let rec = resolve(store, image, pick)?;
     let lowers = store.lower_dirs(&rec)?;
     if lowers.is_empty() {
-        return Err(Error::NotAnImage(format!("{} has no layers", rec.short_id())));
+        return Err(Error::NotAnImage(format!(
+            "{} has no layers",
+            rec.short_id()
+        )));
     }
     let (_, lowers_file, log) = store.mount_paths(&dir);
-    let list: String = lowers.iter().map(|p| format!("{}\n", p.display())).collect();
+    let list: String = lowers
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
     std::fs::write(&lowers_file, list).ctx(|| format!("writing {}", lowers_file.display()))?;
     let exe = std::env::current_exe().ctx(|| "finding the stratafs binary")?;
     // Paths go through a file: a long chain would not fit an option string, and commas or
@@ -334,7 +346,11 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
             format!("{}/{}", i.os, i.architecture),
             i.layers.len().to_string(),
             human_size(i.size()),
-            if m.is_empty() { "-".into() } else { m.join(",") },
+            if m.is_empty() {
+                "-".into()
+            } else {
+                m.join(",")
+            },
         ]);
         for (n, l) in i.layers.iter().enumerate() {
             let hex = l.diff_id.trim_start_matches("sha256:");
@@ -449,7 +465,10 @@ fn config(cli: &Cli, store: &ImageStore, pick: &Pick, image: &str) -> Result<()>
             lines.push(format!(
                 "  {}  {}{empty}",
                 opt(e.created()),
-                e.created_by().clone().or_else(|| e.comment().clone()).unwrap_or_default()
+                e.created_by()
+                    .clone()
+                    .or_else(|| e.comment().clone())
+                    .unwrap_or_default()
             ));
         }
     }

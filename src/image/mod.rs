@@ -364,8 +364,13 @@ impl ImageStore {
             }
         }
         progress.layer(index, total, &l.diff_id, Some(len), false);
-        self.layers
-            .create(&id, None, LayerKind::ReadOnly, &CreateOpts::default(), &root_owner())?;
+        self.layers.create(
+            &id,
+            None,
+            LayerKind::ReadOnly,
+            &CreateOpts::default(),
+            &root_owner(),
+        )?;
         let res = self.unpack_verified(&id, blob, l, progress);
         progress.layer_done();
         match res {
