@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod driver;
 pub mod error;
+pub mod image;
 pub mod layer;
 pub mod plugin;
 pub mod store;

@@ -2,6 +2,7 @@
 //! each group adds a variant to [`Command`] and a branch to [`dispatch`].
 
 mod demo;
+mod image;
 mod layers;
 mod mount_program;
 mod output;
@@ -47,6 +48,8 @@ pub enum Command {
     Plugin(plugin::PluginArgs),
     /// Build a small three-layer sample, mount it and show the merged tree and its changes.
     Demo(demo::DemoArgs),
+    /// Inspect image archives: mount read-only, list, compare, show the config.
+    Image(image::ImageArgs),
 }
 
 /// Parse the process arguments and run; errors go to stderr with a non-zero exit code.
@@ -79,6 +82,7 @@ fn dispatch(cli: Cli) -> stratafs::Result<ExitCode> {
         Command::Layers(cmd) => layers::run(&cli, cmd),
         Command::Plugin(args) => plugin::run(&cli, args),
         Command::Demo(args) => demo::run(&cli, args),
+        Command::Image(args) => image::run(&cli, args),
     }
 }
 
