@@ -344,7 +344,7 @@ fn dispatch(driver: &dyn Driver, method: &str, req: &LayerRequest) -> Result<Opt
         },
         "Capabilities" => Reply {
             capabilities: Some(CapabilitiesJson {
-                reproduces_exact_diffs: REPRODUCES_DOCKER_TARS,
+                reproduces_exact_diffs: driver.capabilities().reproduces_exact_diffs,
             }),
             ..Default::default()
         },
@@ -352,14 +352,6 @@ fn dispatch(driver: &dyn Driver, method: &str, req: &LayerRequest) -> Result<Opt
     };
     Ok(Some(reply))
 }
-
-/// Docker's `ReproducesExactDiffs` means more than a deterministic `diff`: that `Diff` gives back
-/// byte for byte the tar once given to `ApplyDiff`. Docker then keeps no tar-split metadata and
-/// checks `docker save` output against the imported digest, which fails for any driver that
-/// stores files rather than the original tar (seen with dockerd 20.10: "could not verify layer
-/// data"). No driver of ours stores the tar, so the answer is no, whatever the driver's own
-/// (deterministic-diff) capability says.
-const REPRODUCES_DOCKER_TARS: bool = false;
 
 /// `Diff`: the driver writes the tar on a blocking thread into a bounded channel that is the
 /// response body.

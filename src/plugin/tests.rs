@@ -250,7 +250,8 @@ impl Driver for DirDriver {
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            reproduces_exact_diffs: true,
+            deterministic_diffs: true,
+            reproduces_exact_diffs: false,
         }
     }
 }
@@ -450,7 +451,7 @@ async fn activate_init_capabilities_status() {
 
     // The fake's diff is deterministic, but it cannot give back an imported tar byte for byte,
     // which is what Docker's flag promises (it would skip tar-split and fail `docker save`).
-    assert!(h.driver.capabilities().reproduces_exact_diffs);
+    assert!(h.driver.capabilities().deterministic_diffs);
     let v = h.ok("Capabilities", json!({})).await;
     assert_eq!(v, json!({"Capabilities": {"ReproducesExactDiffs": false}}));
     // Docker sends parameterless calls with an empty body.
