@@ -1,0 +1,132 @@
+# shellcheck shell=bash
+# The read (issue 3) and write (issue 4) workloads and the loop that runs one workload on every
+# backend: REPS times, each on a fresh mount (and a fresh upper dir), median reported.
+# Sourced by scripts/bench.sh.
+
+# ---- workloads: run in a child bash (exported), $1 = the merged directory ---------------------
+wl_none() { :; }
+wl_find() { find "$1" -printf '%i %s %m %U\n' >/dev/null; }
+wl_ls_big() { ls -l "$1/big" >/dev/null; }
+# GNU tar does not read file data when its output is /dev/null: pipe it.
+wl_tar_small() { tar -cf - -C "$1" usr etc small | wc -c >/dev/null; }
+wl_read_big() { dd if="$1/bigfile" of=/dev/null bs=1M status=none; }
+wl_untar() {
+  mkdir "$1/newroot"
+  tar -xf "$ROOTFS_TAR" -C "$1/newroot"
+  [[ -e $1/newroot/etc/passwd ]]
+}
+wl_touch() { cd "$1" && xargs -a "$COPYUP_LIST" touch --; }
+wl_append() {
+  printf x >>"$1/bigfile"
+  [[ $(stat -c %s "$1/bigfile") -eq $((BIG_BYTES + 1)) ]]
+}
+wl_rm_tree() {
+  rm -rf "${1:?}/usr/share"
+  [[ ! -e $1/usr/share ]]
+}
+wl_dd_new() {
+  dd if="$L2/bigfile" of="$1/newbig" bs=1M conv=fsync status=none
+  [[ $(stat -c %s "$1/newbig") -eq $BIG_BYTES ]]
+}
+export -f wl_none wl_find wl_ls_big wl_tar_small wl_read_big wl_untar wl_touch wl_append \
+  wl_rm_tree wl_dd_new
+
+# ---- before-mount steps (main shell) -----------------------------------------------------------
+pre_none() { :; }
+pre_cold() { drop_caches; }
+# Lower file in the page cache: the read then measures the backend, not the disk.
+pre_warm_big() { dd if="$L2/bigfile" of=/dev/null bs=1M status=none; }
+
+drop_caches() {
+  ((DROP_OK)) || return 0
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+}
+
+# ---- the measuring loop ------------------------------------------------------------------------
+mb_per_s() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.3f", b / t / 1e6 }'; }
+
+# measure_backend BACKEND ROW MODE PRE POST RUN [SUM_ROW]
+#   PRE runs before the mount (main shell); POST after it, untimed; RUN is timed ("mount" = report
+#   the mount time itself). SUM_ROW, if given, gets mount time + RUN time of the same mounts.
+measure_backend() {
+  local backend=$1 row=$2 mode=$3 pre=$4 post=$5 run=$6 sum_row=${7:-}
+  local -a times=() sums=()
+  local i t why
+  for ((i = 1; i <= REPS; i++)); do
+    printf '== %s, %s, run %s\n' "$backend" "$row" "$i" >>"$LOG"
+    "$pre"
+    if ! mount_backend "$backend" "$mode"; then
+      why="mount failed: $(last_error)"
+    elif [[ $post != wl_none ]] && ! limited "$post" "$MERGED"; then
+      why="set-up failed: $(last_error)"
+    elif [[ $run != mount ]] && ! timed "$run" "$MERGED"; then
+      why="$(last_error)"
+    else
+      why=""
+    fi
+    unmount_backend || true
+    [[ -n $LAST_PEAK_KB ]] && mem "$row" "$backend" "$LAST_PEAK_KB"
+    if [[ -n $why ]]; then
+      cell "$row" "$backend" "n/a (error)"
+      [[ -n $sum_row ]] && cell "$sum_row" "$backend" "n/a (error)"
+      note "$backend, ${ROW_LABEL[$row]}: $why"
+      return 0
+    fi
+    if [[ $run == mount ]]; then t=$MOUNT_SECS; else t=$ELAPSED; fi
+    times+=("$t")
+    sums+=("$(awk -v a="$MOUNT_SECS" -v b="$t" 'BEGIN { print a + b }')")
+  done
+  t=$(median "${times[@]}")
+  if [[ ${ROW_UNIT[$row]} == MB/s ]]; then t=$(mb_per_s "$BIG_BYTES" "$t"); fi
+  cell "$row" "$backend" "$t"
+  [[ -z $sum_row ]] || cell "$sum_row" "$backend" "$(median "${sums[@]}")"
+}
+
+# measure_row ROW MODE PRE POST RUN [SUM_ROW]: one workload on every selected backend.
+measure_row() {
+  local row=$1
+  shift
+  local backend
+  log "workload: ${ROW_LABEL[$row]}"
+  for backend in "${BACKEND_LIST[@]}"; do
+    measure_backend "$backend" "$row" "$@"
+    log "  $backend: $(fmt_value "${CELL["$row|$backend"]}" "${ROW_UNIT[$row]}")"
+  done
+}
+
+# ---- sections ----------------------------------------------------------------------------------
+run_read_section() {
+  local gib
+  gib=$(awk -v b="$BIG_BYTES" 'BEGIN { printf "%g", b / 2^30 }')
+  row r_mount read s "mount, until the mount point answers stat (cold)"
+  row r_find_cold read s "find -printf '%i %s %m %U', cold"
+  row r_mount_find read s "mount + find, cold"
+  row r_find_warm read s "find -printf, warm (2nd walk, same mount)"
+  row r_ls_big read s "ls -l big/ ($BIG_ENTRIES entries, 2 layers), cold"
+  row r_tar read s "tar -c usr etc small | wc -c (every small file), cold"
+  row r_big_cold read MB/s "read ${gib} GiB file (dd bs=1M), cold [MB/s]"
+  row r_big_warm read MB/s "read ${gib} GiB file, lower in page cache [MB/s]"
+  measure_row r_mount ro pre_cold wl_none mount
+  measure_row r_find_cold ro pre_cold wl_none wl_find r_mount_find
+  measure_row r_find_warm ro pre_none wl_find wl_find
+  measure_row r_ls_big ro pre_cold wl_none wl_ls_big
+  measure_row r_tar ro pre_cold wl_none wl_tar_small
+  measure_row r_big_cold ro pre_cold wl_none wl_read_big
+  measure_row r_big_warm ro pre_warm_big wl_none wl_read_big
+}
+
+run_write_section() {
+  local gib
+  gib=$(awk -v b="$BIG_BYTES" 'BEGIN { printf "%g", b / 2^30 }')
+  row w_untar write s "tar -x rootfs tarball into MERGED/newroot"
+  row w_touch write s "touch $(wc -l <"$COPYUP_LIST") lower files (copy-up storm)"
+  row w_append write s "append 1 byte to the ${gib} GiB lower file (copy-up)"
+  row w_rm write s "rm -rf MERGED/usr/share ($(find "$L1/usr/share" | wc -l) lower entries)"
+  row w_dd write s "dd a new ${gib} GiB file, conv=fsync"
+  measure_row w_untar rw pre_none wl_none wl_untar
+  measure_row w_touch rw pre_none wl_none wl_touch
+  measure_row w_append rw pre_none wl_none wl_append
+  measure_row w_rm rw pre_none wl_none wl_rm_tree
+  measure_row w_dd rw pre_warm_big wl_none wl_dd_new
+}
