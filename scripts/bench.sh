@@ -176,6 +176,8 @@ main() {
   STEP_OUT="$RUN_DIR/step.out"
   : >"$LOG"
   trap cleanup_all EXIT
+  set -E
+  trap 'log "failed (exit $?) at ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND"' ERR
   trap 'log "interrupted"; exit 130' INT
   trap 'log "terminated"; exit 143' TERM
   export RUN_DIR WORKLOAD_LIMIT

@@ -5,7 +5,7 @@
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# A note printed under the tables (errors, skipped parts, machine limits).
+# Notes printed under the tables (errors, skipped parts, machine limits), each said once.
 NOTES=()
 note() {
   local n
@@ -71,7 +71,10 @@ last_error() {
     printf 'timed out after %s s' "$LAST_LIMIT"
     return
   fi
-  line=$(grep -v '^unknown argument ignored: lazytime$' "$STEP_OUT" 2>/dev/null | tail -n 1 | cut -c1-200)
+  # Prefer the first line that says "error" (clap, cargo), else the last line.
+  line=$(grep -m 1 -i 'error' "$STEP_OUT" 2>/dev/null ||
+    grep -v '^unknown argument ignored: lazytime$' "$STEP_OUT" 2>/dev/null | tail -n 1 || true)
+  line=${line:0:200}
   printf '%s' "${line:-exit status $LAST_RC}"
 }
 

@@ -62,15 +62,27 @@ mount_backend() {
   MOUNT_SECS=$(seconds_between "$t0" "$EPOCHREALTIME")
   if is_fuse_backend "$backend"; then
     SERVER_PID=$(server_pid "$MERGED")
-    [[ -n $SERVER_PID ]] && echo "$SERVER_PID" >>"$RUN_DIR/servers"
+    if [[ -n $SERVER_PID ]]; then
+      echo "$SERVER_PID" >>"$RUN_DIR/servers"
+    else
+      note "$backend: no process has the mount point in its command line; memory not measured"
+    fi
   fi
   return 0
+}
+
+# A process that is gone or a zombie: a daemonized server is re-parented to PID 1, which does
+# not always reap it (on this machine it does not), so /proc/PID may stay.
+has_exited() {
+  local state
+  state=$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true)
+  [[ -z $state || $state == Z || $state == X ]]
 }
 
 # Wait up to N seconds for a process to exit.
 wait_exit() {
   local pid=$1 deadline=$((SECONDS + $2))
-  while [[ -e /proc/$pid ]]; do
+  until has_exited "$pid"; do
     ((SECONDS < deadline)) || return 1
     sleep 0.05
   done
@@ -102,7 +114,11 @@ unmount_backend() {
 cleanup_all() {
   local rc=$? mp pid
   trap - EXIT INT TERM
-  [[ -n ${CHILD_PID:-} ]] && kill -TERM "$CHILD_PID" 2>/dev/null && wait "$CHILD_PID" 2>/dev/null
+  set +e # best effort from here: one failed step must not skip the rest
+  if [[ -n ${CHILD_PID:-} ]]; then
+    kill -TERM "$CHILD_PID" 2>/dev/null
+    wait "$CHILD_PID" 2>/dev/null
+  fi
   [[ -n ${RUN_DIR:-} && -d $RUN_DIR ]] || exit "$rc"
   while read -r mp; do
     umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null ||
@@ -110,8 +126,8 @@ cleanup_all() {
   done < <(awk -v run="$RUN_DIR/" 'index($5, run) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
   if [[ -f $RUN_DIR/servers ]]; then
     while read -r pid; do
-      if grep -qzF "$RUN_DIR/" "/proc/$pid/cmdline" 2>/dev/null; then
-        wait_exit "$pid" 5 || kill -KILL "$pid" 2>/dev/null || true
+      if grep -qzF "$RUN_DIR/" "/proc/$pid/cmdline" 2>/dev/null && ! wait_exit "$pid" 5; then
+        kill -KILL "$pid" 2>/dev/null
       fi
     done <"$RUN_DIR/servers"
   fi

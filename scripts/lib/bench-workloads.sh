@@ -70,7 +70,11 @@ measure_backend() {
     if [[ -n $why ]]; then
       cell "$row" "$backend" "n/a (error)"
       [[ -n $sum_row ]] && cell "$sum_row" "$backend" "n/a (error)"
-      note "$backend, ${ROW_LABEL[$row]}: $why"
+      if [[ $why == "mount failed: "* ]]; then
+        note "$backend: $why"
+      else
+        note "$backend, ${ROW_LABEL[$row]}: $why"
+      fi
       return 0
     fi
     if [[ $run == mount ]]; then t=$MOUNT_SECS; else t=$ELAPSED; fi
