@@ -2,6 +2,21 @@
 # Benchmark (not a test): the same workloads on stratafs, fuse-overlayfs and kernel overlayfs,
 # side by side, each timing on a fresh mount, median of several runs. Prints a markdown table and
 # writes it to bench-results.md. See `scripts/bench.sh --help`.
+#
+# How it measures:
+# - every timing runs on a fresh mount over the cached layers L3:L2:L1 (read workloads without an
+#   upper dir, write workloads with a fresh upper and work dir), is repeated --reps times, and the
+#   median is reported; `sync` runs (untimed) before each one.
+# - "cold": `sync; echo 3 > /proc/sys/vm/drop_caches` before the mount, so the mount time and
+#   the workload both start from cold caches; "mount + find, cold" adds the two per run, which
+#   keeps a backend that front-loads work into its mount honest.
+# - "warm" walk: a second `find` on the same mount after an untimed first one.
+# - "lower in page cache": the lower file is read directly first, then a fresh mount reads it.
+# - the workload is timed inside the child shell ($EPOCHREALTIME), so no fork or mount is counted.
+# - peak memory: VmHWM (a high-water mark kept by the kernel) of the process whose command line
+#   holds the mount point, read just before the unmount; the largest over the runs is shown.
+# - write workloads do not fsync unless the workload says so (dd conv=fsync): kernel overlayfs
+#   itself fsyncs every copied-up file, the FUSE servers may not.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -78,7 +93,7 @@ set_sizes() {
     SMALL_FILES=3000 BIG_ENTRIES=5000 BIG_MIB=256 COPYUP_FILES=1000
     IMAGE_FILES=10000 DIFF_FILES=1000
   else
-    SMALL_FILES=30000 BIG_ENTRIES=50000 BIG_MIB=1024 COPYUP_FILES=5000
+    SMALL_FILES=30000 BIG_ENTRIES=50000 BIG_MIB=1024 COPYUP_FILES=3000
     IMAGE_FILES=100000 DIFF_FILES=10000
   fi
   CACHE=${STRATAFS_BENCH_CACHE:-/var/tmp/stratafs-bench}

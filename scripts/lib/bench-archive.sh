@@ -54,6 +54,7 @@ time_reps() {
       note "$column, ${ROW_LABEL[$row]}: set-up failed: $(last_error)"
       return 0
     fi
+    sync
     if ! timed "$run" "$REP_ARG"; then
       cell "$row" "$column" "n/a (error)"
       note "$column, ${ROW_LABEL[$row]}: $(last_error)"

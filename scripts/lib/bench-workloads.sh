@@ -56,6 +56,7 @@ measure_backend() {
   for ((i = 1; i <= REPS; i++)); do
     printf '== %s, %s, run %s\n' "$backend" "$row" "$i" >>"$LOG"
     "$pre"
+    sync # start each run without the previous run's dirty pages being written back
     if ! mount_backend "$backend" "$mode"; then
       why="mount failed: $(last_error)"
     elif [[ $post != wl_none ]] && ! limited "$post" "$MERGED"; then
