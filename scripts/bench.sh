@@ -117,20 +117,23 @@ require_tools() {
   fi
 }
 
-# The stratafs binary: $STRATAFS, or target/release/stratafs (built if missing). A failed build
-# is not fatal: the stratafs cells then read n/a.
+# The stratafs binary: $STRATAFS, or target/release/stratafs, built (cargo build --release) when
+# missing or older than the sources. A failed build is not fatal: the stratafs cells read n/a.
 find_stratafs() {
   if [[ -n ${STRATAFS:-} ]]; then
     [[ -x $STRATAFS ]] || die "STRATAFS=$STRATAFS is not executable"
     return 0
   fi
   STRATAFS="$REPO_DIR/target/release/stratafs"
-  [[ -x $STRATAFS ]] && return 0
-  log "building stratafs: cargo build --release (log: $LOG)"
+  if [[ -x $STRATAFS ]] &&
+    [[ -z $(find "$REPO_DIR/src" "$REPO_DIR/Cargo.toml" "$REPO_DIR/Cargo.lock" -newer "$STRATAFS" \
+      -print -quit 2>/dev/null) ]]; then
+    return 0
+  fi
+  log "building stratafs: cargo build --release (output in $LOG)"
   # shellcheck disable=SC2016 # the child expands it
   if ! run_step 3600 bash -c 'cd "$1" && cargo build --release' _ "$REPO_DIR"; then
     note "cargo build --release failed: $(last_error)"
-    STRATAFS="$REPO_DIR/target/release/stratafs"
   fi
 }
 
