@@ -25,7 +25,8 @@ export -f sfs wl_sfs_apply wl_tar_x wl_sfs_diff wl_tar_c wl_sfs_changes wl_diff_
 # 5 added files over image/), image-changed/ (image/ with changes-few/ applied), and their tars.
 ensure_archive_inputs() {
   ARCH="$SET/archive"
-  [[ -f $ARCH.done ]] && return 0
+  local params="image=$IMAGE_FILES diff=$DIFF_FILES"
+  is_cached "$ARCH.done" "$params" && return 0
   rm -rf --one-file-system "$ARCH"
   mkdir -p "$ARCH"
   log "archive inputs: a $IMAGE_FILES-file image, $DIFF_FILES- and 10-file change sets"
@@ -39,7 +40,7 @@ ensure_archive_inputs() {
   for t in image changes-many changes-few; do
     tar -cf "$ARCH/$t.tar" -C "$ARCH/$t" --numeric-owner .
   done
-  touch "$ARCH.done"
+  echo "$params" >"$ARCH.done"
 }
 
 # ---- measuring ---------------------------------------------------------------------------------

@@ -57,26 +57,31 @@ ensure_rootfs_tar() {
   mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
 }
 
+# A cached layer is reused only if it was made with the same sizes: the marker holds them.
+is_cached() { [[ -f $1 && $(<"$1") == "$2" ]]; }
+
 ensure_layer2() {
   L2="$SET/l2"
-  [[ -f $SET/l2.done && -d $L2 ]] && return 0
+  local params="small=$SMALL_FILES big=$BIG_ENTRIES mib=$BIG_MIB"
+  is_cached "$SET/l2.done" "$params" && [[ -d $L2 ]] && return 0
   rm -rf --one-file-system "$L2"
   log "L2: $SMALL_FILES small files, $((BIG_ENTRIES / 2)) entries of big/, ${BIG_MIB} MiB bigfile"
   python3 "$GEN" layer2 --out "$L2" --small "$SMALL_FILES" --big "$BIG_ENTRIES"
   head -c "$((BIG_MIB * 1024 * 1024))" /dev/urandom >"$L2/bigfile"
-  touch "$SET/l2.done"
+  echo "$params" >"$SET/l2.done"
 }
 
 ensure_layer3() {
   L3="$SET/l3"
   COPYUP_LIST="$SET/copyup.list"
-  [[ -f $SET/l3.done && $SET/l3.done -nt $CACHE/rootfs.done && $SET/l3.done -nt $SET/l2.done ]] &&
-    return 0
+  local params="small=$SMALL_FILES big=$BIG_ENTRIES copyup=$COPYUP_FILES"
+  is_cached "$SET/l3.done" "$params" && [[ $SET/l3.done -nt $CACHE/rootfs.done ]] &&
+    [[ $SET/l3.done -nt $SET/l2.done ]] && return 0
   rm -rf --one-file-system "$L3"
   log "L3: whiteouts, an opaque directory, $((BIG_ENTRIES / 2)) entries of big/"
   python3 "$GEN" layer3 --out "$L3" --l1 "$L1" --small "$SMALL_FILES" --big "$BIG_ENTRIES" \
     --copyup "$COPYUP_FILES" --copyup-list "$COPYUP_LIST"
-  touch "$SET/l3.done"
+  echo "$params" >"$SET/l3.done"
 }
 
 prepare_layers() {
