@@ -52,6 +52,9 @@ environment:
   STRATAFS               stratafs binary (default: target/release/stratafs, built if missing)
   STRATAFS_BENCH_CACHE   layer cache (default: /var/tmp/stratafs-bench)
   BENCH_WORKLOAD_LIMIT   seconds before one workload is killed (default: 300)
+
+The noise floor of the machine: STRATAFS=/usr/bin/fuse-overlayfs scripts/bench.sh --backends
+stratafs,fuse-overlayfs runs the same program in both columns; ratios far from 1.00x are noise.
 EOF
 }
 

@@ -46,56 +46,66 @@ drop_caches() {
 # ---- the measuring loop ------------------------------------------------------------------------
 mb_per_s() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.3f", b / t / 1e6 }'; }
 
-# measure_backend BACKEND ROW MODE PRE POST RUN [SUM_ROW]
-#   PRE runs before the mount (main shell); POST after it, untimed; RUN is timed ("mount" = report
-#   the mount time itself). SUM_ROW, if given, gets mount time + RUN time of the same mounts.
-measure_backend() {
-  local backend=$1 row=$2 mode=$3 pre=$4 post=$5 run=$6 sum_row=${7:-}
-  local -a times=() sums=()
-  local i t why
-  for ((i = 1; i <= REPS; i++)); do
-    printf '== %s, %s, run %s\n' "$backend" "$row" "$i" >>"$LOG"
-    "$pre"
-    sync # start each run without the previous run's dirty pages being written back
-    if ! mount_backend "$backend" "$mode"; then
-      why="mount failed: $(last_error)"
-    elif [[ $post != wl_none ]] && ! limited "$post" "$MERGED"; then
-      why="set-up failed: $(last_error)"
-    elif [[ $run != mount ]] && ! timed "$run" "$MERGED"; then
-      why="$(last_error)"
-    else
-      why=""
-    fi
-    unmount_backend || true
-    [[ -n $LAST_PEAK_KB ]] && mem "$row" "$backend" "$LAST_PEAK_KB"
-    if [[ -n $why ]]; then
-      cell "$row" "$backend" "n/a (error)"
-      [[ -n $sum_row ]] && cell "$sum_row" "$backend" "n/a (error)"
-      if [[ $why == "mount failed: "* ]]; then
-        note "$backend: $why"
-      else
-        note "$backend, ${ROW_LABEL[$row]}: $why"
-      fi
-      return 0
-    fi
-    if [[ $run == mount ]]; then t=$MOUNT_SECS; else t=$ELAPSED; fi
-    times+=("$t")
-    sums+=("$(awk -v a="$MOUNT_SECS" -v b="$t" 'BEGIN { print a + b }')")
-  done
-  t=$(median "${times[@]}")
-  if [[ ${ROW_UNIT[$row]} == MB/s ]]; then t=$(mb_per_s "$BIG_BYTES" "$t"); fi
-  cell "$row" "$backend" "$t"
-  [[ -z $sum_row ]] || cell "$sum_row" "$backend" "$(median "${sums[@]}")"
+# measure_once BACKEND ROW MODE PRE POST RUN: one timed run on a fresh mount. PRE runs before
+# the mount (main shell); POST after it, untimed; RUN is timed ("mount": the mount time itself is
+# the result). Sets RUN_SECS and MOUNT_SECS, or WHY (and returns 1) when the backend failed.
+RUN_SECS=""
+WHY=""
+measure_once() {
+  local backend=$1 row=$2 mode=$3 pre=$4 post=$5 run=$6
+  printf '== %s, %s\n' "$backend" "$row" >>"$LOG"
+  "$pre"
+  sync # start each run without the previous run's dirty pages being written back
+  WHY=""
+  if ! mount_backend "$backend" "$mode"; then
+    WHY="mount failed: $(last_error)"
+  elif [[ $post != wl_none ]] && ! limited "$post" "$MERGED"; then
+    WHY="set-up failed: $(last_error)"
+  elif [[ $run != mount ]] && ! timed "$run" "$MERGED"; then
+    WHY="$(last_error)"
+  fi
+  unmount_backend || true
+  [[ -n $LAST_PEAK_KB ]] && mem "$row" "$backend" "$LAST_PEAK_KB"
+  [[ -z $WHY ]] || return 1
+  if [[ $run == mount ]]; then RUN_SECS=$MOUNT_SECS; else RUN_SECS=$ELAPSED; fi
 }
 
-# measure_row ROW MODE PRE POST RUN [SUM_ROW]: one workload on every selected backend.
+# measure_row ROW MODE PRE POST RUN [SUM_ROW]: one workload on every selected backend, REPS
+# rounds, the backends taking turns within a round so that a noisy spell on the shared machine
+# hits all of them alike. The median goes in the table; SUM_ROW, if given, gets the median of
+# mount time + RUN time of the same runs. A backend that fails once is n/a for the row.
 measure_row() {
-  local row=$1
-  shift
-  local backend
+  local row=$1 sum_row=${6:-} i backend t
+  local -A times=() sums=() failed=()
   log "workload: ${ROW_LABEL[$row]}"
+  for ((i = 1; i <= REPS; i++)); do
+    for backend in "${BACKEND_LIST[@]}"; do
+      [[ -z ${failed[$backend]:-} ]] || continue
+      if measure_once "$backend" "$row" "${@:2:4}"; then
+        times[$backend]+=" $RUN_SECS"
+        sums[$backend]+=" $(awk -v a="$MOUNT_SECS" -v b="$RUN_SECS" 'BEGIN { print a + b }')"
+      else
+        failed[$backend]=1
+        if [[ $WHY == "mount failed: "* ]]; then
+          note "$backend: $WHY"
+        else
+          note "$backend, ${ROW_LABEL[$row]}: $WHY"
+        fi
+      fi
+    done
+  done
   for backend in "${BACKEND_LIST[@]}"; do
-    measure_backend "$backend" "$row" "$@"
+    if [[ -n ${failed[$backend]:-} ]]; then
+      cell "$row" "$backend" "n/a (error)"
+      [[ -z $sum_row ]] || cell "$sum_row" "$backend" "n/a (error)"
+    else
+      # shellcheck disable=SC2086 # a list of numbers
+      t=$(median ${times[$backend]})
+      [[ ${ROW_UNIT[$row]} != MB/s ]] || t=$(mb_per_s "$BIG_BYTES" "$t")
+      cell "$row" "$backend" "$t"
+      # shellcheck disable=SC2086 # a list of numbers
+      [[ -z $sum_row ]] || cell "$sum_row" "$backend" "$(median ${sums[$backend]})"
+    fi
     log "  $backend: $(fmt_value "${CELL["$row|$backend"]}" "${ROW_UNIT[$row]}")"
   done
 }
