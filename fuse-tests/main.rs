@@ -2,3 +2,6 @@
 //! up its mounts, even when it fails (see `common::MountGuard`).
 
 mod common;
+mod conformance;
+mod read;
+mod write;
