@@ -115,7 +115,7 @@ fmt_value() { # fmt_value VALUE UNIT
 
 fmt_ratio() { # fmt_ratio A B
   if is_number "$1" && is_number "$2" && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
-    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'
+    awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; if (r > 0 && r < 0.01) printf "1/%.0fx", 1 / r; else printf "%.2fx", r }'
   else
     printf -- '-'
   fi
