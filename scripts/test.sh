@@ -32,6 +32,8 @@ install_missing() {
 # Everything the tests create (stores, mount points) lives under one directory of this run, so
 # the exit trap can find what they leave mounted without touching anyone else's mounts.
 RUN_TMP=$(mktemp -d "${TMPDIR:-/tmp}/stratafs-test.XXXXXX")
+# Traversable by everyone: the rootless tests run parts as an unprivileged user below it.
+chmod 0755 "$RUN_TMP"
 export TMPDIR=$RUN_TMP
 
 # FUSE mount points under RUN_TMP, deepest first (mountinfo escapes spaces as \040).
