@@ -8,6 +8,7 @@ pub mod archive;
 pub mod driver;
 pub mod error;
 pub mod layer;
+pub mod snapshotter;
 pub mod store;
 pub mod sys;
 pub mod union;

@@ -2,6 +2,7 @@
 //! each group adds a variant to [`Command`] and a branch to [`dispatch`].
 
 mod layers;
+mod snapshotter;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ pub struct Cli {
 pub enum Command {
     #[command(flatten)]
     Layers(layers::LayerCommand),
+    /// Serve containerd's snapshots API (a proxy snapshotter) on a unix socket. State lives in
+    /// --root (default /var/lib/stratafs-snapshotter).
+    Snapshotter(snapshotter::SnapshotterArgs),
 }
 
 /// Parse the process arguments and run; errors go to stderr with a non-zero exit code.
@@ -53,6 +57,7 @@ pub fn run() -> ExitCode {
 fn dispatch(cli: Cli) -> stratafs::Result<ExitCode> {
     match &cli.command {
         Command::Layers(cmd) => layers::run(&cli, cmd),
+        Command::Snapshotter(args) => snapshotter::run(&cli, args),
     }
 }
 

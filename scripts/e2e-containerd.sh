@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# End-to-end test: containerd runs containers on the stratafs proxy snapshotter.
+#
+#   scripts/e2e-containerd.sh [--compare]
+#
+# Runs as root. Starts a private containerd (own root, state and sockets in a temporary directory)
+# with `[proxy_plugins.stratafs]`, and `stratafs snapshotter`; builds a two-layer OCI image archive
+# of a Debian root filesystem (cached under /var/tmp/stratafs-cache), imports it, runs containers
+# that write and delete files, checks snapshots, usage, commit and view, removes the image and
+# checks nothing is left. --compare also times `ctr images import` and `ctr run` with stratafs,
+# overlayfs and native.
+#
+# Environment: STRATAFS_BIN (default: build target/release/stratafs), KEEP_TMP=1 keeps the
+# temporary directory.
+set -euo pipefail
+
+COMPARE=0
+for arg in "$@"; do
+    case "$arg" in
+        --compare) COMPARE=1 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=/var/tmp/stratafs-cache
+IMAGE=docker.io/library/stratafs-e2e:latest
+NS=e2e
+step() { printf '\n=== %s\n' "$*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || fail "run as root"
+
+# ---------------------------------------------------------------- prerequisites
+step "prerequisites"
+need_pkgs=()
+command -v containerd >/dev/null || need_pkgs+=(containerd)
+command -v mount.fuse3 >/dev/null || need_pkgs+=(fuse3)
+command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "installing ${need_pkgs[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_pkgs[@]}"
+fi
+containerd --version
+[ -e /dev/fuse ] || fail "/dev/fuse is missing"
+
+if [ -z "${STRATAFS_BIN:-}" ]; then
+    (cd "$REPO" && cargo build --release --bin stratafs)
+    STRATAFS_BIN="$REPO/target/release/stratafs"
+fi
+[ -x "$STRATAFS_BIN" ] || fail "no stratafs binary at $STRATAFS_BIN"
+
+T=$(mktemp -d /tmp/stratafs-e2e-containerd.XXXXXX)
+CTRD_PID=""
+SNAP_PID=""
+# mount.fuse3 runs `stratafs overlay TARGET -o ...` through the shell, found on containerd's PATH.
+mkdir -p "$T/bin"
+cp "$STRATAFS_BIN" "$T/bin/stratafs"
+export PATH="$T/bin:$PATH"
+
+ctr_() { ctr --address "$T/containerd.sock" "$@"; }
+
+mounts_under() { awk -v p="$1" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
+
+cleanup() {
+    local rc=$?
+    set +e
+    step "cleanup (exit code $rc)"
+    if [ -n "$CTRD_PID" ] && kill -0 "$CTRD_PID" 2>/dev/null; then
+        for ns in $(ctr_ namespaces ls -q 2>/dev/null); do
+            for t in $(ctr_ -n "$ns" tasks ls -q 2>/dev/null); do
+                ctr_ -n "$ns" tasks kill -s SIGKILL "$t" >/dev/null 2>&1
+                sleep 0.2
+                ctr_ -n "$ns" tasks delete -f "$t" >/dev/null 2>&1
+            done
+        done
+        kill "$CTRD_PID" 2>/dev/null; wait "$CTRD_PID" 2>/dev/null
+    fi
+    if [ -n "$SNAP_PID" ] && kill -0 "$SNAP_PID" 2>/dev/null; then
+        kill "$SNAP_PID" 2>/dev/null; wait "$SNAP_PID" 2>/dev/null
+    fi
+    # Deepest mounts first.
+    for m in $(mounts_under "$T" | sort -r); do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
+    if [ "$rc" != 0 ]; then
+        for f in "$T/containerd.log" "$T/snapshotter.log"; do
+            [ -f "$f" ] && { echo "--- tail of $f"; tail -n 40 "$f"; }
+        done
+    fi
+    if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- root filesystem (cached)
+apt_mirror() {
+    local uri=""
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' \
+            /etc/apt/sources.list.d/debian.sources)
+    fi
+    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+        uri=$(awk '/^deb / && $2 !~ /security/ { print ($2 ~ /^\[/ ? $3 : $2); exit }' /etc/apt/sources.list)
+    fi
+    echo "$uri"
+}
+
+step "root filesystem"
+mkdir -p "$CACHE"
+if [ ! -s "$CACHE/rootfs.tar" ]; then
+    mirror=$(apt_mirror)
+    rootfs="$T/rootfs"
+    if [ -n "$mirror" ] && debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$T/debootstrap.log" 2>&1; then
+        echo "debootstrap from the apt mirror done"
+    else
+        echo "debootstrap failed or no mirror (see below); falling back to a busybox root"
+        tail -n 5 "$T/debootstrap.log" 2>/dev/null || true
+        command -v busybox >/dev/null || apt-get install -y busybox-static
+        rm -rf "$rootfs"; mkdir -p "$rootfs"/{bin,sbin,etc,tmp,usr/bin,usr/sbin,proc,sys,dev}
+        cp "$(command -v busybox)" "$rootfs/bin/busybox"
+        chroot "$rootfs" /bin/busybox --install -s
+        echo "Debian GNU/Linux (busybox stand-in)" >"$rootfs/etc/issue.net"
+        echo "12" >"$rootfs/etc/debian_version"
+    fi
+    tar --numeric-owner -C "$rootfs" -cf "$CACHE/rootfs.tar.tmp" .
+    mv "$CACHE/rootfs.tar.tmp" "$CACHE/rootfs.tar"
+    rm -rf "$rootfs"
+fi
+ls -l "$CACHE/rootfs.tar"
+
+# ---------------------------------------------------------------- OCI image archive
+# Two layers: the root filesystem, and a small layer that adds a file and deletes one (whiteout),
+# so that the import already needs a stratafs overlay mount.
+step "build OCI image archive"
+L="$T/oci"
+mkdir -p "$L/blobs/sha256" "$T/layer2/etc"
+echo "stratafs e2e layer" >"$T/layer2/etc/stratafs-e2e"
+touch "$T/layer2/etc/.wh.issue.net"
+tar --numeric-owner --owner=0 --group=0 -C "$T/layer2" -cf "$T/layer2.tar" ./etc
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+size() { stat -c %s "$1"; }
+add_blob() { # file -> prints digest hex; moves the file into blobs/
+    local h; h=$(sha "$1"); mv "$1" "$L/blobs/sha256/$h"; echo "$h"
+}
+diff1=$(sha "$CACHE/rootfs.tar")
+diff2=$(sha "$T/layer2.tar")
+gzip -1 -c "$CACHE/rootfs.tar" >"$T/l1.tgz"
+gzip -1 -c "$T/layer2.tar" >"$T/l2.tgz"
+l1=$(add_blob "$T/l1.tgz"); l1s=$(size "$L/blobs/sha256/$l1")
+l2=$(add_blob "$T/l2.tgz"); l2s=$(size "$L/blobs/sha256/$l2")
+printf '%s' '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:'"$diff1"'","sha256:'"$diff2"'"]}}' >"$T/config.json"
+cfg=$(add_blob "$T/config.json"); cfgs=$(size "$L/blobs/sha256/$cfg")
+printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'"$cfg"'","size":'"$cfgs"'},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$l1"'","size":'"$l1s"'},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$l2"'","size":'"$l2s"'}]}' >"$T/manifest.json"
+man=$(add_blob "$T/manifest.json"); mans=$(size "$L/blobs/sha256/$man")
+printf '%s' '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$man"'","size":'"$mans"',"annotations":{"io.containerd.image.name":"'"$IMAGE"'","org.opencontainers.image.ref.name":"latest"}}]}' >"$L/index.json"
+printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$L/oci-layout"
+tar -C "$L" -cf "$T/image.tar" oci-layout index.json blobs
+rm -rf "$L" "$T/layer2" "$T/layer2.tar"
+ls -l "$T/image.tar"
+
+# ---------------------------------------------------------------- containerd + snapshotter
+step "start stratafs snapshotter and containerd"
+SNAP_SOCK="$T/stratafs.sock"
+SNAP_ROOT="$T/snapshotter"
+RUST_LOG=${RUST_LOG:-info} "$T/bin/stratafs" --root "$SNAP_ROOT" snapshotter --socket "$SNAP_SOCK" \
+    >"$T/snapshotter.log" 2>&1 &
+SNAP_PID=$!
+cat >"$T/config.toml" <<EOF
+version = 2
+root = "$T/ctrd-root"
+state = "$T/ctrd-state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$T/containerd.sock"
+[ttrpc]
+  address = "$T/containerd.sock.ttrpc"
+[debug]
+  level = "info"
+[proxy_plugins]
+  [proxy_plugins.stratafs]
+    type = "snapshot"
+    address = "$SNAP_SOCK"
+EOF
+containerd --config "$T/config.toml" >"$T/containerd.log" 2>&1 &
+CTRD_PID=$!
+for _ in $(seq 100); do
+    [ -S "$SNAP_SOCK" ] && ctr_ version >/dev/null 2>&1 && break
+    sleep 0.1
+done
+[ -S "$SNAP_SOCK" ] || fail "snapshotter did not start"
+ctr_ version >/dev/null || fail "containerd did not start"
+ctr_ plugins ls | grep -E 'snapshotter|TYPE' | head -20
+
+snaps() { ctr_ -n "$NS" snapshots --snapshotter stratafs "$@"; }
+
+# ---------------------------------------------------------------- import and run
+step "ctr images import --snapshotter stratafs"
+ctr_ -n "$NS" images import --snapshotter stratafs "$T/image.tar"
+ctr_ -n "$NS" images ls | grep -q "$IMAGE" || fail "image not imported"
+snaps ls
+nsnap=$(snaps ls | tail -n +2 | grep -c Committed || true)
+[ "$nsnap" = 2 ] || fail "expected 2 committed snapshots after import, got $nsnap"
+
+step "ctr run --rm: write and delete files"
+out=$(ctr_ -n "$NS" run --rm --snapshotter stratafs "$IMAGE" c1 sh -c '
+    set -e
+    test ! -e /etc/issue.net          # deleted by the second layer (whiteout)
+    grep -q "stratafs e2e" /etc/stratafs-e2e
+    echo hello >/tmp/new-file && test "$(cat /tmp/new-file)" = hello
+    rm /etc/debian_version && test ! -e /etc/debian_version
+    mkdir -p /data/a/b && echo x >/data/a/b/f && mv /data/a/b/f /data/a/g && rm -r /data/a/b
+    echo appended >>/etc/stratafs-e2e && test "$(wc -l </etc/stratafs-e2e)" = 2
+    ls /data/a
+    echo E2E-OK')
+echo "$out"
+echo "$out" | grep -q E2E-OK || fail "container command failed"
+[ -z "$(snaps ls | grep Active || true)" ] || fail "run --rm left an active snapshot"
+
+step "ctr run (kept): changes land in the container's own snapshot"
+ctr_ -n "$NS" run --snapshotter stratafs "$IMAGE" c2 sh -c 'rm /etc/debian_version; head -c 100000 /dev/zero >/big'
+snaps ls
+snaps usage c2
+used=$(snaps usage -b c2 | awk '$1 == "c2" { print $2 }')
+[ -n "$used" ] && [ "$used" -ge 100000 ] && [ "$used" -lt 1000000 ] \
+    || fail "usage of c2 is not ~100 KB: '$used'"
+upper=$(snaps mounts /unused c2 | grep -o 'upperdir=[^,]*' | cut -d= -f2)
+[ -f "$upper/big" ] || fail "container write not in its upper dir $upper"
+ctr_ -n "$NS" containers rm c2
+snaps ls | grep -q '^c2 ' && fail "container removal left its snapshot"
+
+# ---------------------------------------------------------------- commit and view
+step "prepare, commit, view"
+top=$(snaps ls | awk 'NR > 1 && $2 != "" && $3 == "Committed" { print $1 }' | head -n 1)
+[ -n "$top" ] || fail "no committed snapshot with a parent"
+mkdir -p "$T/mnt"
+# Mount what the snapshotter returns (as `ctr snapshots mounts` prints it) the way containerd
+# does: a `fuse3.X` type goes to `mount.fuse3 SOURCE TARGET -o OPTS -t X` (util-linux's mount
+# would hand mount.fuse3 the full type, which then looks for a program named `fuse3.X`).
+do_mount() { # key dir
+    local cmd; cmd=$(snaps mounts "$2" "$1")
+    echo "$cmd"
+    read -r _ _ type src target _ opts <<<"$cmd"
+    case "$type" in
+        fuse3.*) mount.fuse3 "$src" "$target" -o "$opts" -t "${type#fuse3.}" ;;
+        *) mount -t "$type" "$src" "$target" -o "$opts" ;;
+    esac
+}
+snaps prepare e2e-active "$top" >/dev/null
+do_mount e2e-active "$T/mnt"
+echo committed >"$T/mnt/committed-file"
+rm "$T/mnt/etc/stratafs-e2e"
+umount "$T/mnt"
+snaps commit e2e-committed e2e-active
+snaps info e2e-committed
+snaps view e2e-view e2e-committed >/dev/null
+do_mount e2e-view "$T/mnt"
+grep -q committed "$T/mnt/committed-file" || fail "committed file missing in the view"
+[ ! -e "$T/mnt/etc/stratafs-e2e" ] || fail "deleted file visible in the view"
+[ -f "$T/mnt/etc/passwd" ] || fail "base layer not visible in the view"
+if touch "$T/mnt/should-fail" 2>/dev/null; then fail "view is writable"; fi
+umount "$T/mnt"
+snaps rm e2e-committed 2>/dev/null && fail "removing a snapshot with a child succeeded"
+snaps rm e2e-view
+snaps rm e2e-committed
+
+# ---------------------------------------------------------------- restart of the snapshotter
+step "restart the snapshotter: state survives"
+before=$(snaps ls | sort)
+kill "$SNAP_PID"; wait "$SNAP_PID" || true
+[ ! -e "$SNAP_SOCK" ] || fail "snapshotter left its socket"
+RUST_LOG=${RUST_LOG:-info} "$T/bin/stratafs" --root "$SNAP_ROOT" snapshotter --socket "$SNAP_SOCK" \
+    >>"$T/snapshotter.log" 2>&1 &
+SNAP_PID=$!
+for _ in $(seq 50); do [ -S "$SNAP_SOCK" ] && break; sleep 0.1; done
+after=$(snaps ls | sort)
+[ "$before" = "$after" ] || fail "snapshots changed across a restart"
+
+# ---------------------------------------------------------------- removal
+step "remove the image: snapshots and mounts are gone"
+ctr_ -n "$NS" images rm --sync "$IMAGE"
+left=$(snaps ls | tail -n +2)
+[ -z "$left" ] || fail "snapshots left after image removal: $left"
+ls "$SNAP_ROOT/layers" | grep -q . && fail "layer directories left: $(ls "$SNAP_ROOT/layers")"
+if grep -q stratafs /proc/self/mountinfo; then fail "stratafs mounts left: $(grep stratafs /proc/self/mountinfo)"; fi
+echo "no snapshots, layer directories or mounts left"
+
+# ---------------------------------------------------------------- timings
+if [ "$COMPARE" = 1 ]; then
+    step "compare: import and run times per snapshotter"
+    now() { date +%s.%N; }
+    results=()
+    for sn in stratafs overlayfs native; do
+        ns="cmp-$sn"
+        t0=$(now); ctr_ -n "$ns" images import --snapshotter "$sn" "$T/image.tar" >/dev/null; t1=$(now)
+        ctr_ -n "$ns" run --rm --snapshotter "$sn" "$IMAGE" r0 true; t2=$(now)
+        ctr_ -n "$ns" run --rm --snapshotter "$sn" "$IMAGE" r1 sh -c 'tar -cf - /usr 2>/dev/null | wc -c >/dev/null'; t3=$(now)
+        results+=("$(printf '%-10s import %6.2fs   run true %5.2fs   run tar-/usr %6.2fs' "$sn" \
+            "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" "$(echo "$t3 - $t2" | bc)")")
+        ctr_ -n "$ns" images rm --sync "$IMAGE" >/dev/null
+    done
+    printf '%s\n' "${results[@]}"
+fi
+
+step "PASS"
