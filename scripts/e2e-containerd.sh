@@ -11,7 +11,8 @@
 # overlayfs and native.
 #
 # Environment: STRATAFS_BIN (default: build target/release/stratafs), KEEP_TMP=1 keeps the
-# temporary directory.
+# temporary directory, E2E_FUSE_OVERLAYFS=1 serves the fuse3.stratafs mounts with fuse-overlayfs
+# (to check the snapshotter and containerd wiring alone).
 set -euo pipefail
 
 COMPARE=0
@@ -56,7 +57,19 @@ CTRD_PID=""
 SNAP_PID=""
 # mount.fuse3 runs `stratafs overlay TARGET -o ...` through the shell, found on containerd's PATH.
 mkdir -p "$T/bin"
-cp "$STRATAFS_BIN" "$T/bin/stratafs"
+if [ "${E2E_FUSE_OVERLAYFS:-0}" = 1 ]; then
+    # Checks the snapshotter side alone: `stratafs overlay` is served by fuse-overlayfs, which
+    # takes the same options; every other command goes to the real binary.
+    cp "$STRATAFS_BIN" "$T/bin/stratafs.real"
+    cat >"$T/bin/stratafs" <<EOF
+#!/bin/sh
+if [ "\$1" = overlay ]; then shift; target=\$1; shift; exec fuse-overlayfs "\$@" "\$target"; fi
+exec "$T/bin/stratafs.real" "\$@"
+EOF
+    chmod +x "$T/bin/stratafs"
+else
+    cp "$STRATAFS_BIN" "$T/bin/stratafs"
+fi
 export PATH="$T/bin:$PATH"
 
 ctr_() { ctr --address "$T/containerd.sock" "$@"; }
@@ -166,6 +179,7 @@ ls -l "$T/image.tar"
 step "start stratafs snapshotter and containerd"
 SNAP_SOCK="$T/stratafs.sock"
 SNAP_ROOT="$T/snapshotter"
+export NO_COLOR=1
 RUST_LOG=${RUST_LOG:-info} "$T/bin/stratafs" --root "$SNAP_ROOT" snapshotter --socket "$SNAP_SOCK" \
     >"$T/snapshotter.log" 2>&1 &
 SNAP_PID=$!
@@ -249,7 +263,9 @@ do_mount() { # key dir
         *) mount -t "$type" "$src" "$target" -o "$opts" ;;
     esac
 }
+# Snapshots nobody references are garbage collected by containerd: pin them with gc.root.
 snaps prepare e2e-active "$top" >/dev/null
+snaps label e2e-active containerd.io/gc.root=e2e >/dev/null
 do_mount e2e-active "$T/mnt"
 echo committed >"$T/mnt/committed-file"
 rm "$T/mnt/etc/stratafs-e2e"
@@ -257,6 +273,7 @@ umount "$T/mnt"
 snaps commit e2e-committed e2e-active
 snaps info e2e-committed
 snaps view e2e-view e2e-committed >/dev/null
+snaps label e2e-view containerd.io/gc.root=e2e >/dev/null
 do_mount e2e-view "$T/mnt"
 grep -q committed "$T/mnt/committed-file" || fail "committed file missing in the view"
 [ ! -e "$T/mnt/etc/stratafs-e2e" ] || fail "deleted file visible in the view"
@@ -268,16 +285,28 @@ snaps rm e2e-view
 snaps rm e2e-committed
 
 # ---------------------------------------------------------------- restart of the snapshotter
-step "restart the snapshotter: state survives"
+step "restart the snapshotter while a container runs"
+ctr_ -n "$NS" run -d --snapshotter stratafs "$IMAGE" c3 sleep 300 >/dev/null
+ctr_ -n "$NS" tasks exec --exec-id w1 c3 sh -c 'echo before >/before'
 before=$(snaps ls | sort)
 kill "$SNAP_PID"; wait "$SNAP_PID" || true
 [ ! -e "$SNAP_SOCK" ] || fail "snapshotter left its socket"
+# The container's mount belongs to its own FUSE server, not to the snapshotter.
+ctr_ -n "$NS" tasks exec --exec-id w2 c3 sh -c 'cat /before && echo during >/during' \
+    || fail "container broke while the snapshotter was down"
 RUST_LOG=${RUST_LOG:-info} "$T/bin/stratafs" --root "$SNAP_ROOT" snapshotter --socket "$SNAP_SOCK" \
     >>"$T/snapshotter.log" 2>&1 &
 SNAP_PID=$!
-for _ in $(seq 50); do [ -S "$SNAP_SOCK" ] && break; sleep 0.1; done
-after=$(snaps ls | sort)
-[ "$before" = "$after" ] || fail "snapshots changed across a restart"
+# containerd redials the proxy with a backoff of up to a few seconds.
+after=""
+for _ in $(seq 50); do after=$(snaps ls 2>/dev/null | sort) && [ -n "$after" ] && break; sleep 0.2; done
+[ "$before" = "$after" ] || fail "snapshots changed across a restart: $before // $after"
+ctr_ -n "$NS" tasks exec --exec-id w3 c3 sh -c 'cat /before /during' | grep -q during \
+    || fail "container lost its files across the restart"
+ctr_ -n "$NS" tasks kill -s SIGKILL c3
+for _ in $(seq 50); do ctr_ -n "$NS" tasks ls | grep -q 'c3 .*RUNNING' || break; sleep 0.1; done
+ctr_ -n "$NS" tasks delete c3 >/dev/null
+ctr_ -n "$NS" containers rm c3
 
 # ---------------------------------------------------------------- removal
 step "remove the image: snapshots and mounts are gone"
@@ -285,8 +314,13 @@ ctr_ -n "$NS" images rm --sync "$IMAGE"
 left=$(snaps ls | tail -n +2)
 [ -z "$left" ] || fail "snapshots left after image removal: $left"
 ls "$SNAP_ROOT/layers" | grep -q . && fail "layer directories left: $(ls "$SNAP_ROOT/layers")"
-if grep -q stratafs /proc/self/mountinfo; then fail "stratafs mounts left: $(grep stratafs /proc/self/mountinfo)"; fi
-echo "no snapshots, layer directories or mounts left"
+# containerd mounts under its own root and state, and in /tmp/containerd-mount* for unpacking.
+left=$( (mounts_under "$T"; mounts_under /tmp/containerd-mount) || true)
+[ -z "$left" ] || fail "mounts left: $left"
+# Every FUSE server of a snapshot mount names a layer directory under the snapshotter's root.
+servers=$(pgrep -af -- "$SNAP_ROOT/layers" || true)
+[ -z "$servers" ] || fail "FUSE servers left: $servers"
+echo "no snapshots, layer directories, mounts or FUSE servers left"
 
 # ---------------------------------------------------------------- timings
 if [ "$COMPARE" = 1 ]; then
