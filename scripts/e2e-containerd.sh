@@ -25,7 +25,8 @@ for arg in "$@"; do
 done
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-CACHE=/var/tmp/stratafs-cache
+# shellcheck source=lib/rootfs.sh
+. "$REPO/scripts/lib/rootfs.sh"
 IMAGE=docker.io/library/stratafs-e2e:latest
 NS=e2e
 step() { printf '\n=== %s\n' "$*"; }
@@ -35,14 +36,10 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- prerequisites
 step "prerequisites"
-need_pkgs=()
-command -v containerd >/dev/null || need_pkgs+=(containerd)
-command -v mount.fuse3 >/dev/null || need_pkgs+=(fuse3)
-command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    echo "installing ${need_pkgs[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_pkgs[@]}"
-fi
+ensure_pkg containerd containerd
+ensure_pkg mount.fuse3 fuse3
+ensure_pkg fuse-overlayfs fuse-overlayfs
+ensure_pkg bc bc
 containerd --version
 [ -e /dev/fuse ] || fail "/dev/fuse is missing"
 
@@ -109,70 +106,48 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- root filesystem (cached)
-apt_mirror() {
-    local uri=""
-    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-        uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' \
-            /etc/apt/sources.list.d/debian.sources)
-    fi
-    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
-        uri=$(awk '/^deb / && $2 !~ /security/ { print ($2 ~ /^\[/ ? $3 : $2); exit }' /etc/apt/sources.list)
-    fi
-    echo "$uri"
-}
-
 step "root filesystem"
-mkdir -p "$CACHE"
-if [ ! -s "$CACHE/rootfs.tar" ]; then
-    mirror=$(apt_mirror)
-    rootfs="$T/rootfs"
-    if [ -n "$mirror" ] && debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$T/debootstrap.log" 2>&1; then
-        echo "debootstrap from the apt mirror done"
-    else
-        echo "debootstrap failed or no mirror (see below); falling back to a busybox root"
-        tail -n 5 "$T/debootstrap.log" 2>/dev/null || true
-        command -v busybox >/dev/null || apt-get install -y busybox-static
-        rm -rf "$rootfs"; mkdir -p "$rootfs"/{bin,sbin,etc,tmp,usr/bin,usr/sbin,proc,sys,dev}
-        cp "$(command -v busybox)" "$rootfs/bin/busybox"
-        chroot "$rootfs" /bin/busybox --install -s
-        echo "Debian GNU/Linux (busybox stand-in)" >"$rootfs/etc/issue.net"
-        echo "12" >"$rootfs/etc/debian_version"
-    fi
-    tar --numeric-owner -C "$rootfs" -cf "$CACHE/rootfs.tar.tmp" .
-    mv "$CACHE/rootfs.tar.tmp" "$CACHE/rootfs.tar"
-    rm -rf "$rootfs"
-fi
-ls -l "$CACHE/rootfs.tar"
+ROOTFS_TAR=$(ensure_rootfs_tar) || fail "no root filesystem"
+ls -l "$ROOTFS_TAR"
 
 # ---------------------------------------------------------------- OCI image archive
-# Two layers: the root filesystem, and a small layer that adds a file and deletes one (whiteout),
-# so that the import already needs a stratafs overlay mount.
+# Three layers: the root filesystem; files under /opt; and a layer that deletes one of them
+# (whiteout) and hides a directory's lower contents (opaque), so that the import already needs
+# stratafs overlay mounts and the container sees all three formats merged.
 step "build OCI image archive"
 L="$T/oci"
-mkdir -p "$L/blobs/sha256" "$T/layer2/etc"
+mkdir -p "$L/blobs/sha256" "$T/layer2/etc" "$T/layer2/opt/e2e" "$T/layer2/opt/opq" "$T/layer3/opt/e2e" "$T/layer3/opt/opq"
 echo "stratafs e2e layer" >"$T/layer2/etc/stratafs-e2e"
-touch "$T/layer2/etc/.wh.issue.net"
-tar --numeric-owner --owner=0 --group=0 -C "$T/layer2" -cf "$T/layer2.tar" ./etc
+echo keep >"$T/layer2/opt/e2e/keep"
+echo gone >"$T/layer2/opt/e2e/gone"
+echo old >"$T/layer2/opt/opq/old"
+touch "$T/layer3/opt/e2e/.wh.gone" "$T/layer3/opt/opq/.wh..wh..opq"
+echo new >"$T/layer3/opt/opq/new"
+tar --numeric-owner --owner=0 --group=0 -C "$T/layer2" -cf "$T/layer2.tar" ./etc ./opt
+tar --numeric-owner --owner=0 --group=0 -C "$T/layer3" -cf "$T/layer3.tar" ./opt
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 size() { stat -c %s "$1"; }
 add_blob() { # file -> prints digest hex; moves the file into blobs/
     local h; h=$(sha "$1"); mv "$1" "$L/blobs/sha256/$h"; echo "$h"
 }
-diff1=$(sha "$CACHE/rootfs.tar")
+diff1=$(sha "$ROOTFS_TAR")
 diff2=$(sha "$T/layer2.tar")
-gzip -1 -c "$CACHE/rootfs.tar" >"$T/l1.tgz"
+diff3=$(sha "$T/layer3.tar")
+gzip -1 -c "$ROOTFS_TAR" >"$T/l1.tgz"
 gzip -1 -c "$T/layer2.tar" >"$T/l2.tgz"
+gzip -1 -c "$T/layer3.tar" >"$T/l3.tgz"
 l1=$(add_blob "$T/l1.tgz"); l1s=$(size "$L/blobs/sha256/$l1")
 l2=$(add_blob "$T/l2.tgz"); l2s=$(size "$L/blobs/sha256/$l2")
-printf '%s' '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:'"$diff1"'","sha256:'"$diff2"'"]}}' >"$T/config.json"
+l3=$(add_blob "$T/l3.tgz"); l3s=$(size "$L/blobs/sha256/$l3")
+printf '%s' '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:'"$diff1"'","sha256:'"$diff2"'","sha256:'"$diff3"'"]}}' >"$T/config.json"
 cfg=$(add_blob "$T/config.json"); cfgs=$(size "$L/blobs/sha256/$cfg")
-printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'"$cfg"'","size":'"$cfgs"'},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$l1"'","size":'"$l1s"'},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$l2"'","size":'"$l2s"'}]}' >"$T/manifest.json"
+printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'"$cfg"'","size":'"$cfgs"'},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$l1"'","size":'"$l1s"'},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$l2"'","size":'"$l2s"'},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$l3"'","size":'"$l3s"'}]}' >"$T/manifest.json"
 man=$(add_blob "$T/manifest.json"); mans=$(size "$L/blobs/sha256/$man")
 printf '%s' '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$man"'","size":'"$mans"',"annotations":{"io.containerd.image.name":"'"$IMAGE"'","org.opencontainers.image.ref.name":"latest"}}]}' >"$L/index.json"
 printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$L/oci-layout"
 tar -C "$L" -cf "$T/image.tar" oci-layout index.json blobs
-rm -rf "$L" "$T/layer2" "$T/layer2.tar"
+rm -rf "$L" "$T"/layer[23] "$T"/layer[23].tar
 ls -l "$T/image.tar"
 
 # ---------------------------------------------------------------- containerd + snapshotter
@@ -217,15 +192,18 @@ ctr_ -n "$NS" images import --snapshotter stratafs "$T/image.tar"
 ctr_ -n "$NS" images ls | grep -q "$IMAGE" || fail "image not imported"
 snaps ls
 nsnap=$(snaps ls | tail -n +2 | grep -c Committed || true)
-[ "$nsnap" = 2 ] || fail "expected 2 committed snapshots after import, got $nsnap"
+[ "$nsnap" = 3 ] || fail "expected 3 committed snapshots after import, got $nsnap"
 
 step "ctr run --rm: write and delete files"
 out=$(ctr_ -n "$NS" run --rm --snapshotter stratafs "$IMAGE" c1 sh -c '
     set -e
-    test ! -e /etc/issue.net          # deleted by the second layer (whiteout)
+    test ! -e /opt/e2e/gone                       # whiteout in layer 3
+    test "$(cat /opt/e2e/keep)" = keep
+    test ! -e /opt/opq/old && test -f /opt/opq/new  # opaque directory in layer 3
     grep -q "stratafs e2e" /etc/stratafs-e2e
     echo hello >/tmp/new-file && test "$(cat /tmp/new-file)" = hello
-    rm /etc/debian_version && test ! -e /etc/debian_version
+    rm /opt/e2e/keep && test ! -e /opt/e2e/keep && test -z "$(ls -A /opt/e2e | grep "^\.wh\.")"
+    rm -r /opt/opq && test ! -e /opt/opq && mkdir /opt/opq && test -z "$(ls -A /opt/opq)"
     mkdir -p /data/a/b && echo x >/data/a/b/f && mv /data/a/b/f /data/a/g && rm -r /data/a/b
     echo appended >>/etc/stratafs-e2e && test "$(wc -l </etc/stratafs-e2e)" = 2
     ls /data/a
@@ -235,7 +213,7 @@ echo "$out" | grep -q E2E-OK || fail "container command failed"
 [ -z "$(snaps ls | grep Active || true)" ] || fail "run --rm left an active snapshot"
 
 step "ctr run (kept): changes land in the container's own snapshot"
-ctr_ -n "$NS" run --snapshotter stratafs "$IMAGE" c2 sh -c 'rm /etc/debian_version; head -c 100000 /dev/zero >/big'
+ctr_ -n "$NS" run --snapshotter stratafs "$IMAGE" c2 sh -c 'rm /opt/e2e/keep; head -c 100000 /dev/zero >/big'
 snaps ls
 snaps usage c2
 used=$(snaps usage -b c2 | awk '$1 == "c2" { print $2 }')
