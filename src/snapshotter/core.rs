@@ -24,6 +24,13 @@ type Result<T, E = SnapshotError> = std::result::Result<T, E>;
 pub const FUSE_MOUNT_TYPE: &str = "fuse3.stratafs";
 /// The label prefix containerd uses for a label update of one key (`labels.KEY`).
 const LABELS_FIELD: &str = "labels";
+/// Longest `lowerdir=` option passed inline. The option travels as one argument through
+/// containerd and mount.fuse3 to `stratafs overlay` (never into the kernel's one-page mount data),
+/// so the hard limit is Linux's 128 KiB per argument (~2,800 layers at this root's path length);
+/// past this, the list goes into a file named by `lowerdir_file=` instead.
+const LOWERDIR_INLINE_MAX: usize = 64 * 1024;
+/// The file beside a snapshot's `diff/` that lists its lower directories when they are too many.
+const LOWERDIR_FILE: &str = "lowerdirs";
 
 /// One snapshotter's state: the layer store and the key table, under `root`.
 pub struct Core {
@@ -160,14 +167,18 @@ impl Core {
             .map(|(_, r)| self.store.diff_dir(&r.id).display().to_string())
             .collect();
         let own = self.store.diff_dir(&top.id).display().to_string();
+        let lower_option = || {
+            let file = self.store.layer_dir(&top.id).join(LOWERDIR_FILE);
+            lowerdir_option(&lowers, &file, LOWERDIR_INLINE_MAX)
+        };
         Ok(vec![match (top.kind, lowers.len()) {
             (Kind::Active, 0) => bind(own, "rw"),
             (Kind::View, 0) => bind(own, "ro"),
             // A view of one layer is that layer, read-only: no FUSE server needed.
             (Kind::View, 1) => bind(lowers[0].clone(), "ro"),
-            (Kind::View, _) => fuse(vec![format!("lowerdir={}", lowers.join(":"))]),
+            (Kind::View, _) => fuse(vec![lower_option()?]),
             _ => fuse(vec![
-                format!("lowerdir={}", lowers.join(":")),
+                lower_option()?,
                 format!("upperdir={own}"),
                 format!("workdir={}", self.store.work_dir(&top.id).display()),
             ]),
@@ -359,6 +370,23 @@ impl Core {
     }
 }
 
+/// `lowerdir=A:B:...`, or, when that is longer than `max`, `lowerdir_file=FILE` with the list
+/// written to `file` (one directory per line, topmost first; rewritten atomically, since a
+/// snapshot's parents never change the content is always the same).
+fn lowerdir_option(lowers: &[String], file: &Path, max: usize) -> crate::error::Result<String> {
+    let inline = format!("lowerdir={}", lowers.join(":"));
+    if inline.len() <= max {
+        return Ok(inline);
+    }
+    tracing::debug!(layers = lowers.len(), file = %file.display(), "lowerdir list goes to a file");
+    let tmp = file.with_extension("tmp");
+    let mut body = lowers.join("\n");
+    body.push('\n');
+    fs::write(&tmp, body).ctx(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, file).ctx(|| format!("writing {}", file.display()))?;
+    Ok(format!("lowerdir_file={}", file.display()))
+}
+
 fn bind(source: String, access: &str) -> Mount {
     Mount {
         r#type: "bind".into(),
@@ -411,4 +439,25 @@ fn disk_usage(dir: &Path) -> crate::error::Result<Usage> {
         }
     }
     Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lowerdir_lists_go_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(LOWERDIR_FILE);
+        let lowers: Vec<String> = (0..5).map(|i| format!("/s/layers/{i}/diff")).collect();
+        assert_eq!(
+            lowerdir_option(&lowers[..2], &file, 50).unwrap(),
+            "lowerdir=/s/layers/0/diff:/s/layers/1/diff"
+        );
+        assert!(!file.exists());
+        let opt = lowerdir_option(&lowers, &file, 50).unwrap();
+        assert_eq!(opt, format!("lowerdir_file={}", file.display()));
+        let listed = fs::read_to_string(&file).unwrap();
+        assert_eq!(listed.lines().collect::<Vec<_>>(), lowers);
+    }
 }
