@@ -91,6 +91,10 @@ pub enum Error {
     #[error("no supported storage backend found")]
     NoSupportedBackend,
 
+    /// A request that makes no sense as given (a bad command-line argument, a tar to a terminal).
+    #[error("{0}")]
+    Usage(String),
+
     /// An I/O error with the path or operation it concerns.
     #[error("{context}: {source}")]
     Io {
@@ -131,7 +135,8 @@ impl Error {
             | Error::UnknownStorageOpt(_)
             | Error::InvalidStorageOpt { .. }
             | Error::InvalidIdMap { .. }
-            | Error::InvalidMountOption { .. } => libc::EINVAL,
+            | Error::InvalidMountOption { .. }
+            | Error::Usage(_) => libc::EINVAL,
             _ => libc::EIO,
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod idmap;
 pub mod opts;
+pub mod registry;
 pub mod strata;
 pub mod vfs;
 
@@ -15,9 +16,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::store::LayerKind;
 pub use idmap::{IdMap, IdMappings};
 pub use opts::StorageOpts;
+pub use registry::{default_registry, Registry};
 
 /// What happened to a path between a parent and a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -35,6 +38,16 @@ pub enum ChangeKind {
 pub struct Change {
     pub path: String,
     pub kind: ChangeKind,
+}
+
+/// One layer as listed by [`Driver::list`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub id: String,
+    pub parent: Option<String>,
+    pub kind: LayerKind,
+    /// Where the layer's merged view is mounted now, if it is.
+    pub mounted_at: Option<PathBuf>,
 }
 
 /// Options given when a layer is created.
@@ -100,6 +113,23 @@ pub trait Driver: Send + Sync {
     fn is_mounted(&self, path: &Path) -> bool;
     /// What the driver promises about its archives.
     fn capabilities(&self) -> Capabilities;
+
+    /// Every layer, sorted by id. Not part of Docker's contract: for listings (`stratafs ls`).
+    fn list(&self) -> Result<Vec<LayerInfo>> {
+        Err(Error::NotSupported(format!(
+            "{}: listing layers is not implemented",
+            self.name()
+        )))
+    }
+
+    /// The layer's own parent (the `parent` for which `diff`/`changes` walk one directory).
+    fn parent(&self, id: &str) -> Result<Option<String>> {
+        self.list()?
+            .into_iter()
+            .find(|l| l.id == id)
+            .map(|l| l.parent)
+            .ok_or_else(|| Error::LayerNotFound(id.to_string()))
+    }
 }
 
 /// What a driver is constructed with (Docker's `graphdriver.Options` plus the engine root).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::archive;
 use crate::driver::{
-    Capabilities, Change, CreateOpts, Driver, DriverConfig, FileGetter, IdMappings,
+    Capabilities, Change, CreateOpts, Driver, DriverConfig, FileGetter, IdMappings, LayerInfo,
 };
 use crate::error::{Error, Result};
 use crate::store::{LayerKind, Store};
@@ -200,5 +200,23 @@ impl Driver for StrataDriver {
         Capabilities {
             reproduces_exact_diffs: true,
         }
+    }
+
+    fn list(&self) -> Result<Vec<LayerInfo>> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .map(|r| LayerInfo {
+                mounted_at: self.mounts.mounted_at(&r.id),
+                id: r.id,
+                parent: r.parent,
+                kind: r.kind,
+            })
+            .collect())
+    }
+
+    fn parent(&self, id: &str) -> Result<Option<String>> {
+        Ok(self.store.record(id)?.parent)
     }
 }

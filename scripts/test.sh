@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The whole stratafs test suite: formatting, lints, unit tests, FUSE tests (fuse-tests/), binary
+# tests (tests/), then any end-to-end scripts scripts/e2e-*.sh that are executable.
+# Run as root on a machine with /dev/fuse: the FUSE tests mount. `.ci/run` runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+# Commands the tests need, each with the Debian package that provides it.
+REQUIRED=(
+    "fusermount3:fuse3"
+    "fuse-overlayfs:fuse-overlayfs"
+)
+
+install_missing() {
+    local missing=() pair
+    for pair in "${REQUIRED[@]}"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    ((${#missing[@]})) || return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "missing packages: ${missing[*]}; install them or run as root" >&2
+        return 1
+    fi
+    step "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# Everything the tests create (stores, mount points) lives under one directory of this run, so
+# the exit trap can find what they leave mounted without touching anyone else's mounts.
+RUN_TMP=$(mktemp -d "${TMPDIR:-/tmp}/stratafs-test.XXXXXX")
+export TMPDIR=$RUN_TMP
+
+# FUSE mount points under RUN_TMP, deepest first (mountinfo escapes spaces as \040).
+leftover_mounts() {
+    awk -v prefix="$RUN_TMP/" '{
+        split($0, halves, " - "); split(halves[2], tail, " ")
+        if (tail[1] ~ /^fuse/ && index($5, prefix) == 1) print $5
+    }' /proc/self/mountinfo | sort -r
+}
+
+cleanup() {
+    local rc=$? mp
+    while read -r mp; do
+        [[ -n $mp ]] || continue
+        mp=$(printf '%b' "$mp")
+        echo "unmounting leftover $mp" >&2
+        fusermount3 -u -z "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true
+    done < <(leftover_mounts)
+    # --one-file-system: never delete through a mount that survived the unmount above.
+    rm -rf --one-file-system "$RUN_TMP" 2>/dev/null || true
+    if ((rc == 0)); then
+        step "all steps passed"
+    else
+        step "FAILED (exit $rc)"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "checking prerequisites"
+install_missing
+if [[ ! -e /dev/fuse ]]; then
+    modprobe fuse 2>/dev/null || true
+fi
+[[ -e /dev/fuse ]] || echo "warning: /dev/fuse is missing; FUSE tests will fail" >&2
+[[ $(id -u) -eq 0 ]] || echo "warning: not root; FUSE tests need root" >&2
+cargo --version
+
+export RUST_BACKTRACE=1
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets (unit, fuse-tests, cli)"
+cargo test --all-targets 2>&1 | tee "$RUN_TMP/cargo-test.log"
+# One closing line over all test binaries (the last binary alone may hold few tests).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
+    "$RUN_TMP/cargo-test.log"
+
+shopt -s nullglob
+for script in scripts/e2e-*.sh; do
+    if [[ -x $script ]]; then
+        step "$script"
+        "$script"
+    else
+        echo "skipping $script (not executable)" >&2
+    fi
+done
