@@ -478,3 +478,31 @@ async fn state_survives_a_restart() {
     assert_eq!(list(&mut c).await.len(), 3);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_chain_lists_every_parent_topmost_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("root"), &dir.path().join("s.sock")).await;
+    let mut c = server.client().await;
+    let mut parent = String::new();
+    let mut diffs = Vec::new();
+    for i in 0..40 {
+        let m = prepare(&mut c, &format!("x/{i}/extract"), &parent)
+            .await
+            .unwrap();
+        let own = match m[0].r#type.as_str() {
+            "bind" => m[0].source.clone(),
+            _ => option(&m[0], "upperdir").unwrap().to_string(),
+        };
+        diffs.push(own);
+        let name = format!("x/{i}/sha256:{i:064}");
+        commit(&mut c, &name, &format!("x/{i}/extract"))
+            .await
+            .unwrap();
+        parent = name;
+    }
+    let m = prepare(&mut c, "x/run", &parent).await.unwrap();
+    diffs.reverse();
+    assert_eq!(option(&m[0], "lowerdir"), Some(diffs.join(":").as_str()));
+    server.stop().await;
+}
