@@ -60,6 +60,7 @@ if [ "${E2E_FUSE_OVERLAYFS:-0}" = 1 ]; then
     cp "$STRATAFS_BIN" "$T/bin/stratafs.real"
     cat >"$T/bin/stratafs" <<EOF
 #!/bin/sh
+echo "stratafs \$*" >>"$T/overlay-calls.log"
 if [ "\$1" = overlay ]; then shift; target=\$1; shift; exec fuse-overlayfs "\$@" "\$target"; fi
 exec "$T/bin/stratafs.real" "\$@"
 EOF
