@@ -64,7 +64,16 @@ impl Core {
                 ))
             })?;
         let store = Store::open(&root)?;
-        let db = Db::load(&root)?;
+        let mut db = Db::load(&root)?;
+        // A crash between creating a layer and saving the table leaves a layer whose id the
+        // saved counter hands out again: start past every id on disk.
+        let highest = store
+            .list()?
+            .iter()
+            .filter_map(|r| r.id.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        db.next_id = db.next_id.max(highest);
         for (key, rec) in &db.snapshots {
             if !store.exists(&rec.id) {
                 tracing::warn!(key, id = rec.id, "snapshot's layer directory is missing");
@@ -444,6 +453,20 @@ fn disk_usage(dir: &Path) -> crate::error::Result<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_start_past_layers_left_by_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (opts, maps) = (CreateOpts::default(), IdMappings::default());
+        store
+            .create("7", None, LayerKind::ReadWrite, &opts, &maps)
+            .unwrap();
+        let core = Core::open(dir.path()).unwrap();
+        let m = core.create(Kind::Active, "k", "", HashMap::new()).unwrap();
+        assert_eq!(m[0].source, store.diff_dir("8").display().to_string());
+        assert_eq!(core.cleanup().unwrap(), ["7"]);
+    }
 
     #[test]
     fn long_lowerdir_lists_go_to_a_file() {
