@@ -38,7 +38,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 step "prerequisites"
 ensure_pkg containerd containerd
 ensure_pkg mount.fuse3 fuse3
-ensure_pkg fuse-overlayfs fuse-overlayfs
+[ "${E2E_FUSE_OVERLAYFS:-0}" = 1 ] && ensure_pkg fuse-overlayfs fuse-overlayfs
 ensure_pkg bc bc
 containerd --version
 [ -e /dev/fuse ] || fail "/dev/fuse is missing"
