@@ -2,3 +2,5 @@
 //! up its mounts, even when it fails (see `common::MountGuard`).
 
 mod common;
+mod conformance;
+mod read;

@@ -290,3 +290,432 @@ pub fn fs_type_name(path: &Path) -> String {
         other => format!("0x{other:x}"),
     }
 }
+
+/// `openat2(dir, name, {flags | O_CLOEXEC, mode, resolve})`: path resolution confined by the
+/// kernel (`RESOLVE_BENEATH` refuses `..`, absolute symlinks and anything leading out of `dir`).
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: zeroed open_how is valid (all-integer struct); fields set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        mode as u64
+    } else {
+        0
+    };
+    how.resolve = resolve;
+    loop {
+        // SAFETY: valid fd, C string and open_how pointer with its exact size.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if r >= 0 {
+            // SAFETY: fresh fd returned by the kernel.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r as i32) });
+        }
+        let e = io::Error::last_os_error();
+        // EAGAIN: a concurrent rename raced the lookup; the kernel asks us to retry.
+        if e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: stay under the starting directory.
+pub const RESOLVE_BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+
+/// `mkdirat(dir, name, mode)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+/// `mknodat(dir, name, mode, dev)`.
+pub fn mknodat(dir: BorrowedFd<'_>, name: &Path, mode: u32, dev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            dev as libc::dev_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    // SAFETY: valid C strings and fd.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+/// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink at `oldname`.
+pub fn linkat(
+    olddir: BorrowedFd<'_>,
+    oldname: &Path,
+    newdir: BorrowedFd<'_>,
+    newname: &Path,
+) -> io::Result<()> {
+    let o = cstr(oldname)?;
+    let n = cstr(newname)?;
+    // SAFETY: valid C strings and fds.
+    check(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// `unlinkat(dir, name, flags)` (`libc::AT_REMOVEDIR` for directories).
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &Path, flags: i32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+}
+
+/// `readlinkat(dir, name)`; an empty name reads the symlink `dir` was opened on (O_PATH).
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid fd, C string and buffer of the given length.
+        let n = check_size(unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        })?;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Ok(std::ffi::OsString::from_vec(buf));
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`.
+pub fn lchownat(dir: BorrowedFd<'_>, name: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if name.as_os_str().is_empty() {
+        libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// `fchmodat(dir, name, mode, 0)` (follows nothing because callers never pass symlinks).
+pub fn fchmodat(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
+}
+
+/// `fchmod(fd, mode)`.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: valid fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+}
+
+/// Set atime and mtime (seconds, nanoseconds) of `name` in `dir`, not following a final symlink.
+pub fn lutimensat(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+) -> io::Result<()> {
+    let c = cstr(name)?;
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0 as libc::time_t,
+            tv_nsec: atime.1 as _,
+        },
+        libc::timespec {
+            tv_sec: mtime.0 as libc::time_t,
+            tv_nsec: mtime.1 as _,
+        },
+    ];
+    let flags = if name.as_os_str().is_empty() {
+        libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: valid fd, C string and a two-element timespec array.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), flags) }).map(drop)
+}
+
+/// `ioctl(dst, FICLONE, src)`: share the data blocks of `src` (reflink) where the filesystem can.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both fds valid; FICLONE takes the source fd as its argument.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) }).map(drop)
+}
+
+/// The path under `/proc/self/fd` naming `name` inside the open directory `dir`, for the
+/// `l*xattr` calls that have no `*at` form. Safe against symlinks because `name` is a single
+/// component and `l*` calls do not follow a final symlink.
+pub fn fd_child_path(dir: BorrowedFd<'_>, name: &Path) -> std::path::PathBuf {
+    let base = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    if name.as_os_str().is_empty() {
+        base
+    } else {
+        base.join(name)
+    }
+}
+
+/// Whether two open files live on the same inode.
+pub fn same_inode(a: &libc::stat, b: &libc::stat) -> bool {
+    a.st_dev == b.st_dev && a.st_ino == b.st_ino
+}
+
+/// One entry of a directory read with [`read_dir_fd`].
+#[derive(Debug, Clone)]
+pub struct RawDirEntry {
+    pub name: std::ffi::OsString,
+    pub ino: u64,
+    /// `DT_*` type (may be `DT_UNKNOWN`).
+    pub d_type: u8,
+}
+
+/// All entries of the open directory `dir` except `.` and `..`, via `getdents64` on a duplicate
+/// of the fd (so the caller's offset is untouched).
+pub fn read_dir_fd(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
+    let fd = openat(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is valid for its length; the kernel writes at most that many bytes.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        let n = n as usize;
+        let mut off = 0usize;
+        // linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, char d_name[].
+        while off + 19 <= n {
+            let rec = &buf[off..n];
+            let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
+            let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+            if reclen == 0 || reclen > rec.len() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let d_type = rec[18];
+            let name_bytes = &rec[19..reclen];
+            let len = name_bytes
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push(RawDirEntry {
+                    name: OsStr::from_bytes(name).to_os_string(),
+                    ino,
+                    d_type,
+                });
+            }
+            off += reclen;
+        }
+    }
+}
+
+/// `fstatvfs(fd)`.
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    // SAFETY: zeroed statvfs is a valid plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and pointer.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// `flistxattr(fd)`: the attribute names (empty when xattrs are unsupported).
+pub fn flistxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: valid fd and buffer.
+    let res = xattr_buf_loop(|buf, len| unsafe { libc::flistxattr(raw, buf.cast(), len) });
+    match res {
+        Ok(raw) => Ok(raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_vec())
+            .collect()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `lseek(fd, offset, whence)`.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Result of [`fork`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForkResult {
+    Parent { child: i32 },
+    Child,
+}
+
+/// `fork()`.
+///
+/// # Safety
+/// The process must be single-threaded: the child runs only the calling thread, so any lock
+/// held by another thread would stay locked forever.
+pub unsafe fn fork() -> io::Result<ForkResult> {
+    // SAFETY: the caller guarantees the process is single-threaded.
+    let pid = check(unsafe { libc::fork() })?;
+    Ok(if pid == 0 {
+        ForkResult::Child
+    } else {
+        ForkResult::Parent { child: pid }
+    })
+}
+
+/// `setsid()`.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is valid for two ints.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `dup2(from, to)`: make `to` (e.g. 0, 1, 2) refer to `from`.
+pub fn dup2(from: BorrowedFd<'_>, to: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; `to` is replaced atomically.
+    check(unsafe { libc::dup2(from.as_raw_fd(), to) }).map(drop)
+}
+
+/// Block SIGTERM, SIGINT and SIGHUP in the calling thread (inherited by threads it starts).
+pub fn block_termination_signals() -> io::Result<()> {
+    // SAFETY: sigset operations on a local, zero-initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(())
+}
+
+/// Wait for one of the signals blocked by [`block_termination_signals`]; returns its number.
+pub fn wait_termination_signal() -> io::Result<i32> {
+    // SAFETY: as above; sigwait writes the signal number into `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut sig: libc::c_int = 0;
+        let r = libc::sigwait(&set, &mut sig);
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        Ok(sig)
+    }
+}
+
+/// Whether a process with this pid exists (`kill(pid, 0)`; EPERM still means it exists).
+pub fn process_exists(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped): such a server is gone.
+pub fn process_is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Send `sig` to `pid`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// `umount2(path, flags)` (root only).
+pub fn umount2(path: &Path, flags: i32) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::umount2(c.as_ptr(), flags) }).map(drop)
+}
+
+/// The kernel release as (major, minor), from `uname`.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: zeroed utsname is a valid plain C struct; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    let rel: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    let rel = String::from_utf8_lossy(&rel);
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}

@@ -1,71 +1,139 @@
 //! Layer tars (OCI changesets): apply, export, changes, size, getter.
-//! (Interface fixed; implementation lands with the archive issue.)
+//!
+//! Every path an archive names goes through [`safe_path`]; every whiteout decision through
+//! `crate::layer::whiteout`; ownership that cannot be applied through `crate::layer::meta`.
+
+mod apply;
+mod changes;
+pub mod decompress;
+mod export;
+mod getter;
+pub mod safe_path;
+mod walk;
 
 use std::io::{Read, Write};
+use std::path::Path;
 
 use crate::driver::{Change, FileGetter, IdMappings};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
 
-fn todo(what: &str) -> Error {
-    Error::NotSupported(format!("{what}: not implemented yet"))
-}
+pub use apply::ApplyMode;
+pub use changes::lower_lookup;
 
 /// Unpack a layer tar into the (empty) `diff/` of layer `id`, keeping whiteouts as markers.
-/// Returns the layer size (equal to [`layer_diff_size`] afterwards).
-pub fn apply_layer(
-    _store: &Store,
-    _id: &str,
-    _tar: &mut dyn Read,
-    _maps: &IdMappings,
-) -> Result<u64> {
-    Err(todo("apply_diff"))
+/// Returns the layer size (equal to [`layer_diff_size`] afterwards). On any error the
+/// directory is emptied again.
+pub fn apply_layer(store: &Store, id: &str, tar: &mut dyn Read, maps: &IdMappings) -> Result<u64> {
+    let dir = store.diff_dir(id);
+    if !store.exists(id) {
+        return Err(Error::LayerNotFound(id.to_string()));
+    }
+    if !apply::is_empty_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+        return Err(Error::LayerNotEmpty { id: id.to_string() });
+    }
+    apply_to_dir(&dir, tar, maps, ApplyMode::Layer, None)?;
+    layer_diff_size(store, id)
+}
+
+/// Unpack `tar` into `dir` in the given mode. On error `dir` is emptied, then refilled with a
+/// copy of `restore` when given (the vfs driver's parent), and its root attributes restored.
+pub fn apply_to_dir(
+    dir: &Path,
+    tar: &mut dyn Read,
+    maps: &IdMappings,
+    mode: ApplyMode,
+    restore: Option<&Path>,
+) -> Result<()> {
+    let before = crate::sys::lstat(dir).ctx(|| format!("stat {}", dir.display()))?;
+    let res = apply::apply_tar(dir, tar, maps, mode);
+    if let Err(err) = &res {
+        tracing::warn!(dir = %dir.display(), %err, "apply failed; rolling the layer back");
+        let rollback = (|| -> Result<()> {
+            apply::empty_dir(dir).ctx(|| format!("emptying {}", dir.display()))?;
+            if let Some(src) = restore {
+                crate::layer::copy::copy_tree_contents(src, dir)?;
+            }
+            restore_root(dir, &before)
+        })();
+        if let Err(e) = rollback {
+            tracing::error!(dir = %dir.display(), %e, "could not roll back a failed apply");
+        }
+    }
+    res
+}
+
+fn restore_root(dir: &Path, st: &libc::stat) -> Result<()> {
+    use std::os::fd::AsFd;
+    let fd = crate::sys::open_dir(dir).ctx(|| format!("opening {}", dir.display()))?;
+    let _ = crate::sys::lchownat(fd.as_fd(), Path::new(""), st.st_uid, st.st_gid);
+    crate::sys::fchmod(fd.as_fd(), st.st_mode & 0o7777)
+        .ctx(|| format!("chmod {}", dir.display()))?;
+    crate::sys::lutimensat(
+        fd.as_fd(),
+        Path::new(""),
+        (st.st_atime, st.st_atime_nsec),
+        (st.st_mtime, st.st_mtime_nsec),
+    )
+    .ctx(|| format!("setting times of {}", dir.display()))
 }
 
 /// Write layer `id`'s own changes (against its own parent) as a tar, walking only its `diff/`.
-pub fn export_layer(
-    _store: &Store,
-    _id: &str,
-    _out: &mut dyn Write,
-    _maps: &IdMappings,
-) -> Result<()> {
-    Err(todo("diff"))
+pub fn export_layer(store: &Store, id: &str, out: &mut dyn Write, maps: &IdMappings) -> Result<()> {
+    if !store.exists(id) {
+        return Err(Error::LayerNotFound(id.to_string()));
+    }
+    export::export_dir(&store.diff_dir(id), out, maps)
 }
 
 /// Changes of layer `id` against its own parent, walking only its `diff/`.
-pub fn layer_changes(_store: &Store, _id: &str) -> Result<Vec<Change>> {
-    Err(todo("changes"))
+pub fn layer_changes(store: &Store, id: &str) -> Result<Vec<Change>> {
+    let chain = store.chain(id)?;
+    let lowers: Vec<_> = chain[1..].iter().map(|r| store.diff_dir(&r.id)).collect();
+    changes::layer_dir_changes(&store.diff_dir(id), &lowers)
 }
 
 /// Size of layer `id` against its own parent, hard links counted once.
-pub fn layer_diff_size(_store: &Store, _id: &str) -> Result<u64> {
-    Err(todo("diff_size"))
+pub fn layer_diff_size(store: &Store, id: &str) -> Result<u64> {
+    if !store.exists(id) {
+        return Err(Error::LayerNotFound(id.to_string()));
+    }
+    changes::tree_size(&store.diff_dir(id))
 }
 
 /// File contents of layer `id` by path.
-pub fn layer_getter(_store: &Store, _id: &str) -> Result<Box<dyn FileGetter>> {
-    Err(todo("diff_getter"))
+pub fn layer_getter(store: &Store, id: &str) -> Result<Box<dyn FileGetter>> {
+    if !store.exists(id) {
+        return Err(Error::LayerNotFound(id.to_string()));
+    }
+    dir_getter(&store.diff_dir(id))
+}
+
+/// File contents of any directory by path, confined to it.
+pub fn dir_getter(dir: &Path) -> Result<Box<dyn FileGetter>> {
+    Ok(Box::new(getter::DirGetter::open(dir)?))
 }
 
 /// Changes between two plain directory trees (`old` of `None` is the empty tree), comparing
 /// type, mode, owner, size, mtime, link target and xattrs.
-pub fn compare_trees(
-    _old: Option<&std::path::Path>,
-    _new: &std::path::Path,
-) -> Result<Vec<Change>> {
-    Err(todo("compare_trees"))
+pub fn compare_trees(old: Option<&Path>, new: &Path) -> Result<Vec<Change>> {
+    changes::compare(old, new)
 }
 
 /// Write the given changes of the plain tree `new` as a layer tar (deletions as whiteouts).
-pub fn export_changes(
-    _new: &std::path::Path,
-    _changes: &[Change],
-    _out: &mut dyn Write,
-) -> Result<()> {
-    Err(todo("export_changes"))
+pub fn export_changes(new: &Path, changes: &[Change], out: &mut dyn Write) -> Result<()> {
+    export::export_changes_to(new, changes, out)
 }
 
 /// Bytes of the files that `changes` add or modify in the plain tree `new`, hard links once.
-pub fn changes_size(_new: &std::path::Path, _changes: &[Change]) -> Result<u64> {
-    Err(todo("changes_size"))
+pub fn changes_size(new: &Path, changes: &[Change]) -> Result<u64> {
+    changes::size_of_changes(new, changes)
 }
+
+/// Export a layer directory (not a store layer) as `export_layer` does: for tools and tests.
+pub fn export_dir(dir: &Path, out: &mut dyn Write, maps: &IdMappings) -> Result<()> {
+    export::export_dir(dir, out, maps)
+}
+
+#[cfg(test)]
+mod tests;

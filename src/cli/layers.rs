@@ -324,7 +324,7 @@ fn apply(d: &dyn Driver, id: &str, parent: Option<&str>, file: Option<&Path>) ->
         Some(b) => Box::new(b.wrap_read(input)),
         None => input,
     };
-    let mut tar = decompress(counted)?;
+    let mut tar = stratafs::archive::decompress::auto(counted)?;
     let result = d.apply_diff(id, parent, &mut tar);
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -351,60 +351,6 @@ fn progress_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
     };
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     Some(bar)
-}
-
-/// The compression of a layer tar, by its magic number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-/// Recognise gzip and zstd; refuse formats we could name but do not read (xz, bzip2) rather
-/// than letting them fail later as a "malformed tar".
-pub fn sniff(head: &[u8]) -> Result<Compression> {
-    const GZIP: &[u8] = &[0x1f, 0x8b];
-    const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
-    const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
-    const BZIP2: &[u8] = b"BZh";
-    if head.starts_with(GZIP) {
-        Ok(Compression::Gzip)
-    } else if head.starts_with(ZSTD) {
-        Ok(Compression::Zstd)
-    } else if head.starts_with(XZ) || head.starts_with(BZIP2) {
-        Err(Error::Usage(
-            "xz and bzip2 layers are not supported; decompress the archive first".into(),
-        ))
-    } else {
-        Ok(Compression::None)
-    }
-}
-
-/// A reader of the uncompressed tar behind `input`.
-// TODO(lead): switch to `stratafs::archive::decompress` once the archive branch lands.
-pub fn decompress<'a>(mut input: Box<dyn Read + 'a>) -> Result<Box<dyn Read + 'a>> {
-    let mut head = [0u8; 6];
-    let mut n = 0;
-    // Pipes may deliver the magic number in pieces.
-    while n < head.len() {
-        match input.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("reading the layer archive", e)),
-        }
-    }
-    let kind = sniff(&head[..n])?;
-    let whole = io::Cursor::new(head[..n].to_vec()).chain(input);
-    Ok(match kind {
-        Compression::None => Box::new(whole),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(whole)
-                .ctx(|| "starting the zstd decoder for the layer archive")?,
-        ),
-    })
 }
 
 #[derive(Debug, Serialize)]
@@ -468,7 +414,6 @@ fn ls(cli: &Cli, d: &dyn Driver, sizes: bool) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
 
     use super::*;
 
@@ -485,66 +430,6 @@ mod tests {
         assert!(parse_storage_opt("size=lots").is_err());
         assert!(parse_storage_opt("size").unwrap_err().contains("KEY=VALUE"));
         assert!(parse_storage_opt("=1G").is_err());
-    }
-
-    #[test]
-    fn sniffs_compression() {
-        assert_eq!(sniff(&[0x1f, 0x8b, 8, 0]).unwrap(), Compression::Gzip);
-        assert_eq!(
-            sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0]).unwrap(),
-            Compression::Zstd
-        );
-        assert_eq!(sniff(b"etc/\0\0").unwrap(), Compression::None);
-        assert_eq!(sniff(b"").unwrap(), Compression::None);
-        assert!(matches!(sniff(b"BZh91AY"), Err(Error::Usage(_))));
-        assert!(matches!(
-            sniff(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
-            Err(Error::Usage(_))
-        ));
-    }
-
-    fn roundtrip(data: Vec<u8>) -> Vec<u8> {
-        let mut out = Vec::new();
-        decompress(Box::new(io::Cursor::new(data)))
-            .unwrap()
-            .read_to_end(&mut out)
-            .unwrap();
-        out
-    }
-
-    #[test]
-    fn decompresses_plain_gzip_and_zstd() {
-        let payload: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        assert_eq!(roundtrip(payload.clone()), payload);
-        assert_eq!(roundtrip(b"ab".to_vec()), b"ab");
-
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&payload).unwrap();
-        assert_eq!(roundtrip(gz.finish().unwrap()), payload);
-
-        let zs = zstd::stream::encode_all(io::Cursor::new(&payload), 1).unwrap();
-        assert_eq!(roundtrip(zs), payload);
-    }
-
-    /// A reader that hands out one byte per call, like a slow pipe.
-    struct Trickle(io::Cursor<Vec<u8>>);
-    impl Read for Trickle {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(1);
-            self.0.read(&mut buf[..n])
-        }
-    }
-
-    #[test]
-    fn magic_number_split_across_reads() {
-        let payload = b"hello through a trickle".to_vec();
-        let zs = zstd::stream::encode_all(io::Cursor::new(&payload), 1).unwrap();
-        let mut out = Vec::new();
-        decompress(Box::new(Trickle(io::Cursor::new(zs))))
-            .unwrap()
-            .read_to_end(&mut out)
-            .unwrap();
-        assert_eq!(out, payload);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod demo;
 mod layers;
+mod mount_program;
 mod output;
 mod snapshotter;
 
@@ -50,6 +51,13 @@ pub enum Command {
 
 /// Parse the process arguments and run; errors go to stderr with a non-zero exit code.
 pub fn run() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(code) = mount_program::try_run(&args) {
+        return code;
+    }
     init_logging();
     let cli = Cli::parse();
     match dispatch(cli) {

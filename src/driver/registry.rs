@@ -189,13 +189,7 @@ pub fn default_registry() -> Registry {
             Ok(Box::new(super::strata::StrataDriver::new(cfg)?))
         }),
         (super::vfs::NAME, 1000, |cfg| {
-            // `VfsDriver` implements `Driver` on the vfs branch; until that merge its
-            // constructor fails with NotSupported and this arm can only propagate the error.
-            // At merge: `Ok(Box::new(super::vfs::VfsDriver::new(cfg)?))`.
-            let _driver = super::vfs::VfsDriver::new(cfg)?;
-            Err(Error::NotSupported(
-                "vfs: the driver is not implemented yet".into(),
-            ))
+            Ok(Box::new(super::vfs::VfsDriver::new(cfg)?))
         }),
     ];
     for (name, priority, ctor) in builtins {

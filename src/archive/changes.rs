@@ -1,0 +1,293 @@
+//! `changes` and `diff_size`: of a layer against its own parent by walking only the layer's
+//! directory (looking paths up in the parents), and of two plain trees by naive comparison.
+
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::driver::{Change, ChangeKind};
+use crate::error::{IoContext, Result};
+use crate::layer::whiteout::{self, NameKind};
+use crate::sys;
+
+use super::walk::{self, file_type, is_dir};
+
+fn abs(rel: &Path) -> String {
+    format!("/{}", rel.display())
+}
+
+/// Whether `name` in `dir` is whited out in that layer (a `.wh.NAME` file or a char 0/0).
+fn whited_out(dir: &Path, name: &OsStr) -> bool {
+    if dir
+        .join(whiteout::whiteout_name(name))
+        .symlink_metadata()
+        .is_ok()
+    {
+        return true;
+    }
+    matches!(sys::lstat(&dir.join(name)), Ok(st) if whiteout::is_whiteout_device(&st))
+}
+
+/// Stat `rel` in the merged view of the lower layers `lowers` (topmost first): stops at
+/// whiteouts, opaque directories and non-directory components.
+pub fn lower_lookup(lowers: &[PathBuf], rel: &Path) -> Option<libc::stat> {
+    let comps: Vec<&OsStr> = rel.iter().collect();
+    if comps.is_empty() {
+        return None;
+    }
+    for layer in lowers {
+        let mut dir = layer.clone();
+        let mut hides_lower = false;
+        for (i, c) in comps.iter().enumerate() {
+            if whited_out(&dir, c) {
+                return None;
+            }
+            let p = dir.join(c);
+            let Ok(st) = sys::lstat(&p) else {
+                break;
+            };
+            if i + 1 == comps.len() {
+                return Some(st);
+            }
+            if !is_dir(&st) {
+                return None;
+            }
+            if whiteout::is_opaque_dir(&p) {
+                hides_lower = true;
+            }
+            dir = p;
+        }
+        if hides_lower {
+            return None;
+        }
+    }
+    None
+}
+
+/// Names visible in the lower view of directory `rel`.
+fn lower_children(lowers: &[PathBuf], rel: &Path) -> Result<BTreeSet<OsString>> {
+    let mut names = BTreeSet::new();
+    for layer in lowers {
+        let d = layer.join(rel);
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let name = e.ctx(|| format!("reading {}", d.display()))?.file_name();
+            if whiteout::classify(&name) == NameKind::Plain {
+                names.insert(name);
+            }
+        }
+    }
+    Ok(names
+        .into_iter()
+        .filter(|n| lower_lookup(lowers, &rel.join(n)).is_some())
+        .collect())
+}
+
+/// Changes of the layer directory `upper` against the lower layers `lowers`.
+pub fn layer_dir_changes(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    walk_upper(upper, Path::new(""), lowers, &mut out)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path).then(a.kind.cmp(&b.kind)));
+    out.dedup();
+    Ok(out)
+}
+
+fn walk_upper(upper: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Result<()> {
+    let dir = upper.join(rel);
+    let names = walk::sorted_names(&dir)?;
+    let mut present = HashSet::new();
+    for name in &names {
+        match whiteout::classify(name) {
+            NameKind::Whiteout(target) => out.push(Change {
+                path: abs(&rel.join(target)),
+                kind: ChangeKind::Delete,
+            }),
+            NameKind::Plain => {
+                let crel = rel.join(name);
+                let st = sys::lstat(&upper.join(&crel))
+                    .ctx(|| format!("stat {}", upper.join(&crel).display()))?;
+                if whiteout::is_whiteout_device(&st) {
+                    out.push(Change {
+                        path: abs(&crel),
+                        kind: ChangeKind::Delete,
+                    });
+                    continue;
+                }
+                present.insert(name.clone());
+                let kind = if lower_lookup(lowers, &crel).is_some() {
+                    ChangeKind::Modify
+                } else {
+                    ChangeKind::Add
+                };
+                out.push(Change {
+                    path: abs(&crel),
+                    kind,
+                });
+                if is_dir(&st) {
+                    walk_upper(upper, &crel, lowers, out)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    if whiteout::is_opaque_dir(&dir) {
+        for n in lower_children(lowers, rel)? {
+            if !present.contains(&n) {
+                out.push(Change {
+                    path: abs(&rel.join(&n)),
+                    kind: ChangeKind::Delete,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of regular files under `dir`, each inode once (markers are empty files: 0).
+pub fn tree_size(dir: &Path) -> Result<u64> {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ctx(|| format!("reading {}", d.display()))? {
+            let p = e.ctx(|| format!("reading {}", d.display()))?.path();
+            let st = sys::lstat(&p).ctx(|| format!("stat {}", p.display()))?;
+            match file_type(st.st_mode) {
+                libc::S_IFDIR => stack.push(p),
+                libc::S_IFREG if st.st_nlink <= 1 || seen.insert((st.st_dev, st.st_ino)) => {
+                    total += st.st_size as u64;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The attributes the naive comparison looks at.
+struct Node {
+    st: libc::stat,
+    link: Option<PathBuf>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn node(path: &Path) -> Result<Node> {
+    let st = walk::view_stat(path)?;
+    let link = if file_type(st.st_mode) == libc::S_IFLNK {
+        Some(std::fs::read_link(path).ctx(|| format!("reading link {}", path.display()))?)
+    } else {
+        None
+    };
+    Ok(Node {
+        st,
+        link,
+        xattrs: walk::public_xattrs(path)?,
+    })
+}
+
+fn same(a: &Node, b: &Node) -> bool {
+    let (x, y) = (&a.st, &b.st);
+    let attrs = x.st_mode == y.st_mode
+        && x.st_uid == y.st_uid
+        && x.st_gid == y.st_gid
+        && x.st_rdev == y.st_rdev
+        && a.xattrs == b.xattrs;
+    if is_dir(x) {
+        // Directory size and mtime change with their content; contents are compared instead.
+        return attrs;
+    }
+    attrs
+        && x.st_size == y.st_size
+        && x.st_mtime == y.st_mtime
+        && x.st_mtime_nsec == y.st_mtime_nsec
+        && a.link == b.link
+}
+
+/// Naive comparison of two plain trees (Docker's fallback), `old` of `None` being empty.
+pub fn compare(old: Option<&Path>, new: &Path) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    compare_dir(old, new, Path::new(""), &mut out)?;
+    Ok(out)
+}
+
+fn compare_dir(old: Option<&Path>, new: &Path, rel: &Path, out: &mut Vec<Change>) -> Result<()> {
+    let new_names = walk::sorted_names(&new.join(rel))?;
+    let old_names = match old {
+        Some(o) => walk::sorted_names(&o.join(rel))?,
+        None => Vec::new(),
+    };
+    let old_set: HashSet<&OsString> = old_names.iter().collect();
+    let new_set: HashSet<&OsString> = new_names.iter().collect();
+    let mut merged: Vec<&OsString> = new_names
+        .iter()
+        .chain(old_names.iter().filter(|n| !new_set.contains(n)))
+        .collect();
+    merged.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    for name in merged {
+        let crel = rel.join(name);
+        if !new_set.contains(name) {
+            out.push(Change {
+                path: abs(&crel),
+                kind: ChangeKind::Delete,
+            });
+            continue;
+        }
+        let n = node(&new.join(&crel))?;
+        let old_node = match (old, old_set.contains(name)) {
+            (Some(o), true) => Some(node(&o.join(&crel))?),
+            _ => None,
+        };
+        let Some(o) = old_node else {
+            out.push(Change {
+                path: abs(&crel),
+                kind: ChangeKind::Add,
+            });
+            if is_dir(&n.st) {
+                compare_dir(None, new, &crel, out)?;
+            }
+            continue;
+        };
+        let at = out.len();
+        let changed = !same(&o, &n);
+        if changed {
+            out.push(Change {
+                path: abs(&crel),
+                kind: ChangeKind::Modify,
+            });
+        }
+        if is_dir(&n.st) {
+            let old_sub = if is_dir(&o.st) { old } else { None };
+            compare_dir(old_sub, new, &crel, out)?;
+            if !changed && out.len() > at {
+                out.insert(
+                    at,
+                    Change {
+                        path: abs(&crel),
+                        kind: ChangeKind::Modify,
+                    },
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of regular files that `changes` add or modify in `new`, each inode once.
+pub fn size_of_changes(new: &Path, changes: &[Change]) -> Result<u64> {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for c in changes {
+        if c.kind == ChangeKind::Delete {
+            continue;
+        }
+        let p = new.join(c.path.trim_start_matches('/'));
+        let st = sys::lstat(&p).ctx(|| format!("stat {}", p.display()))?;
+        if walk::is_reg(&st) && (st.st_nlink <= 1 || seen.insert((st.st_dev, st.st_ino))) {
+            total += st.st_size as u64;
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,805 @@
+//! The `fuser::Filesystem` implementation: thin translation of requests to [`Tree`] calls.
+//! Every method that changes anything is a one-line delegation to [`super::write`].
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+
+use crate::layer::whiteout;
+use crate::sys;
+use crate::union::layers::{rel_or_dot, LayerIdx};
+use crate::union::options::MountOptions;
+use crate::union::tree::{Listing, Tree, ROOT_INO};
+use crate::union::write;
+
+/// How long the kernel may cache entries and attributes: every change goes through us, and
+/// lower layers never change while mounted.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// An open regular file.
+#[derive(Debug)]
+pub struct Handle {
+    pub ino: u64,
+    pub file: File,
+    /// Opened for writing (by the write path).
+    pub writable: bool,
+    /// Holds a reference on the inode's passthrough backing id.
+    pub passthrough: bool,
+}
+
+/// The union filesystem served over FUSE.
+#[derive(Debug)]
+pub struct UnionFs {
+    pub tree: Tree,
+    pub opts: MountOptions,
+    /// Whether the kernel accepted FUSE passthrough (set in `init`).
+    pub passthrough: AtomicBool,
+    handles: DashMap<u64, Arc<Handle>>,
+    dir_handles: DashMap<u64, Arc<Listing>>,
+    next_fh: AtomicU64,
+    /// Per-inode passthrough backing ids: all opens of one inode must share one.
+    backing: DashMap<u64, (Arc<BackingId>, usize)>,
+    /// Set once the session exists; the write path uses it to invalidate kernel caches.
+    pub notifier: Arc<OnceLock<Notifier>>,
+}
+
+pub(crate) fn err(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl UnionFs {
+    pub fn new(tree: Tree, opts: MountOptions) -> UnionFs {
+        UnionFs {
+            tree,
+            opts,
+            passthrough: AtomicBool::new(false),
+            handles: DashMap::new(),
+            dir_handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            backing: DashMap::new(),
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Whether the view refuses changes.
+    pub fn read_only(&self) -> bool {
+        self.opts.read_only()
+    }
+
+    /// The entry/attribute TTL the view uses.
+    pub fn ttl(&self) -> Duration {
+        TTL
+    }
+
+    /// Register an open file; returns its handle number.
+    pub fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// An open file by handle number.
+    pub fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.get(&fh).map(|h| h.clone())
+    }
+
+    /// Open `ino`'s backing file in its visible layer with `flags`.
+    pub fn open_backing_file(&self, ino: u64, flags: i32) -> io::Result<File> {
+        let (layer, rel) = self.tree.backing(ino)?;
+        let fd = sys::openat(
+            self.tree.layers.get(layer).fd(),
+            rel_or_dot(&rel),
+            flags | libc::O_NOFOLLOW,
+            0,
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Reply to an open of `file` for `ino`, through passthrough when the kernel allows it.
+    pub fn reply_opened(&self, ino: u64, file: File, writable: bool, reply: ReplyOpen) {
+        let mut flags = FopenFlags::empty();
+        if !writable {
+            flags |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        if self.passthrough.load(Ordering::Relaxed) {
+            let id = match self.backing.entry(ino) {
+                dashmap::Entry::Occupied(mut o) => {
+                    o.get_mut().1 += 1;
+                    Some(o.get().0.clone())
+                }
+                dashmap::Entry::Vacant(v) => match reply.open_backing(file.as_fd()) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        v.insert((id.clone(), 1));
+                        Some(id)
+                    }
+                    Err(e) => {
+                        tracing::debug!(ino, %e, "passthrough refused, serving reads ourselves");
+                        None
+                    }
+                },
+            };
+            if let Some(id) = id {
+                let fh = self.add_handle(Handle {
+                    ino,
+                    file,
+                    writable,
+                    passthrough: true,
+                });
+                // The kernel refuses page-cache flags (KEEP_CACHE) on passthrough opens.
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                return;
+            }
+        }
+        let fh = self.add_handle(Handle {
+            ino,
+            file,
+            writable,
+            passthrough: false,
+        });
+        reply.opened(FileHandle(fh), flags);
+    }
+
+    /// Drop a handle (and its passthrough reference).
+    pub fn remove_handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        let (_, h) = self.handles.remove(&fh)?;
+        if h.passthrough {
+            self.backing.remove_if_mut(&h.ino, |_, (_, n)| {
+                *n -= 1;
+                *n == 0
+            });
+        }
+        Some(h)
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, attr: &fuser::FileAttr) {
+        reply.entry_with_ttls(&TTL, &TTL, attr, Generation(0));
+    }
+
+    /// Attributes of a child of a directory being listed, using per-layer directory fds.
+    fn child_attr(
+        &self,
+        dirs: &mut HashMap<LayerIdx, Option<OwnedFd>>,
+        rel: &Path,
+        node: &crate::union::tree::Node,
+        layer: LayerIdx,
+        name: &OsStr,
+    ) -> io::Result<fuser::FileAttr> {
+        let l = self.tree.layers.get(layer);
+        let dfd = dirs.entry(layer).or_insert_with(|| {
+            sys::openat(
+                l.fd(),
+                rel_or_dot(rel),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .ok()
+        });
+        let st = match dfd {
+            Some(fd) => sys::fstatat(fd.as_fd(), Path::new(name))?,
+            None => sys::fstatat(l.fd(), &rel.join(name))?,
+        };
+        Ok(self.tree.attr_from_stat(node, layer, &rel.join(name), st))
+    }
+}
+
+/// Ask for one optional capability; the kernel may lack it.
+fn want(config: &mut KernelConfig, flag: InitFlags) -> bool {
+    config.add_capabilities(flag).is_ok()
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        for f in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_BIG_WRITES,
+            InitFlags::FUSE_ASYNC_READ,
+        ] {
+            want(config, f);
+        }
+        let kernel_ok = sys::kernel_version().is_some_and(|v| v >= (6, 9));
+        if sys::is_root()
+            && kernel_ok
+            && !self.opts.no_passthrough
+            && want(config, InitFlags::FUSE_PASSTHROUGH)
+        {
+            // Backing files on a stacked filesystem (overlayfs) need depth 2.
+            let stacked = self
+                .tree
+                .layers
+                .list
+                .iter()
+                .any(|l| matches!(sys::fs_type_name(&l.path).as_str(), "overlayfs" | "fuse"));
+            let _ = config.set_max_stack_depth(if stacked { 2 } else { 1 });
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        tracing::info!(
+            passthrough = self.passthrough.load(Ordering::Relaxed),
+            "FUSE session initialised"
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if name.len() > 255 {
+            return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
+        }
+        match self.tree.lookup(parent.0, name) {
+            Ok((_, attr)) => self.reply_entry(reply, &attr),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.read_only() => {
+                // Negative entry: nothing can appear in a read-only view.
+                let mut attr = empty_attr();
+                attr.ino = INodeNo(0);
+                reply.entry_with_ttls(&TTL, &TTL, &attr, Generation(0));
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.tree.forget(ino.0, nlookup);
+    }
+
+    // batch_forget: fuser 0.18 keeps `ForgetOne` private, so its default (one `forget` per
+    // node) is what runs.
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.tree.getattr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let res = self.tree.backing(ino.0).and_then(|(layer, rel)| {
+            sys::readlinkat(self.tree.layers.get(layer).fd(), rel_or_dot(&rel))
+        });
+        match res {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let f = flags.0;
+        if f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0 {
+            return write::open_writable(self, req, ino, flags, reply);
+        }
+        match self.open_backing_file(ino.0, libc::O_RDONLY) {
+            Ok(file) => self.reply_opened(ino.0, file, false, reply),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(h) = self.handle(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0usize;
+        while done < buf.len() {
+            match h.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(err(e)),
+            }
+        }
+        reply.data(&buf[..done]);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.remove_handle(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.tree.listing(ino.0) {
+            Ok(listing) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dir_handles.insert(fh, listing);
+                // The kernel may keep the listing: every change to a directory goes through us.
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(listing) = self.dir_handles.get(&fh.0).map(|l| l.clone()) else {
+            return reply.error(Errno::EBADF);
+        };
+        let parent = match self.tree.node(ino.0) {
+            Ok(n) => n.state.read().parent,
+            Err(e) => return reply.error(err(e)),
+        };
+        let mut off = offset;
+        while off < 2 {
+            let (n, i) = if off == 0 {
+                (".", ino.0)
+            } else {
+                ("..", parent)
+            };
+            if reply.add(INodeNo(i), off + 1, fuser::FileType::Directory, n) {
+                return reply.ok();
+            }
+            off += 1;
+        }
+        for (i, e) in listing
+            .entries()
+            .iter()
+            .enumerate()
+            .skip((off - 2) as usize)
+        {
+            if reply.add(INodeNo(e.ino), i as u64 + 3, e.kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(listing) = self.dir_handles.get(&fh.0).map(|l| l.clone()) else {
+            return reply.error(Errno::EBADF);
+        };
+        let rel = match self.tree.path_of(ino.0) {
+            Ok(r) => r,
+            Err(e) => return reply.error(err(e)),
+        };
+        let mut off = offset;
+        while off < 2 {
+            let target = if off == 0 {
+                Ok(ino.0)
+            } else {
+                self.tree.node(ino.0).map(|n| n.state.read().parent)
+            };
+            let attr = target.and_then(|t| self.tree.getattr(t));
+            match attr {
+                Ok(a) => {
+                    let name = if off == 0 { "." } else { ".." };
+                    if reply.add(a.ino, off + 1, name, &TTL, &a, Generation(0)) {
+                        return reply.ok();
+                    }
+                }
+                Err(e) => return reply.error(err(e)),
+            }
+            off += 1;
+        }
+        let mut dirs: HashMap<LayerIdx, Option<OwnedFd>> = HashMap::new();
+        for (i, e) in listing
+            .entries()
+            .iter()
+            .enumerate()
+            .skip((off - 2) as usize)
+        {
+            let node = match self.tree.get_or_insert(ino.0, e) {
+                Ok(n) => n,
+                Err(er) => return reply.error(err(er)),
+            };
+            let layer = node.state.read().layer;
+            let attr = match self.child_attr(&mut dirs, &rel, &node, layer, &e.name) {
+                Ok(a) => a,
+                Err(_) => {
+                    // Vanished (upper changed under us): skip it.
+                    self.tree.forget(node.ino, 1);
+                    continue;
+                }
+            };
+            if reply.add(attr.ino, i as u64 + 3, &e.name, &TTL, &attr, Generation(0)) {
+                // Not sent: the kernel holds no lookup for it.
+                self.tree.forget(node.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dir_handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let l = self.tree.layers.get(0);
+        match sys::fstatvfs(l.fd()) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if whiteout::is_internal_xattr(name.as_bytes()) {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        };
+        let res = self
+            .tree
+            .backing(ino.0)
+            .and_then(|(layer, rel)| sys::lgetxattr(&self.tree.layers.get(layer).abs(&rel), name));
+        match res {
+            Ok(Some(v)) => reply_xattr(reply, size, &v),
+            Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let res = self
+            .tree
+            .backing(ino.0)
+            .and_then(|(layer, rel)| sys::llistxattr(&self.tree.layers.get(layer).abs(&rel)));
+        match res {
+            Ok(names) => {
+                let mut out = Vec::new();
+                for n in names.iter().filter(|n| !whiteout::is_internal_xattr(n)) {
+                    out.extend_from_slice(n);
+                    out.push(0);
+                }
+                reply_xattr(reply, size, &out);
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let attr = match self.tree.getattr(ino.0) {
+            Ok(a) => a,
+            Err(e) => return reply.error(err(e)),
+        };
+        let m = mask.bits();
+        if m & libc::W_OK != 0 && self.read_only() {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        if m == libc::F_OK {
+            return reply.ok();
+        }
+        let perm = attr.perm as i32;
+        let granted = if req.uid() == 0 {
+            // Root may do anything but execute a file nobody may execute.
+            let x_any = perm & 0o111 != 0 || attr.kind == fuser::FileType::Directory;
+            libc::R_OK | libc::W_OK | if x_any { libc::X_OK } else { 0 }
+        } else if req.uid() == attr.uid {
+            (perm >> 6) & 7
+        } else if req.gid() == attr.gid {
+            (perm >> 3) & 7
+        } else {
+            perm & 7
+        };
+        if m & !granted & 7 == 0 {
+            reply.ok()
+        } else {
+            reply.error(Errno::EACCES)
+        }
+    }
+
+    // ---- everything below changes the view: see write.rs ----
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        write::setattr(
+            self, req, ino, mode, uid, gid, size, atime, mtime, ctime, fh, flags, reply,
+        )
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        write::mknod(self, req, parent, name, mode, umask, rdev, reply)
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        write::mkdir(self, req, parent, name, mode, umask, reply)
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        write::unlink(self, req, parent, name, reply)
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        write::rmdir(self, req, parent, name, reply)
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        write::symlink(self, req, parent, link_name, target, reply)
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        write::rename(self, req, parent, name, newparent, newname, flags, reply)
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        write::link(self, req, ino, newparent, newname, reply)
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        write::write(
+            self,
+            req,
+            ino,
+            fh,
+            offset,
+            data,
+            write_flags,
+            flags,
+            lock_owner,
+            reply,
+        )
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        write::create(self, req, parent, name, mode, umask, flags, reply)
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        write::flush(self, req, ino, fh, lock_owner, reply)
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        write::fsync(self, req, ino, fh, datasync, reply)
+    }
+
+    fn fsyncdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        write::fsyncdir(self, req, ino, fh, datasync, reply)
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        write::setxattr(self, req, ino, name, value, flags, position, reply)
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        write::removexattr(self, req, ino, name, reply)
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        write::fallocate(self, req, ino, fh, offset, length, mode, reply)
+    }
+
+    fn lseek(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        write::lseek(self, req, ino, fh, offset, whence, reply)
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        write::copy_file_range(
+            self, req, ino_in, fh_in, offset_in, ino_out, fh_out, offset_out, len, flags, reply,
+        )
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        reply.size(v.len() as u32)
+    } else if v.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE))
+    } else {
+        reply.data(v)
+    }
+}
+
+fn empty_attr() -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(ROOT_INO),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}

@@ -1,0 +1,140 @@
+//! The layer directories of one mount, opened once, and the inode-number scheme that keeps
+//! numbers unique across the filesystems they live on.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::error::{IoContext, Result};
+use crate::sys;
+
+/// Index of a layer in [`Layers::list`]: the upper (if any) is 0, then lowers topmost first.
+pub type LayerIdx = usize;
+
+/// One layer directory.
+#[derive(Debug)]
+pub struct Layer {
+    pub fd: OwnedFd,
+    pub path: PathBuf,
+    /// Index of the layer's `st_dev` in the device table (0-based).
+    pub dev_index: u16,
+    pub upper: bool,
+}
+
+impl Layer {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Absolute path of `rel` inside this layer.
+    pub fn abs(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.path.clone()
+        } else {
+            self.path.join(rel)
+        }
+    }
+}
+
+/// Numbers at or above this are allocated from a counter (backing inode does not fit in 48 bits).
+const BIG_BASE: u64 = 0xFFFF << 48;
+const INO_BITS: u32 = 48;
+
+/// All layers of a mount.
+#[derive(Debug)]
+pub struct Layers {
+    pub list: Vec<Layer>,
+    devs: Vec<u64>,
+    big: DashMap<(u16, u64), u64>,
+    next_big: AtomicU64,
+    /// Copy-up hook: (device index, backing inode) of a copied-up file -> its original number.
+    aliases: DashMap<(u16, u64), u64>,
+}
+
+impl Layers {
+    /// Open `upper` (if any) and `lowers` (topmost first).
+    pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> Result<Layers> {
+        let mut list = Vec::with_capacity(lowers.len() + 1);
+        let mut devs: Vec<u64> = Vec::new();
+        let all = upper
+            .map(|u| (u, true))
+            .into_iter()
+            .chain(lowers.iter().map(|l| (l.as_path(), false)));
+        for (path, is_upper) in all {
+            let fd = sys::open_dir(path).ctx(|| format!("opening layer {}", path.display()))?;
+            let st = sys::fstatat(fd.as_fd(), Path::new(""))
+                .ctx(|| format!("stat of layer {}", path.display()))?;
+            let dev = st.st_dev;
+            let dev_index = match devs.iter().position(|d| *d == dev) {
+                Some(i) => i,
+                None => {
+                    devs.push(dev);
+                    devs.len() - 1
+                }
+            };
+            list.push(Layer {
+                fd,
+                path: path.to_path_buf(),
+                dev_index: dev_index.min(0xFFFD) as u16,
+                upper: is_upper,
+            });
+        }
+        Ok(Layers {
+            list,
+            devs,
+            big: DashMap::new(),
+            next_big: AtomicU64::new(BIG_BASE),
+            aliases: DashMap::new(),
+        })
+    }
+
+    /// The upper layer, if the mount is writable.
+    pub fn upper(&self) -> Option<&Layer> {
+        self.list.first().filter(|l| l.upper)
+    }
+
+    pub fn get(&self, idx: LayerIdx) -> &Layer {
+        &self.list[idx]
+    }
+
+    /// Number of distinct backing devices.
+    pub fn device_count(&self) -> usize {
+        self.devs.len()
+    }
+
+    /// The FUSE inode number of backing inode `st_ino` in layer `idx`: the device index in the
+    /// top 16 bits, the backing number below, unless it does not fit (then a counter).
+    pub fn ino_for(&self, idx: LayerIdx, st_ino: u64) -> u64 {
+        let dev = self.list[idx].dev_index;
+        if !self.aliases.is_empty() {
+            if let Some(a) = self.aliases.get(&(dev, st_ino)) {
+                return *a;
+            }
+        }
+        if st_ino < (1 << INO_BITS) {
+            return ((dev as u64 + 1) << INO_BITS) | st_ino;
+        }
+        *self
+            .big
+            .entry((dev, st_ino))
+            .or_insert_with(|| self.next_big.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Copy-up hook: make backing inode `st_ino` of layer `idx` show as `fuse_ino` from now on
+    /// (a copied-up file keeps the number it had in the lower layer).
+    pub fn alias_ino(&self, idx: LayerIdx, st_ino: u64, fuse_ino: u64) {
+        let dev = self.list[idx].dev_index;
+        self.aliases.insert((dev, st_ino), fuse_ino);
+    }
+}
+
+/// `rel`, or `.` for the layer root (for `openat`).
+pub fn rel_or_dot(rel: &Path) -> &Path {
+    if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    }
+}

@@ -1,0 +1,305 @@
+//! The mount program: mounts the merged view and serves it in a background process.
+//!
+//! The parent validates the options, forks while still single-threaded, and waits on a pipe
+//! until the child reports that the mount is ready (or why it failed). The child starts a new
+//! session, sends its output to the log file, mounts with a multi-threaded `fuser` session and
+//! serves until unmounted or told to stop (SIGTERM/SIGINT/SIGHUP: it unmounts and exits).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::error::{Error, IoContext, Result};
+use crate::sys;
+use crate::union::fs::UnionFs;
+use crate::union::layers::Layers;
+use crate::union::options::MountOptions;
+use crate::union::tree::{IdView, Tree};
+
+/// What the command line asked the mount program to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerArgs {
+    pub options: MountOptions,
+    pub mountpoint: PathBuf,
+    /// `SOURCE` of `stratafs SOURCE MERGED -o ...` (shown as the filesystem name).
+    pub source: Option<String>,
+    pub foreground: bool,
+    pub debug: bool,
+}
+
+fn mount_err(mp: &Path, reason: impl Into<String>) -> Error {
+    Error::Mount {
+        id: mp.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Mount and serve. Without `foreground`, returns in the parent once the mount is ready.
+pub fn run(mut args: ServerArgs) -> Result<()> {
+    args.options.resolve_paths()?;
+    args.mountpoint = std::fs::canonicalize(&args.mountpoint)
+        .ctx(|| format!("resolving mount point {}", args.mountpoint.display()))?;
+    if args.foreground {
+        return serve(&args, &mut None);
+    }
+    let (rd, wr) = sys::pipe().ctx(|| "creating a pipe")?;
+    // SAFETY: nothing has started a thread yet (the CLI calls this before anything else).
+    match unsafe { sys::fork() }.ctx(|| "forking the mount server")? {
+        sys::ForkResult::Parent { .. } => {
+            drop(wr);
+            let mut msg = String::new();
+            std::fs::File::from(rd)
+                .read_to_string(&mut msg)
+                .ctx(|| "waiting for the mount server")?;
+            match msg.strip_prefix("OK") {
+                Some(_) => Ok(()),
+                None if msg.is_empty() => Err(mount_err(
+                    &args.mountpoint,
+                    "the mount server exited without a word (see its log)",
+                )),
+                None => Err(mount_err(&args.mountpoint, msg.trim().to_string())),
+            }
+        }
+        sys::ForkResult::Child => {
+            drop(rd);
+            let mut ready = Some(wr);
+            let code = match daemonize(&args).and_then(|()| serve(&args, &mut ready)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(%e, "mount server failed");
+                    if let Some(w) = ready {
+                        let _ = std::fs::File::from(w).write_all(e.to_string().as_bytes());
+                    }
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+/// New session, stdio to the log file, working directory `/`.
+fn daemonize(args: &ServerArgs) -> Result<()> {
+    sys::setsid().ctx(|| "setsid")?;
+    let null = std::fs::File::open("/dev/null").ctx(|| "opening /dev/null")?;
+    let log: OwnedFd = match &args.options.log {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ctx(|| format!("opening log {}", p.display()))?
+            .into(),
+        None => std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .ctx(|| "opening /dev/null")?
+            .into(),
+    };
+    sys::dup2(null.as_fd(), 0).ctx(|| "redirecting stdin")?;
+    sys::dup2(log.as_fd(), 1).ctx(|| "redirecting stdout")?;
+    sys::dup2(log.as_fd(), 2).ctx(|| "redirecting stderr")?;
+    std::env::set_current_dir("/").ctx(|| "changing directory to /")?;
+    Ok(())
+}
+
+/// The `fuser` configuration for these options.
+fn session_config(args: &ServerArgs) -> Config {
+    let o = &args.options;
+    let root = sys::is_root();
+    let mut mount_options = vec![
+        MountOption::FSName(
+            o.fsname
+                .clone()
+                .or_else(|| args.source.clone())
+                .unwrap_or_else(|| "stratafs".into()),
+        ),
+        MountOption::Subtype(o.subtype.clone().unwrap_or_else(|| "stratafs".into())),
+    ];
+    // As root the kernel checks permissions against what we report, for every user.
+    if root || o.default_permissions {
+        mount_options.push(MountOption::DefaultPermissions);
+    }
+    if o.read_only() {
+        mount_options.push(MountOption::RO);
+    }
+    for f in &o.flags {
+        let m = match f.as_str() {
+            "nodev" => MountOption::NoDev,
+            "dev" => MountOption::Dev,
+            "nosuid" => MountOption::NoSuid,
+            "suid" => MountOption::Suid,
+            "noexec" => MountOption::NoExec,
+            "exec" => MountOption::Exec,
+            "noatime" => MountOption::NoAtime,
+            "atime" => MountOption::Atime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            _ => continue,
+        };
+        if !mount_options.contains(&m) {
+            mount_options.push(m);
+        }
+    }
+    let mut cfg = Config::default();
+    cfg.mount_options = mount_options;
+    cfg.acl = if root || o.allow_other {
+        SessionACL::All
+    } else if o.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    cfg.n_threads = Some(o.threads.unwrap_or((cpus * 2).clamp(4, 16)));
+    cfg.clone_fd = true;
+    cfg
+}
+
+/// Mount and serve until unmounted; `ready` gets "OK" (and is closed) once the mount is usable.
+fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
+    let mp = &args.mountpoint;
+    // Signals go to the one thread that waits for them, not to the workers.
+    sys::block_termination_signals().ctx(|| "blocking signals")?;
+    let o = &args.options;
+    let layers = Layers::open(o.upperdir.as_deref(), &o.lowerdirs)?;
+    let ids = IdView {
+        uid_map: o.uid_map.clone(),
+        gid_map: o.gid_map.clone(),
+        squash_uid: o.squash_to_uid,
+        squash_gid: o.squash_to_gid,
+    };
+    let tree = Tree::new(layers, ids).ctx(|| "building the merged view")?;
+    let fs = UnionFs::new(tree, o.clone());
+    let notifier = fs.notifier.clone();
+    let cfg = session_config(args);
+    let mut session = fuser::Session::new(fs, mp, &cfg).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && o.allow_other {
+            " (allow_other without root needs user_allow_other in /etc/fuse.conf)"
+        } else {
+            ""
+        };
+        mount_err(mp, format!("mounting: {e}{hint}"))
+    })?;
+    let _ = notifier.set(session.notifier());
+    if let Some(p) = &o.pidfile {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .ctx(|| format!("writing pid file {}", p.display()))?;
+    }
+    let mut unmounter = session.unmount_callable();
+    let mp_for_signal = mp.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = sys::wait_termination_signal() {
+                tracing::info!(sig, "signal received, unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::warn!(%e, "unmount failed, detaching");
+                    if let Err(e) = sys::umount2(&mp_for_signal, libc::MNT_DETACH) {
+                        tracing::error!(%e, "could not detach the mount");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        })
+        .ctx(|| "starting the signal thread")?;
+    tracing::info!(mountpoint = %mp.display(), layers = o.lowerdirs.len(), "mounted");
+    if let Some(w) = ready.take() {
+        let mut f = std::fs::File::from(w);
+        f.write_all(b"OK")
+            .ctx(|| "telling the parent the mount is ready")?;
+    }
+    session
+        .run()
+        .map_err(|e| mount_err(mp, format!("serving: {e}")))?;
+    tracing::info!(mountpoint = %mp.display(), "unmounted, exiting");
+    Ok(())
+}
+
+/// Parse the mount-program command line (without the program name): `-o OPTS` (repeatable,
+/// also `-oOPTS`), `-f`, `-d`, then `MERGED` or `SOURCE MERGED`.
+pub fn parse_args(args: &[String]) -> Result<ServerArgs> {
+    let bad = |reason: String| Error::InvalidMountOption {
+        option: args.join(" "),
+        reason,
+    };
+    let mut opts: Vec<String> = Vec::new();
+    let mut positional = Vec::new();
+    let (mut foreground, mut debug) = (false, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => opts.push(
+                it.next()
+                    .ok_or_else(|| bad("-o needs a value".into()))?
+                    .clone(),
+            ),
+            "-f" => foreground = true,
+            "-d" | "--debug" => {
+                debug = true;
+                foreground = true;
+            }
+            "--" => positional.extend(it.by_ref().cloned()),
+            s if s.starts_with("-o") => opts.push(s[2..].to_string()),
+            s if s.starts_with('-') && s.len() > 1 => return Err(bad(format!("unknown flag {s}"))),
+            s => positional.push(s.to_string()),
+        }
+    }
+    let (source, mountpoint) = match positional.len() {
+        1 => (None, positional.remove(0)),
+        2 => {
+            let mp = positional.remove(1);
+            (Some(positional.remove(0)), mp)
+        }
+        _ => return Err(bad("expected MERGED or SOURCE MERGED".into())),
+    };
+    let options = MountOptions::parse(&opts.join(","))?;
+    Ok(ServerArgs {
+        options,
+        mountpoint: PathBuf::from(mountpoint),
+        source,
+        foreground,
+        debug,
+    })
+}
+
+/// Whether a command line (without the program name) is the mount-program form.
+pub fn is_mount_program_form(args: &[String]) -> bool {
+    args.iter().any(|a| a.starts_with("-o"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn forms() {
+        let a = parse_args(&s(&["-o", "lowerdir=/a:/b", "-o", "ro", "/m"])).unwrap();
+        assert_eq!(a.mountpoint, PathBuf::from("/m"));
+        assert_eq!(a.options.lowerdirs.len(), 2);
+        assert!(a.options.ro && !a.foreground);
+        let a = parse_args(&s(&[
+            "overlay",
+            "/m",
+            "-o",
+            "lowerdir=/a,upperdir=/u,workdir=/w",
+        ]))
+        .unwrap();
+        assert_eq!(a.source.as_deref(), Some("overlay"));
+        assert!(!a.options.read_only());
+        let a = parse_args(&s(&["-f", "-olowerdir=/a", "/m"])).unwrap();
+        assert!(a.foreground);
+        assert!(is_mount_program_form(&s(&["-olowerdir=/a", "/m"])));
+        assert!(!is_mount_program_form(&s(&["status"])));
+        assert!(parse_args(&s(&["-o", "lowerdir=/a"])).is_err());
+        assert!(parse_args(&s(&["-o", "lowerdir=/a", "-x", "/m"])).is_err());
+    }
+}

@@ -1,0 +1,641 @@
+//! The in-memory merged view: the inode table and merged directory listings.
+//!
+//! Nodes exist while the kernel holds a lookup on them (or on one of their children); a
+//! directory node caches its merged listing for as long as it lives. Lower layers never change
+//! while mounted, so a listing is computed once; the write path updates or invalidates the
+//! listings and node states it changes, each behind the node's own lock.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use fuser::{FileAttr, FileType, INodeNo};
+use parking_lot::RwLock;
+
+use crate::driver::IdMap;
+use crate::layer::{meta, whiteout};
+use crate::sys;
+use crate::union::layers::{rel_or_dot, LayerIdx, Layers};
+
+/// FUSE inode number of the root directory.
+pub const ROOT_INO: u64 = 1;
+/// Shown for ids outside the uid/gid mapping.
+const OVERFLOW_ID: u32 = 65534;
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// One name in a merged directory.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    /// Type of the visible entry as the directory reports it (`d_type`).
+    pub kind: FileType,
+    /// Layer holding the visible entry.
+    pub layer: LayerIdx,
+    /// For directories: the layers contributing to it, topmost first (before opaque checks of
+    /// the child itself).
+    pub dir_layers: Vec<LayerIdx>,
+}
+
+/// A merged directory: entries in readdir order plus an index by name.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    entries: Vec<DirEntry>,
+    index: HashMap<OsString, usize>,
+}
+
+impl Listing {
+    pub fn entries(&self) -> &[DirEntry] {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, name: &OsStr) -> Option<&DirEntry> {
+        self.index.get(name).map(|i| &self.entries[*i])
+    }
+
+    /// Add or replace an entry (write path).
+    pub fn insert(&mut self, e: DirEntry) {
+        match self.index.get(&e.name) {
+            Some(i) => self.entries[*i] = e,
+            None => {
+                self.index.insert(e.name.clone(), self.entries.len());
+                self.entries.push(e);
+            }
+        }
+    }
+
+    /// Remove an entry (write path); later entries move up by one.
+    pub fn remove(&mut self, name: &OsStr) -> Option<DirEntry> {
+        let i = self.index.remove(name)?;
+        let e = self.entries.remove(i);
+        for later in &self.entries[i..] {
+            if let Some(v) = self.index.get_mut(&later.name) {
+                *v -= 1;
+            }
+        }
+        Some(e)
+    }
+}
+
+/// Directory-only state of a node.
+#[derive(Debug, Clone, Default)]
+pub struct DirState {
+    /// Layers contributing to this directory, topmost first.
+    pub layers: Vec<LayerIdx>,
+    /// The merged listing, once computed.
+    pub listing: Option<Arc<Listing>>,
+}
+
+/// The mutable part of a node (the write path changes it on copy-up, rename, ...).
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub parent: u64,
+    pub name: OsString,
+    pub kind: FileType,
+    /// Layer holding the visible entry.
+    pub layer: LayerIdx,
+    pub dir: Option<DirState>,
+}
+
+/// An inode known to the kernel.
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    lookups: AtomicU64,
+    /// Child nodes alive (they keep the parent so their path can be computed).
+    kids: AtomicU64,
+    pub state: RwLock<NodeState>,
+}
+
+impl Node {
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+}
+
+/// How on-disk owners are shown (uidmapping/gidmapping/squash options).
+#[derive(Debug, Clone, Default)]
+pub struct IdView {
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
+    pub squash_uid: Option<u32>,
+    pub squash_gid: Option<u32>,
+}
+
+fn host_to_container(maps: &[IdMap], id: u32) -> u32 {
+    if maps.is_empty() {
+        return id;
+    }
+    maps.iter()
+        .find(|m| id >= m.host_id && id - m.host_id < m.size)
+        .map(|m| m.container_id + (id - m.host_id))
+        .unwrap_or(OVERFLOW_ID)
+}
+
+/// Map a container id (from a request) to the host id stored on disk.
+pub fn container_to_host(maps: &[IdMap], id: u32) -> Option<u32> {
+    if maps.is_empty() {
+        return Some(id);
+    }
+    maps.iter()
+        .find(|m| id >= m.container_id && id - m.container_id < m.size)
+        .map(|m| m.host_id + (id - m.container_id))
+}
+
+impl IdView {
+    pub fn uid(&self, host: u32) -> u32 {
+        self.squash_uid
+            .unwrap_or_else(|| host_to_container(&self.uid_map, host))
+    }
+    pub fn gid(&self, host: u32) -> u32 {
+        self.squash_gid
+            .unwrap_or_else(|| host_to_container(&self.gid_map, host))
+    }
+}
+
+/// The merged view of one mount.
+#[derive(Debug)]
+pub struct Tree {
+    pub layers: Layers,
+    nodes: DashMap<u64, Arc<Node>>,
+    pub ids: IdView,
+}
+
+fn kind_of_mode(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn kind_of_dtype(dt: u8) -> Option<FileType> {
+    Some(match dt {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_REG => FileType::RegularFile,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        _ => return None,
+    })
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    let ns = nsecs.clamp(0, 999_999_999) as u32;
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, ns)
+    } else {
+        UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, ns)
+    }
+}
+
+impl Tree {
+    /// A tree whose root merges the roots of all `layers`.
+    pub fn new(layers: Layers, ids: IdView) -> io::Result<Tree> {
+        if layers.list.is_empty() {
+            return Err(errno(libc::EINVAL));
+        }
+        let root = Node {
+            ino: ROOT_INO,
+            lookups: AtomicU64::new(1),
+            kids: AtomicU64::new(0),
+            state: RwLock::new(NodeState {
+                parent: ROOT_INO,
+                name: OsString::new(),
+                kind: FileType::Directory,
+                layer: 0,
+                dir: Some(DirState {
+                    layers: (0..layers.list.len()).collect(),
+                    listing: None,
+                }),
+            }),
+        };
+        let nodes = DashMap::new();
+        nodes.insert(ROOT_INO, Arc::new(root));
+        Ok(Tree { layers, nodes, ids })
+    }
+
+    /// The node of `ino`, if the kernel knows it.
+    pub fn node(&self, ino: u64) -> io::Result<Arc<Node>> {
+        self.nodes
+            .get(&ino)
+            .map(|n| n.clone())
+            .ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    /// Number of live nodes (for diagnostics and tests of `forget`).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Path of `ino` relative to the layer roots (empty for the root).
+    pub fn path_of(&self, ino: u64) -> io::Result<PathBuf> {
+        let mut names: Vec<OsString> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let n = self.node(cur)?;
+            let st = n.state.read();
+            names.push(st.name.clone());
+            cur = st.parent;
+            if names.len() > 4096 {
+                return Err(errno(libc::ELOOP));
+            }
+        }
+        let mut p = PathBuf::new();
+        for n in names.iter().rev() {
+            p.push(n);
+        }
+        Ok(p)
+    }
+
+    /// `ino`'s layer and relative path (what to open or stat).
+    pub fn backing(&self, ino: u64) -> io::Result<(LayerIdx, PathBuf)> {
+        let layer = self.node(ino)?.state.read().layer;
+        Ok((layer, self.path_of(ino)?))
+    }
+
+    /// The merged listing of directory `ino`, computed on first use.
+    pub fn listing(&self, ino: u64) -> io::Result<Arc<Listing>> {
+        let node = self.node(ino)?;
+        let layers = {
+            let st = node.state.read();
+            let dir = st.dir.as_ref().ok_or_else(|| errno(libc::ENOTDIR))?;
+            if let Some(l) = &dir.listing {
+                return Ok(l.clone());
+            }
+            dir.layers.clone()
+        };
+        let rel = self.path_of(ino)?;
+        let built = Arc::new(self.build_listing(&rel, &layers)?);
+        let mut st = node.state.write();
+        let dir = st.dir.as_mut().ok_or_else(|| errno(libc::ENOTDIR))?;
+        // Another thread may have won the race; keep theirs so every reader sees one listing.
+        Ok(dir.listing.get_or_insert(built).clone())
+    }
+
+    /// Drop the cached listing of `ino` (write path, after changing the directory).
+    pub fn invalidate_listing(&self, ino: u64) {
+        if let Some(n) = self.nodes.get(&ino) {
+            if let Some(d) = n.state.write().dir.as_mut() {
+                d.listing = None;
+            }
+        }
+    }
+
+    /// Change the cached listing of `ino` in place, if there is one (write path). Open
+    /// directory handles keep the snapshot they started with.
+    pub fn update_listing(&self, ino: u64, f: impl FnOnce(&mut Listing)) {
+        if let Some(n) = self.nodes.get(&ino) {
+            if let Some(l) = n
+                .state
+                .write()
+                .dir
+                .as_mut()
+                .and_then(|d| d.listing.as_mut())
+            {
+                f(Arc::make_mut(l));
+            }
+        }
+    }
+
+    /// Merge directory `rel` of `layers` (topmost first), honouring whiteouts and opaque
+    /// markers in every format.
+    fn build_listing(&self, rel: &Path, layers: &[LayerIdx]) -> io::Result<Listing> {
+        // name -> (index of the visible entry, still open to lower layers)
+        let mut seen: HashMap<OsString, (Option<usize>, bool)> = HashMap::new();
+        let mut entries: Vec<DirEntry> = Vec::new();
+        for (pos, &li) in layers.iter().enumerate() {
+            let layer = self.layers.get(li);
+            let dfd = match sys::openat(
+                layer.fd(),
+                rel_or_dot(rel),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            ) {
+                Ok(fd) => fd,
+                // Gone from this layer (only the upper can change under us): skip it.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            let raw = sys::read_dir_fd(dfd.as_fd())?;
+            let mut opaque = false;
+            let mut whiteouts: Vec<OsString> = Vec::new();
+            for e in raw {
+                let kind = match whiteout::classify(&e.name) {
+                    whiteout::NameKind::OpaqueMarker => {
+                        opaque = true;
+                        continue;
+                    }
+                    whiteout::NameKind::Internal | whiteout::NameKind::Invalid => continue,
+                    whiteout::NameKind::Whiteout(t) => {
+                        whiteouts.push(t.to_os_string());
+                        continue;
+                    }
+                    whiteout::NameKind::Plain => match kind_of_dtype(e.d_type) {
+                        Some(k) => k,
+                        None => {
+                            // DT_CHR may be a 0/0 whiteout; DT_UNKNOWN needs a stat anyway.
+                            let st = match sys::fstatat(dfd.as_fd(), Path::new(&e.name)) {
+                                Ok(st) => st,
+                                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                                Err(err) => return Err(err),
+                            };
+                            if whiteout::is_whiteout_device(&st) {
+                                whiteouts.push(e.name);
+                                continue;
+                            }
+                            kind_of_mode(st.st_mode)
+                        }
+                    },
+                };
+                let is_dir = kind == FileType::Directory;
+                match seen.get_mut(&e.name) {
+                    None => {
+                        entries.push(DirEntry {
+                            ino: self.layers.ino_for(li, e.ino),
+                            kind,
+                            layer: li,
+                            dir_layers: if is_dir { vec![li] } else { Vec::new() },
+                            name: e.name.clone(),
+                        });
+                        seen.insert(e.name, (Some(entries.len() - 1), is_dir));
+                    }
+                    Some((_, false)) => {}
+                    Some((idx, open)) => {
+                        // A directory above: a lower directory merges in, anything else ends it.
+                        match (is_dir, *idx) {
+                            (true, Some(i)) => entries[i].dir_layers.push(li),
+                            _ => *open = false,
+                        }
+                    }
+                }
+            }
+            for w in whiteouts {
+                seen.entry(w).or_insert((None, false)).1 = false;
+            }
+            if opaque || pos + 1 == layers.len() {
+                break;
+            }
+            if has_opaque_xattr(dfd.as_fd()) {
+                break;
+            }
+        }
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        Ok(Listing { entries, index })
+    }
+
+    /// Look `name` up in directory `parent`; on success the node's lookup count is raised by
+    /// one (the kernel now holds a reference).
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Node>, FileAttr)> {
+        let listing = self.listing(parent)?;
+        let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
+        let rel = self.path_of(parent)?.join(name);
+        let st = sys::fstatat(self.layers.get(e.layer).fd(), &rel)?;
+        let node = self.get_or_insert(parent, e)?;
+        let attr = self.attr_from_stat(&node, e.layer, &rel, st);
+        Ok((node, attr))
+    }
+
+    /// The node of a listing entry of `parent`, created if needed, with one more lookup.
+    pub fn get_or_insert(&self, parent: u64, e: &DirEntry) -> io::Result<Arc<Node>> {
+        let parent_node = self.node(parent)?;
+        let node = match self.nodes.entry(e.ino) {
+            dashmap::Entry::Occupied(o) => {
+                o.get().lookups.fetch_add(1, Ordering::Relaxed);
+                o.get().clone()
+            }
+            dashmap::Entry::Vacant(v) => {
+                parent_node.kids.fetch_add(1, Ordering::Relaxed);
+                let n = Arc::new(Node {
+                    ino: e.ino,
+                    lookups: AtomicU64::new(1),
+                    kids: AtomicU64::new(0),
+                    state: RwLock::new(NodeState {
+                        parent,
+                        name: e.name.clone(),
+                        kind: e.kind,
+                        layer: e.layer,
+                        dir: (e.kind == FileType::Directory).then(|| DirState {
+                            layers: e.dir_layers.clone(),
+                            listing: None,
+                        }),
+                    }),
+                });
+                v.insert(n.clone());
+                n
+            }
+        };
+        Ok(node)
+    }
+
+    /// Drop `n` lookups of `ino`; nodes without lookups and children go away (and may release
+    /// their parent in turn).
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut cur = ino;
+        let mut dec = n;
+        while cur != ROOT_INO {
+            let removed = self.nodes.remove_if(&cur, |_, node| {
+                if dec > 0 {
+                    let _ = node
+                        .lookups
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                            Some(v.saturating_sub(dec))
+                        });
+                }
+                node.lookups.load(Ordering::Relaxed) == 0 && node.kids.load(Ordering::Relaxed) == 0
+            });
+            let Some((_, node)) = removed else { break };
+            let parent = node.state.read().parent;
+            match self.nodes.get(&parent) {
+                Some(p) => {
+                    let _ = p
+                        .kids
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                            Some(v.saturating_sub(1))
+                        });
+                }
+                None => break,
+            }
+            cur = parent;
+            dec = 0;
+        }
+    }
+
+    /// Add a node made by the write path (mkdir, create, ...) under `parent` with one lookup.
+    pub fn insert_new(&self, parent: u64, e: &DirEntry) -> io::Result<Arc<Node>> {
+        self.get_or_insert(parent, e)
+    }
+
+    /// Current attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> io::Result<FileAttr> {
+        let node = self.node(ino)?;
+        let layer = node.state.read().layer;
+        let rel = self.path_of(ino)?;
+        let st = sys::fstatat(self.layers.get(layer).fd(), &rel)?;
+        Ok(self.attr_from_stat(&node, layer, &rel, st))
+    }
+
+    /// Attributes to show for `node` given a stat of its backing file `rel` in `layer`:
+    /// override_stat applied, owners mapped, the number being the node's.
+    pub fn attr_from_stat(
+        &self,
+        node: &Node,
+        layer: LayerIdx,
+        rel: &Path,
+        mut st: libc::stat,
+    ) -> FileAttr {
+        let kind_bits = st.st_mode & libc::S_IFMT;
+        if kind_bits == libc::S_IFREG || kind_bits == libc::S_IFDIR {
+            // Symlinks cannot carry user.* xattrs; others are rare and cheap to skip.
+            if let Ok(Some(o)) = meta::read_override(&self.layers.get(layer).abs(rel)) {
+                o.apply(&mut st);
+            }
+        }
+        let kind = kind_of_mode(st.st_mode);
+        let merged_dir = kind == FileType::Directory
+            && node
+                .state
+                .read()
+                .dir
+                .as_ref()
+                .is_some_and(|d| d.layers.len() > 1);
+        FileAttr {
+            ino: INodeNo(node.ino),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: (st.st_mode & 0o7777) as u16,
+            // A merged directory's link count is unknown: 1 tells tools not to rely on it.
+            nlink: if merged_dir { 1 } else { st.st_nlink as u32 },
+            uid: self.ids.uid(st.st_uid),
+            gid: self.ids.gid(st.st_gid),
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+}
+
+/// Whether an open directory carries an opaque xattr (one `flistxattr` in the common case).
+fn has_opaque_xattr(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    match sys::flistxattr(fd) {
+        Ok(names) if names.is_empty() => false,
+        Ok(names) => {
+            names.iter().any(|n| {
+                whiteout::OPAQUE_XATTRS
+                    .iter()
+                    .any(|x| x.as_bytes() == n.as_slice())
+            }) && whiteout::fd_has_opaque_xattr(fd)
+        }
+        Err(_) => whiteout::fd_has_opaque_xattr(fd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tree(lowers: &[&Path]) -> Tree {
+        let l: Vec<PathBuf> = lowers.iter().map(|p| p.to_path_buf()).collect();
+        Tree::new(Layers::open(None, &l).unwrap(), IdView::default()).unwrap()
+    }
+
+    fn names(t: &Tree, ino: u64) -> Vec<String> {
+        let mut v: Vec<String> = t
+            .listing(ino)
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| e.name.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn merges_and_whiteouts() {
+        let top = tempfile::tempdir().unwrap();
+        let low = tempfile::tempdir().unwrap();
+        fs::write(low.path().join("a"), "low").unwrap();
+        fs::write(low.path().join("gone"), "x").unwrap();
+        fs::create_dir_all(low.path().join("d/sub")).unwrap();
+        fs::write(low.path().join("d/old"), "x").unwrap();
+        fs::create_dir_all(low.path().join("o")).unwrap();
+        fs::write(low.path().join("o/hidden"), "x").unwrap();
+        fs::write(top.path().join("a"), "top").unwrap();
+        fs::write(top.path().join(".wh.gone"), "").unwrap();
+        fs::create_dir_all(top.path().join("d")).unwrap();
+        fs::write(top.path().join("d/new"), "x").unwrap();
+        fs::create_dir_all(top.path().join("o")).unwrap();
+        fs::write(top.path().join("o/.wh..wh..opq"), "").unwrap();
+        fs::write(top.path().join("o/mine"), "x").unwrap();
+        let t = tree(&[top.path(), low.path()]);
+        assert_eq!(names(&t, ROOT_INO), ["a", "d", "o"]);
+        let (a, attr) = t.lookup(ROOT_INO, OsStr::new("a")).unwrap();
+        assert_eq!(attr.size, 3);
+        assert_eq!(a.state.read().layer, 0);
+        let (d, _) = t.lookup(ROOT_INO, OsStr::new("d")).unwrap();
+        assert_eq!(names(&t, d.ino), ["new", "old", "sub"]);
+        let (o, _) = t.lookup(ROOT_INO, OsStr::new("o")).unwrap();
+        assert_eq!(names(&t, o.ino), ["mine"]);
+        assert!(t.lookup(ROOT_INO, OsStr::new("gone")).is_err());
+        // forget drops nodes; the number comes back the same
+        let n = t.node_count();
+        let ino_a = a.ino;
+        drop(a);
+        t.forget(ino_a, 1);
+        assert_eq!(t.node_count(), n - 1);
+        let (a2, _) = t.lookup(ROOT_INO, OsStr::new("a")).unwrap();
+        assert_eq!(a2.ino, ino_a);
+    }
+
+    #[test]
+    fn id_mapping() {
+        let v = IdView {
+            uid_map: vec![IdMap {
+                container_id: 0,
+                host_id: 1000,
+                size: 10,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(v.uid(1000), 0);
+        assert_eq!(v.uid(1005), 5);
+        assert_eq!(v.uid(0), OVERFLOW_ID);
+        assert_eq!(v.gid(7), 7);
+        assert_eq!(container_to_host(&v.uid_map, 3), Some(1003));
+    }
+}
