@@ -1,6 +1,5 @@
 //! The conformance cases of graphtest.md, written once over `&dyn Driver` and run against
-//! every driver. The stratafs variants wait for the union mount (`get` is not implemented on
-//! this branch) and are ignored until it lands.
+//! every driver: the stratafs driver (real FUSE mounts through the built binary) and vfs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -36,6 +35,8 @@ fn vfs() -> Harness {
 }
 
 fn strata() -> Harness {
+    // The driver spawns the built binary as its mount server.
+    std::env::set_var("STRATAFS_BIN", env!("CARGO_BIN_EXE_stratafs"));
     let root = tempfile::tempdir().unwrap();
     let cfg = DriverConfig {
         root: root.path().to_path_buf(),
@@ -382,45 +383,37 @@ fn vfs_refuses_quota() {
     assert!(!h.driver.exists("q"));
 }
 
-// ---- stratafs (needs the union mount) --------------------------------------------------------
+// ---- stratafs ---------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs the union mount (branch union)"]
 fn strata_create_empty() {
     case_create_empty(strata().driver.as_ref());
 }
 #[test]
-#[ignore = "needs the union mount (branch union)"]
 fn strata_create_base() {
     case_create_base(strata().driver.as_ref());
 }
 #[test]
-#[ignore = "needs the union mount (branch union)"]
 fn strata_create_snapshot() {
     case_create_snapshot(strata().driver.as_ref());
 }
 #[test]
-#[ignore = "needs the union mount (branch union)"]
 fn strata_deep_layer_read_128() {
     case_deep_layer_read(strata().driver.as_ref(), 128);
 }
 #[test]
-#[ignore = "needs the union mount (branch union)"]
 fn strata_deep_layer_read_1000() {
     case_deep_layer_read(strata().driver.as_ref(), 1000);
 }
 #[test]
-#[ignore = "needs the union mount (branch union)"]
 fn strata_diff_apply() {
     case_diff_apply(strata().driver.as_ref(), 300);
 }
 #[test]
-#[ignore = "needs the union mount (branch union)"]
 fn strata_changes() {
     case_changes(strata().driver.as_ref());
 }
 #[test]
-#[ignore = "needs the union mount (branch union)"]
 fn strata_quota() {
     case_quota(strata().driver.as_ref());
 }

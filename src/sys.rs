@@ -8,6 +8,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+// The write path's wrappers (mkdirat, renameat2, FICLONE, copy_file_range, ...).
+mod mutate;
+pub use mutate::*;
+
 /// A path or name as a C string; an interior NUL is `EINVAL`.
 pub fn cstr(p: impl AsRef<OsStr>) -> io::Result<CString> {
     CString::new(p.as_ref().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
@@ -337,14 +341,25 @@ pub fn openat2(
 pub const RESOLVE_BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
 
 /// `mkdirat(dir, name, mode)`.
-pub fn mkdirat(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> io::Result<()> {
+pub fn mkdirat<P: AsRef<Path> + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    mode: u32,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
     let c = cstr(name)?;
     // SAFETY: valid fd and C string.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
 }
 
 /// `mknodat(dir, name, mode, dev)`.
-pub fn mknodat(dir: BorrowedFd<'_>, name: &Path, mode: u32, dev: u64) -> io::Result<()> {
+pub fn mknodat<P: AsRef<Path> + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    mode: u32,
+    dev: u64,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
     let c = cstr(name)?;
     // SAFETY: valid fd and C string.
     check(unsafe {
@@ -359,7 +374,12 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &Path, mode: u32, dev: u64) -> io::Res
 }
 
 /// `symlinkat(target, dir, name)`.
-pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
+pub fn symlinkat<P: AsRef<Path> + ?Sized>(
+    target: &OsStr,
+    dir: BorrowedFd<'_>,
+    name: &P,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
     let t = cstr(target)?;
     let c = cstr(name)?;
     // SAFETY: valid C strings and fd.
@@ -367,12 +387,13 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &Path) -> io::Result
 }
 
 /// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink at `oldname`.
-pub fn linkat(
+pub fn linkat<A: AsRef<Path> + ?Sized, B: AsRef<Path> + ?Sized>(
     olddir: BorrowedFd<'_>,
-    oldname: &Path,
+    oldname: &A,
     newdir: BorrowedFd<'_>,
-    newname: &Path,
+    newname: &B,
 ) -> io::Result<()> {
+    let (oldname, newname): (&Path, &Path) = (oldname.as_ref(), newname.as_ref());
     let o = cstr(oldname)?;
     let n = cstr(newname)?;
     // SAFETY: valid C strings and fds.
@@ -419,7 +440,13 @@ pub fn readlinkat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<std::ffi::OsSt
 }
 
 /// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`.
-pub fn lchownat(dir: BorrowedFd<'_>, name: &Path, uid: u32, gid: u32) -> io::Result<()> {
+pub fn lchownat<P: AsRef<Path> + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    uid: u32,
+    gid: u32,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
     let c = cstr(name)?;
     let flags = if name.as_os_str().is_empty() {
         libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH
@@ -431,7 +458,12 @@ pub fn lchownat(dir: BorrowedFd<'_>, name: &Path, uid: u32, gid: u32) -> io::Res
 }
 
 /// `fchmodat(dir, name, mode, 0)` (follows nothing because callers never pass symlinks).
-pub fn fchmodat(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> io::Result<()> {
+pub fn fchmodat<P: AsRef<Path> + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    mode: u32,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
     let c = cstr(name)?;
     // SAFETY: valid fd and C string.
     check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)

@@ -58,6 +58,8 @@ pub struct UnionFs {
     backing: DashMap<u64, (Arc<BackingId>, usize)>,
     /// Set once the session exists; the write path uses it to invalidate kernel caches.
     pub notifier: Arc<OnceLock<Notifier>>,
+    /// State of the write path (upper layer, quota).
+    pub(crate) writer: write::Writer,
 }
 
 pub(crate) fn err(e: io::Error) -> Errno {
@@ -75,6 +77,7 @@ impl UnionFs {
             next_fh: AtomicU64::new(1),
             backing: DashMap::new(),
             notifier: Arc::new(OnceLock::new()),
+            writer: write::Writer::default(),
         }
     }
 
@@ -118,7 +121,7 @@ impl UnionFs {
         if !writable {
             flags |= FopenFlags::FOPEN_KEEP_CACHE;
         }
-        if self.passthrough.load(Ordering::Relaxed) {
+        if self.passthrough.load(Ordering::Relaxed) && !self.writer.blocks_passthrough(ino) {
             let id = match self.backing.entry(ino) {
                 dashmap::Entry::Occupied(mut o) => {
                     o.get_mut().1 += 1;
@@ -155,6 +158,19 @@ impl UnionFs {
             passthrough: false,
         });
         reply.opened(FileHandle(fh), flags);
+    }
+
+    /// Some open handle of `ino` (write path hook: attributes of an unlinked open file).
+    pub fn any_handle(&self, ino: u64) -> Option<Arc<Handle>> {
+        self.handles
+            .iter()
+            .find(|h| h.ino == ino)
+            .map(|h| h.clone())
+    }
+
+    /// Whether some open of `ino` uses a passthrough backing file (write path hook).
+    pub fn has_passthrough(&self, ino: u64) -> bool {
+        self.backing.contains_key(&ino)
     }
 
     /// Drop a handle (and its passthrough reference).
@@ -235,6 +251,7 @@ impl Filesystem for UnionFs {
             self.passthrough.store(true, Ordering::Relaxed);
         }
         let _ = config.set_max_readahead(1 << 20);
+        write::prepare(self);
         tracing::info!(
             passthrough = self.passthrough.load(Ordering::Relaxed),
             "FUSE session initialised"
@@ -265,10 +282,14 @@ impl Filesystem for UnionFs {
     // batch_forget: fuser 0.18 keeps `ForgetOne` private, so its default (one `forget` per
     // node) is what runs.
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.tree.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(err(e)),
+            // Write path hook: an open file whose name is gone is described by its fd.
+            Err(e) => match write::getattr_open(self, ino.0, fh.map(|f| f.0)) {
+                Some(attr) => reply.attr(&TTL, &attr),
+                None => reply.error(err(e)),
+            },
         }
     }
 

@@ -304,6 +304,21 @@ impl Tree {
         }
     }
 
+    /// Every live node (write path: re-point the nodes under a directory that moved).
+    pub fn all_nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.iter().map(|n| n.clone()).collect()
+    }
+
+    /// Drop every cached listing (write path: a change whose effects reach directories it
+    /// cannot name, e.g. the other names of a hard-linked file moving to the upper).
+    pub fn invalidate_all_listings(&self) {
+        for n in self.nodes.iter() {
+            if let Some(d) = n.state.write().dir.as_mut() {
+                d.listing = None;
+            }
+        }
+    }
+
     /// Change the cached listing of `ino` in place, if there is one (write path). Open
     /// directory handles keep the snapshot they started with.
     pub fn update_listing(&self, ino: u64, f: impl FnOnce(&mut Listing)) {

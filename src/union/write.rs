@@ -1,167 +1,716 @@
-//! Every request that changes the view. `fs.rs` delegates each write method here in one line.
-//!
-//! This is the read-only version: changes are refused with `EROFS`; `flush`/`fsync` succeed
-//! (there is nothing to write back) and `lseek` answers `SEEK_DATA`/`SEEK_HOLE` from the
-//! backing file. The write path (copy-up, whiteouts, quota) replaces these bodies.
+//! Every request that changes the view. `fs.rs` delegates each write method here in one line;
+//! this module translates inode numbers to paths, runs the change on the upper layer
+//! ([`UpperLayer`]) and then brings the in-memory tree (node states, cached listings, inode
+//! aliases) and the kernel's caches in line with it.
 
 use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
 use std::os::fd::AsFd;
-use std::path::Path;
-use std::time::SystemTime;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use dashmap::DashSet;
 use fuser::{
-    BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, INodeNo, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyWrite,
-    Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::sys;
-use crate::union::fs::{err, UnionFs};
+use crate::sys::{self, TimeSpec};
+use crate::union::fs::{err, Handle, UnionFs};
+use crate::union::lowers::LowerStack;
+use crate::union::tree::{container_to_host, ROOT_INO};
+use crate::union::upper::{CopyUp, NewAttr, SetAttr, UpperLayer};
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
 
 fn erofs() -> Errno {
     Errno::from_i32(libc::EROFS)
 }
 
+/// Write-path state of a mount, made on first use.
+#[derive(Debug, Default)]
+pub struct Writer {
+    upper: OnceLock<Result<UpperLayer, i32>>,
+    /// Inodes copied up while a passthrough open of their lower file was alive: their later
+    /// opens must not be handed to the kernel with another backing file.
+    no_passthrough: DashSet<u64>,
+}
+
+impl Writer {
+    /// Whether opens of `ino` must be served without passthrough.
+    pub fn blocks_passthrough(&self, ino: u64) -> bool {
+        !self.no_passthrough.is_empty() && self.no_passthrough.contains(&ino)
+    }
+}
+
+/// The upper layer of `fs`, or the errno to answer (`EROFS` for a read-only view).
+fn upper(fs: &UnionFs) -> Result<&UpperLayer, Errno> {
+    if fs.read_only() {
+        return Err(erofs());
+    }
+    let res = fs.writer.upper.get_or_init(|| {
+        let (Some(up), Some(work)) = (&fs.opts.upperdir, &fs.opts.workdir) else {
+            return Err(libc::EROFS);
+        };
+        let lowers: Vec<PathBuf> = fs
+            .tree
+            .layers
+            .list
+            .iter()
+            .filter(|l| !l.upper)
+            .map(|l| l.path.clone())
+            .collect();
+        UpperLayer::open(up, work, Arc::new(LowerStack::new(lowers)), fs.opts.quota).map_err(|e| {
+            tracing::error!(%e, "cannot open the upper layer");
+            e.raw_os_error().unwrap_or(libc::EIO)
+        })
+    });
+    res.as_ref().map_err(|e| Errno::from_i32(*e))
+}
+
+/// Open the upper layer at mount time, so staging leftovers of a crash are cleaned and the
+/// quota is scanned before the first request.
+pub(crate) fn prepare(fs: &UnionFs) {
+    if !fs.read_only() {
+        let _ = upper(fs);
+    }
+}
+
+fn time_spec(t: TimeOrNow) -> TimeSpec {
+    match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSpec::At {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                TimeSpec::At {
+                    sec: -(d.as_secs() as i64) - i64::from(d.subsec_nanos() > 0),
+                    nsec: if d.subsec_nanos() > 0 {
+                        1_000_000_000 - d.subsec_nanos() as i64
+                    } else {
+                        0
+                    },
+                }
+            }
+        },
+    }
+}
+
+/// Host ids for a new entry made by `req` in `parent` (setgid directories pass on their group).
+fn owner_for(fs: &UnionFs, req: &Request, parent: u64) -> io::Result<(u32, u32, bool)> {
+    let uid =
+        container_to_host(&fs.tree.ids.uid_map, req.uid()).ok_or_else(|| errno(libc::EOVERFLOW))?;
+    let mut gid =
+        container_to_host(&fs.tree.ids.gid_map, req.gid()).ok_or_else(|| errno(libc::EOVERFLOW))?;
+    let (layer, rel) = fs.tree.backing(parent)?;
+    let pst = sys::lstat(&fs.tree.layers.get(layer).abs(&rel))?;
+    let setgid = pst.st_mode & libc::S_ISGID != 0;
+    if setgid {
+        gid = pst.st_gid;
+    }
+    Ok((uid, gid, setgid))
+}
+
+/// After a change at `rel` (the entry of node `ino`, if the kernel knows it): every node from
+/// it up to the root that now lives in the upper layer is pointed there.
+fn refresh(fs: &UnionFs, up: &UpperLayer, ino: Option<u64>, rel: &Path) {
+    let mut cur = ino;
+    let mut path = rel.to_path_buf();
+    loop {
+        if let Some(i) = cur {
+            if let Ok(node) = fs.tree.node(i) {
+                if let Some(st) = up.upper_stat(&path) {
+                    let mut s = node.state.write();
+                    if s.layer != 0 && i != ROOT_INO {
+                        // A copied-up entry keeps its number.
+                        fs.tree.layers.alias_ino(0, st.st_ino, i);
+                    }
+                    s.layer = 0;
+                    if let Some(d) = s.dir.as_mut() {
+                        if d.layers.first() != Some(&0) {
+                            d.layers.insert(0, 0);
+                            d.listing = None;
+                        }
+                    }
+                }
+            }
+        }
+        if path.as_os_str().is_empty() {
+            break;
+        }
+        path.pop();
+        cur = cur
+            .and_then(|i| fs.tree.node(i).ok())
+            .map(|n| n.state.read().parent);
+    }
+}
+
+/// The node number the listing of `parent` shows for `name`.
+fn child_ino(fs: &UnionFs, parent: u64, name: &OsStr) -> Option<u64> {
+    fs.tree.listing(parent).ok()?.get(name).map(|e| e.ino)
+}
+
+/// Forget the cached listing of `parent` and tell the kernel `name` changed there.
+fn changed_entry(fs: &UnionFs, parent: u64, name: &OsStr) {
+    fs.tree.invalidate_listing(parent);
+    if let Some(n) = fs.notifier.get() {
+        let _ = n.inval_entry(INodeNo(parent), name);
+    }
+}
+
+fn reply_new_entry(fs: &UnionFs, parent: u64, name: &OsStr, reply: ReplyEntry) {
+    fs.tree.invalidate_listing(parent);
+    match fs.tree.lookup(parent, name) {
+        Ok((_, attr)) => reply.entry_with_ttls(&fs.ttl(), &fs.ttl(), &attr, Generation(0)),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+/// Make sure `parent` is a directory and `name` a valid new name in it.
+fn new_name(fs: &UnionFs, parent: u64, name: &OsStr) -> io::Result<PathBuf> {
+    if name.len() > 255 {
+        return Err(errno(libc::ENAMETOOLONG));
+    }
+    if name.as_bytes().starts_with(b".wh.") {
+        // Our whiteout spelling cannot be a real name in the view.
+        return Err(errno(libc::EINVAL));
+    }
+    let listing = fs.tree.listing(parent)?;
+    if listing.get(name).is_some() {
+        return Err(errno(libc::EEXIST));
+    }
+    Ok(fs.tree.path_of(parent)?.join(name))
+}
+
+/// Register an open upper file and answer the kernel (passthrough only when no other backing
+/// file is in use for the inode).
+fn reply_open_upper(fs: &UnionFs, ino: u64, file: File, reply: ReplyOpen) {
+    // Passthrough writes bypass us, so a quota needs them to come through userspace.
+    let quota = fs.opts.quota.is_some();
+    if quota || fs.writer.blocks_passthrough(ino) {
+        let fh = fs.add_handle(Handle {
+            ino,
+            file,
+            writable: true,
+            passthrough: false,
+        });
+        return reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+    fs.reply_opened(ino, file, true, reply)
+}
+
+/// Copy `ino` (at `rel`) up; afterwards the tree and the passthrough bookkeeping know.
+fn copy_up_node(fs: &UnionFs, up: &UpperLayer, ino: u64, rel: &Path) -> io::Result<()> {
+    let r = up.copy_up(rel)?;
+    if let CopyUp::Copied { peers } = &r {
+        if fs.has_passthrough(ino) {
+            fs.writer.no_passthrough.insert(ino);
+        }
+        refresh(fs, up, Some(ino), rel);
+        if !peers.is_empty() {
+            // Other names of the inode now live in the upper; their directories' listings
+            // may be cached anywhere.
+            fs.tree.invalidate_all_listings();
+        }
+    }
+    Ok(())
+}
+
+/// Attributes of `ino` from an open handle (its name may be unlinked): `fh`, else any handle
+/// of the inode.
+pub(crate) fn getattr_open(fs: &UnionFs, ino: u64, fh: Option<u64>) -> Option<fuser::FileAttr> {
+    let h = fh
+        .and_then(|f| fs.handle(f))
+        .or_else(|| fs.any_handle(ino))?;
+    let st = sys::fstat(h.file.as_fd()).ok()?;
+    let node = fs.tree.node(ino).ok()?;
+    let layer = node.state.read().layer;
+    Some(
+        fs.tree
+            .attr_from_stat(&node, layer, Path::new("/nonexistent"), st),
+    )
+}
+
+/// Point every live node below `dir` (a directory just materialised in the upper) at the upper.
+fn repoint_subtree(fs: &UnionFs, up: &UpperLayer, dir: &Path) {
+    for node in fs.tree.all_nodes() {
+        let Ok(rel) = fs.tree.path_of(node.ino) else {
+            continue;
+        };
+        if !rel.starts_with(dir) || rel == dir {
+            continue;
+        }
+        if let Some(st) = up.upper_stat(&rel) {
+            fs.tree.layers.alias_ino(0, st.st_ino, node.ino);
+            let mut s = node.state.write();
+            s.layer = 0;
+            if let Some(d) = s.dir.as_mut() {
+                d.layers = vec![0];
+                d.listing = None;
+            }
+        }
+    }
+}
+
 /// `open` with write access or `O_TRUNC` (read-only opens are served by fs.rs).
 pub(crate) fn open_writable(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
-    _ino: INodeNo,
-    _flags: OpenFlags,
+    ino: INodeNo,
+    flags: OpenFlags,
     reply: ReplyOpen,
 ) {
-    reply.error(erofs())
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let res = (|| {
+        let rel = fs.tree.path_of(ino.0)?;
+        copy_up_node(fs, up, ino.0, &rel)?;
+        let fd = up.open_write(&rel, flags.0 & !libc::O_APPEND)?;
+        Ok::<_, io::Error>(File::from(fd))
+    })();
+    match res {
+        Ok(file) => reply_open_upper(fs, ino.0, file, reply),
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn setattr(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
-    _ino: INodeNo,
-    _mode: Option<u32>,
-    _uid: Option<u32>,
-    _gid: Option<u32>,
-    _size: Option<u64>,
-    _atime: Option<TimeOrNow>,
-    _mtime: Option<TimeOrNow>,
+    ino: INodeNo,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
     _ctime: Option<SystemTime>,
-    _fh: Option<FileHandle>,
+    fh: Option<FileHandle>,
     _flags: Option<BsdFileFlags>,
     reply: ReplyAttr,
 ) {
-    reply.error(erofs())
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let res = (|| {
+        let rel = fs.tree.path_of(ino.0)?;
+        copy_up_node(fs, up, ino.0, &rel)?;
+        let map = |maps, id| container_to_host(maps, id).ok_or_else(|| errno(libc::EINVAL));
+        let a = SetAttr {
+            mode,
+            uid: uid.map(|u| map(&fs.tree.ids.uid_map, u)).transpose()?,
+            gid: gid.map(|g| map(&fs.tree.ids.gid_map, g)).transpose()?,
+            size: None,
+            atime: atime.map(time_spec),
+            mtime: mtime.map(time_spec),
+        };
+        if let Some(size) = size {
+            // Through the open file when there is one (it may be unlinked already).
+            match fh.and_then(|f| fs.handle(f.0)).filter(|h| h.writable) {
+                Some(h) => up.truncate_fd(h.file.as_fd(), size)?,
+                None => up.set_attr(
+                    &rel,
+                    &SetAttr {
+                        size: Some(size),
+                        ..Default::default()
+                    },
+                )?,
+            }
+        }
+        if !rel.as_os_str().is_empty() {
+            up.set_attr(&rel, &a)?;
+        } else if a.mode.is_some()
+            || a.uid.is_some()
+            || a.gid.is_some()
+            || a.atime.is_some()
+            || a.mtime.is_some()
+        {
+            set_root_attr(up, &a)?;
+        }
+        fs.tree.getattr(ino.0)
+    })();
+    match res {
+        Ok(attr) => reply.attr(&fs.ttl(), &attr),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+fn set_root_attr(up: &UpperLayer, a: &SetAttr) -> io::Result<()> {
+    let fd = sys::open_dir(up.root())?;
+    if let Some(m) = a.mode {
+        sys::fchmod(fd.as_fd(), m & 0o7777)?;
+    }
+    if a.uid.is_some() || a.gid.is_some() {
+        sys::lchownat(
+            fd.as_fd(),
+            OsStr::new(""),
+            a.uid.unwrap_or(u32::MAX),
+            a.gid.unwrap_or(u32::MAX),
+        )?;
+    }
+    if a.atime.is_some() || a.mtime.is_some() {
+        sys::futimens(
+            fd.as_fd(),
+            a.atime.unwrap_or(TimeSpec::Omit),
+            a.mtime.unwrap_or(TimeSpec::Omit),
+        )?;
+    }
+    Ok(())
+}
+
+/// Run `make` to create `name` in `parent`, then answer with the new entry.
+fn create_entry(
+    fs: &UnionFs,
+    req: &Request,
+    parent: INodeNo,
+    name: &OsStr,
+    reply: ReplyEntry,
+    make: impl FnOnce(&UpperLayer, &Path, u32, u32, bool) -> io::Result<()>,
+) {
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let res = (|| {
+        let rel = new_name(fs, parent.0, name)?;
+        let (uid, gid, setgid) = owner_for(fs, req, parent.0)?;
+        make(up, &rel, uid, gid, setgid)?;
+        refresh(
+            fs,
+            up,
+            Some(parent.0),
+            rel.parent().unwrap_or(Path::new("")),
+        );
+        Ok::<_, io::Error>(())
+    })();
+    match res {
+        Ok(()) => reply_new_entry(fs, parent.0, name, reply),
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mknod(
-    _fs: &UnionFs,
-    _req: &Request,
-    _parent: INodeNo,
-    _name: &OsStr,
-    _mode: u32,
-    _umask: u32,
-    _rdev: u32,
+    fs: &UnionFs,
+    req: &Request,
+    parent: INodeNo,
+    name: &OsStr,
+    mode: u32,
+    umask: u32,
+    rdev: u32,
     reply: ReplyEntry,
 ) {
-    reply.error(erofs())
+    if fs.opts.flags.iter().any(|f| f == "nodev")
+        && matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK)
+    {
+        return reply.error(Errno::from_i32(libc::EPERM));
+    }
+    create_entry(fs, req, parent, name, reply, |up, rel, uid, gid, _| {
+        up.mknod(
+            rel,
+            &NewAttr {
+                mode: (mode & libc::S_IFMT) | (mode & 0o7777 & !umask),
+                uid,
+                gid,
+                rdev: rdev as u64,
+            },
+        )
+    })
 }
 
 pub(crate) fn mkdir(
-    _fs: &UnionFs,
-    _req: &Request,
-    _parent: INodeNo,
-    _name: &OsStr,
-    _mode: u32,
-    _umask: u32,
+    fs: &UnionFs,
+    req: &Request,
+    parent: INodeNo,
+    name: &OsStr,
+    mode: u32,
+    umask: u32,
     reply: ReplyEntry,
 ) {
-    reply.error(erofs())
+    create_entry(fs, req, parent, name, reply, |up, rel, uid, gid, setgid| {
+        let sgid = if setgid { libc::S_ISGID } else { 0 };
+        up.mkdir(
+            rel,
+            &NewAttr {
+                mode: (mode & 0o7777 & !umask) | sgid,
+                uid,
+                gid,
+                rdev: 0,
+            },
+        )
+    })
+}
+
+fn remove(fs: &UnionFs, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let res = (|| {
+        let rel = fs.tree.path_of(parent.0)?.join(name);
+        let st = up.source_of(&rel).and_then(|p| sys::lstat(&p).ok());
+        up.remove(&rel, dir)?;
+        refresh(
+            fs,
+            up,
+            Some(parent.0),
+            rel.parent().unwrap_or(Path::new("")),
+        );
+        fs.tree.invalidate_listing(parent.0);
+        if st.is_some_and(|st| !dir && st.st_nlink > 1) {
+            // The other names of a hard-linked file may have moved to the upper.
+            fs.tree.invalidate_all_listings();
+        }
+        Ok::<_, io::Error>(())
+    })();
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 pub(crate) fn unlink(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
-    _parent: INodeNo,
-    _name: &OsStr,
+    parent: INodeNo,
+    name: &OsStr,
     reply: ReplyEmpty,
 ) {
-    reply.error(erofs())
+    remove(fs, parent, name, false, reply)
 }
 
 pub(crate) fn rmdir(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
-    _parent: INodeNo,
-    _name: &OsStr,
+    parent: INodeNo,
+    name: &OsStr,
     reply: ReplyEmpty,
 ) {
-    reply.error(erofs())
+    remove(fs, parent, name, true, reply)
 }
 
 pub(crate) fn symlink(
-    _fs: &UnionFs,
-    _req: &Request,
-    _parent: INodeNo,
-    _link_name: &OsStr,
-    _target: &Path,
+    fs: &UnionFs,
+    req: &Request,
+    parent: INodeNo,
+    link_name: &OsStr,
+    target: &Path,
     reply: ReplyEntry,
 ) {
-    reply.error(erofs())
+    create_entry(fs, req, parent, link_name, reply, |up, rel, uid, gid, _| {
+        up.symlink(rel, target, uid, gid)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rename(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
-    _parent: INodeNo,
-    _name: &OsStr,
-    _newparent: INodeNo,
-    _newname: &OsStr,
-    _flags: RenameFlags,
+    parent: INodeNo,
+    name: &OsStr,
+    newparent: INodeNo,
+    newname: &OsStr,
+    flags: RenameFlags,
     reply: ReplyEmpty,
 ) {
-    reply.error(erofs())
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let res = (|| {
+        if newname.as_bytes().starts_with(b".wh.") {
+            return Err(errno(libc::EINVAL));
+        }
+        let src = fs.tree.path_of(parent.0)?.join(name);
+        let dst = fs.tree.path_of(newparent.0)?.join(newname);
+        let moved = child_ino(fs, parent.0, name);
+        let other = child_ino(fs, newparent.0, newname);
+        up.rename(&src, &dst, flags.bits())?;
+        // Point the moved nodes at their new names.
+        let exchange = flags.bits() & sys::RENAME_EXCHANGE != 0;
+        let set = |ino: Option<u64>, p: u64, n: &OsStr| {
+            if let Some(node) = ino.and_then(|i| fs.tree.node(i).ok()) {
+                let mut s = node.state.write();
+                s.parent = p;
+                s.name = n.to_os_string();
+                s.layer = 0;
+                if let Some(d) = s.dir.as_mut() {
+                    d.layers = vec![0];
+                    d.listing = None;
+                }
+            }
+        };
+        set(moved, newparent.0, newname);
+        if exchange {
+            set(other, parent.0, name);
+        }
+        for (p, n) in [(parent.0, name), (newparent.0, newname)] {
+            changed_entry(fs, p, n);
+        }
+        refresh(
+            fs,
+            up,
+            Some(parent.0),
+            src.parent().unwrap_or(Path::new("")),
+        );
+        refresh(
+            fs,
+            up,
+            Some(newparent.0),
+            dst.parent().unwrap_or(Path::new("")),
+        );
+        repoint_subtree(fs, up, &dst);
+        if exchange {
+            repoint_subtree(fs, up, &src);
+        }
+        if let (Some(m), Some(st)) = (moved, up.upper_stat(&dst)) {
+            fs.tree.layers.alias_ino(0, st.st_ino, m);
+        }
+        if let (true, Some(o), Some(st)) = (exchange, other, up.upper_stat(&src)) {
+            fs.tree.layers.alias_ino(0, st.st_ino, o);
+        }
+        Ok(())
+    })();
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 pub(crate) fn link(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
-    _ino: INodeNo,
-    _newparent: INodeNo,
-    _newname: &OsStr,
+    ino: INodeNo,
+    newparent: INodeNo,
+    newname: &OsStr,
     reply: ReplyEntry,
 ) {
-    reply.error(erofs())
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let res = (|| {
+        let src = fs.tree.path_of(ino.0)?;
+        let dst = new_name(fs, newparent.0, newname)?;
+        copy_up_node(fs, up, ino.0, &src)?;
+        up.link(&src, &dst)?;
+        refresh(
+            fs,
+            up,
+            Some(newparent.0),
+            dst.parent().unwrap_or(Path::new("")),
+        );
+        Ok::<_, io::Error>(())
+    })();
+    match res {
+        Ok(()) => reply_new_entry(fs, newparent.0, newname, reply),
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
     _ino: INodeNo,
-    _fh: FileHandle,
-    _offset: u64,
-    _data: &[u8],
+    fh: FileHandle,
+    offset: u64,
+    data: &[u8],
     _write_flags: WriteFlags,
     _flags: OpenFlags,
     _lock_owner: Option<LockOwner>,
     reply: ReplyWrite,
 ) {
-    reply.error(erofs())
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let Some(h) = fs.handle(fh.0).filter(|h| h.writable) else {
+        return reply.error(Errno::EBADF);
+    };
+    match up.write_fd(h.file.as_fd(), data, offset as i64) {
+        Ok(n) => reply.written(n as u32),
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create(
-    _fs: &UnionFs,
-    _req: &Request,
-    _parent: INodeNo,
-    _name: &OsStr,
-    _mode: u32,
-    _umask: u32,
-    _flags: i32,
+    fs: &UnionFs,
+    req: &Request,
+    parent: INodeNo,
+    name: &OsStr,
+    mode: u32,
+    umask: u32,
+    flags: i32,
     reply: ReplyCreate,
 ) {
-    reply.error(erofs())
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let res = (|| {
+        let rel = match new_name(fs, parent.0, name) {
+            Ok(r) => {
+                let (uid, gid, _) = owner_for(fs, req, parent.0)?;
+                up.create_file(
+                    &r,
+                    &NewAttr {
+                        mode: libc::S_IFREG | (mode & 0o7777 & !umask),
+                        uid,
+                        gid,
+                        rdev: 0,
+                    },
+                )?;
+                refresh(fs, up, Some(parent.0), r.parent().unwrap_or(Path::new("")));
+                fs.tree.invalidate_listing(parent.0);
+                r
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                fs.tree.path_of(parent.0)?.join(name)
+            }
+            Err(e) => return Err(e),
+        };
+        let (node, _) = fs.tree.lookup(parent.0, name)?;
+        copy_up_node(fs, up, node.ino, &rel)?;
+        let fd = up.open_write(
+            &rel,
+            (flags & !(libc::O_APPEND | libc::O_ACCMODE)) | libc::O_RDWR,
+        )?;
+        let attr = fs.tree.getattr(node.ino)?;
+        Ok::<_, io::Error>((node.ino, File::from(fd), attr))
+    })();
+    match res {
+        Ok((ino, file, attr)) => {
+            let fh = fs.add_handle(Handle {
+                ino,
+                file,
+                writable: true,
+                passthrough: false,
+            });
+            reply.created(
+                &fs.ttl(),
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            );
+        }
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 pub(crate) fn flush(
@@ -176,63 +725,131 @@ pub(crate) fn flush(
 }
 
 pub(crate) fn fsync(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
     _ino: INodeNo,
-    _fh: FileHandle,
-    _datasync: bool,
+    fh: FileHandle,
+    datasync: bool,
     reply: ReplyEmpty,
 ) {
-    reply.ok()
+    if fs.opts.volatile {
+        return reply.ok();
+    }
+    let Some(h) = fs.handle(fh.0) else {
+        return reply.error(Errno::EBADF);
+    };
+    match sys::fsync(h.file.as_fd(), datasync) {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 pub(crate) fn fsyncdir(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
-    _ino: INodeNo,
+    ino: INodeNo,
     _fh: FileHandle,
-    _datasync: bool,
+    datasync: bool,
     reply: ReplyEmpty,
 ) {
-    reply.ok()
+    if fs.opts.volatile || fs.read_only() {
+        return reply.ok();
+    }
+    let res = fs.tree.backing(ino.0).and_then(|(layer, rel)| {
+        let fd = sys::open_dir(&fs.tree.layers.get(layer).abs(&rel))?;
+        sys::fsync(fd.as_fd(), datasync)
+    });
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+fn xattr_change(
+    fs: &UnionFs,
+    ino: INodeNo,
+    name: &OsStr,
+    reply: ReplyEmpty,
+    change: impl FnOnce(&UpperLayer, &Path, &str) -> io::Result<()>,
+) {
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let Some(name) = name.to_str() else {
+        return reply.error(Errno::from_i32(libc::EINVAL));
+    };
+    let res = (|| {
+        let rel = fs.tree.path_of(ino.0)?;
+        if rel.as_os_str().is_empty() {
+            return change(up, &rel, name);
+        }
+        copy_up_node(fs, up, ino.0, &rel)?;
+        change(up, &rel, name)
+    })();
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn setxattr(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
-    _ino: INodeNo,
-    _name: &OsStr,
-    _value: &[u8],
-    _flags: i32,
+    ino: INodeNo,
+    name: &OsStr,
+    value: &[u8],
+    flags: i32,
     _position: u32,
     reply: ReplyEmpty,
 ) {
-    reply.error(erofs())
+    xattr_change(fs, ino, name, reply, |up, rel, name| {
+        let present = sys::lgetxattr(&up.upath(rel), name)?.is_some();
+        if flags & libc::XATTR_CREATE != 0 && present {
+            return Err(errno(libc::EEXIST));
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !present {
+            return Err(errno(libc::ENODATA));
+        }
+        up.set_xattr(rel, name, value)
+    })
 }
 
 pub(crate) fn removexattr(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
-    _ino: INodeNo,
-    _name: &OsStr,
+    ino: INodeNo,
+    name: &OsStr,
     reply: ReplyEmpty,
 ) {
-    reply.error(erofs())
+    xattr_change(fs, ino, name, reply, |up, rel, name| {
+        up.remove_xattr(rel, name)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fallocate(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
     _ino: INodeNo,
-    _fh: FileHandle,
-    _offset: u64,
-    _length: u64,
-    _mode: i32,
+    fh: FileHandle,
+    offset: u64,
+    length: u64,
+    mode: i32,
     reply: ReplyEmpty,
 ) {
-    reply.error(erofs())
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let Some(h) = fs.handle(fh.0).filter(|h| h.writable) else {
+        return reply.error(Errno::EBADF);
+    };
+    match up.fallocate_fd(h.file.as_fd(), mode, offset as i64, length as i64) {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
 }
 
 /// `SEEK_DATA`/`SEEK_HOLE` (and the others) on the backing file of `fh`.
@@ -254,19 +871,53 @@ pub(crate) fn lseek(
     }
 }
 
+/// In-kernel copy between two open files of the view (quota charged for the growth).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_file_range(
-    _fs: &UnionFs,
+    fs: &UnionFs,
     _req: &Request,
     _ino_in: INodeNo,
-    _fh_in: FileHandle,
-    _offset_in: u64,
+    fh_in: FileHandle,
+    offset_in: u64,
     _ino_out: INodeNo,
-    _fh_out: FileHandle,
-    _offset_out: u64,
-    _len: u64,
+    fh_out: FileHandle,
+    offset_out: u64,
+    len: u64,
     _flags: CopyFileRangeFlags,
     reply: ReplyWrite,
 ) {
-    reply.error(erofs())
+    let up = match upper(fs) {
+        Ok(u) => u,
+        Err(e) => return reply.error(e),
+    };
+    let (Some(hi), Some(ho)) = (
+        fs.handle(fh_in.0),
+        fs.handle(fh_out.0).filter(|h| h.writable),
+    ) else {
+        return reply.error(Errno::EBADF);
+    };
+    let res = (|| {
+        let size = sys::fstat(ho.file.as_fd())?.st_size as u64;
+        let len = len.min(u32::MAX as u64 / 2);
+        let growth = (offset_out + len).saturating_sub(size);
+        up.quota.reserve(growth)?;
+        let (mut oi, mut oo) = (offset_in as i64, offset_out as i64);
+        let r = sys::copy_file_range(
+            hi.file.as_fd(),
+            &mut oi,
+            ho.file.as_fd(),
+            &mut oo,
+            len as usize,
+        );
+        let after = sys::fstat(ho.file.as_fd())
+            .map(|s| s.st_size as u64)
+            .unwrap_or(size);
+        up.quota.release(growth);
+        up.quota.resized(size, after);
+        r
+    })();
+    match res {
+        Ok(n) => reply.written(n as u32),
+        Err(e) => reply.error(err(e)),
+    }
 }

@@ -1,0 +1,532 @@
+//! The write path, differentially: one scripted sequence of operations runs on kernel overlayfs
+//! (the oracle, over the same layers in kernel format) and on stratafs, and every result
+//! (return code or errno, stat fields that should agree, contents, listings) is compared.
+//!
+//! stratafs is mounted in-process from the library (the `-o` mount program lands with the read
+//! path's server); the kernel mount needs root.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use stratafs::union::fs::UnionFs;
+use stratafs::union::layers::Layers;
+use stratafs::union::options::MountOptions;
+use stratafs::union::tree::{IdView, Tree};
+
+/// One filesystem operation of a script.
+#[derive(Debug, Clone)]
+enum Op {
+    Write(&'static str, &'static str),
+    Append(&'static str, &'static str),
+    CreateExcl(&'static str),
+    Truncate(&'static str, u64),
+    Mkdir(&'static str),
+    Unlink(&'static str),
+    Rmdir(&'static str),
+    Rename(&'static str, &'static str, u32),
+    Link(&'static str, &'static str),
+    Symlink(&'static str, &'static str),
+    Mkfifo(&'static str),
+    Chmod(&'static str, u32),
+    Chown(&'static str, u32, u32),
+    Utime(&'static str, i64),
+    SetXattr(&'static str, &'static str, &'static str),
+    /// Observe: stat + contents (or listing) of a path.
+    Look(&'static str),
+    /// Write through an fd kept open across an unlink of its name.
+    WriteAfterUnlink(&'static str),
+}
+
+fn errno_of(e: &std::io::Error) -> String {
+    format!("errno {}", e.raw_os_error().unwrap_or(-1))
+}
+
+fn res(r: std::io::Result<()>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => errno_of(&e),
+    }
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn look(p: &Path) -> String {
+    let md = match fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) => return errno_of(&e),
+    };
+    let ft = md.file_type();
+    let mut s = format!("mode {:o} uid {} gid {}", md.mode(), md.uid(), md.gid());
+    if !ft.is_dir() {
+        s += &format!(
+            " nlink {} size {} mtime {}",
+            md.nlink(),
+            md.size(),
+            md.mtime()
+        );
+    }
+    if ft.is_file() {
+        s += &format!(
+            " data {:?}",
+            fs::read(p).map(|d| String::from_utf8_lossy(&d).into_owned())
+        );
+    } else if ft.is_symlink() {
+        s += &format!(" -> {:?}", fs::read_link(p).ok());
+    } else if ft.is_dir() {
+        let mut names: Vec<String> = fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        s += &format!(" [{}]", names.join(" "));
+    }
+    s
+}
+
+fn run(root: &Path, op: &Op) -> String {
+    let p = |r: &str| root.join(r);
+    match op {
+        Op::Write(f, d) => res(fs::write(p(f), d)),
+        Op::Append(f, d) => res(fs::OpenOptions::new()
+            .append(true)
+            .open(p(f))
+            .and_then(|mut h| h.write_all(d.as_bytes()))),
+        Op::CreateExcl(f) => res(fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(p(f))
+            .map(drop)),
+        Op::Truncate(f, n) => res(fs::OpenOptions::new()
+            .write(true)
+            .open(p(f))
+            .and_then(|h| h.set_len(*n))),
+        Op::Mkdir(d) => res(fs::create_dir(p(d))),
+        Op::Unlink(f) => res(fs::remove_file(p(f))),
+        Op::Rmdir(d) => res(fs::remove_dir(p(d))),
+        Op::Rename(a, b, flags) => {
+            let (ca, cb) = (cpath(&p(a)), cpath(&p(b)));
+            // SAFETY: valid C strings.
+            let r = unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    ca.as_ptr(),
+                    libc::AT_FDCWD,
+                    cb.as_ptr(),
+                    *flags,
+                )
+            };
+            res(if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            })
+        }
+        Op::Link(a, b) => res(fs::hard_link(p(a), p(b))),
+        Op::Symlink(t, l) => res(std::os::unix::fs::symlink(t, p(l))),
+        Op::Mkfifo(f) => {
+            let c = cpath(&p(f));
+            // SAFETY: valid C string.
+            let r = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+            res(if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            })
+        }
+        Op::Chmod(f, m) => {
+            use std::os::unix::fs::PermissionsExt;
+            res(fs::set_permissions(p(f), fs::Permissions::from_mode(*m)))
+        }
+        Op::Chown(f, u, g) => res(std::os::unix::fs::lchown(p(f), Some(*u), Some(*g))),
+        Op::Utime(f, t) => {
+            let c = cpath(&p(f));
+            let ts = [libc::timespec {
+                tv_sec: *t,
+                tv_nsec: 0,
+            }; 2];
+            // SAFETY: valid C string and two timespecs.
+            let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) };
+            res(if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            })
+        }
+        Op::SetXattr(f, n, v) => res(stratafs::sys::lsetxattr(&p(f), n, v.as_bytes())),
+        Op::Look(f) => look(&p(f)),
+        Op::WriteAfterUnlink(f) => {
+            let r = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p(f))
+                .and_then(|mut h| {
+                    fs::remove_file(p(f))?;
+                    h.write_all(b"+late")?;
+                    use std::io::{Read, Seek};
+                    h.rewind()?;
+                    let mut s = String::new();
+                    h.read_to_string(&mut s)?;
+                    Ok(s)
+                });
+            match r {
+                Ok(s) => format!("ok {s}"),
+                Err(e) => errno_of(&e),
+            }
+        }
+    }
+}
+
+/// The lower layer every script starts from (plain files only: same bytes in both formats).
+fn build_lower(dir: &Path) {
+    fs::create_dir_all(dir.join("etc/deep/er")).unwrap();
+    fs::write(dir.join("etc/passwd"), "root:x:0:0\n").unwrap();
+    fs::write(dir.join("etc/deep/er/f"), "deep").unwrap();
+    fs::create_dir_all(dir.join("empty")).unwrap();
+    fs::create_dir_all(dir.join("full")).unwrap();
+    fs::write(dir.join("full/a"), "a").unwrap();
+    fs::write(dir.join("full/b"), "b").unwrap();
+    fs::write(dir.join("hl1"), "linked").unwrap();
+    fs::hard_link(dir.join("hl1"), dir.join("etc/hl2")).unwrap();
+    std::os::unix::fs::symlink("passwd", dir.join("etc/pw")).unwrap();
+    fs::write(dir.join("ro"), "readonly").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.join("ro"), fs::Permissions::from_mode(0o444)).unwrap();
+    std::os::unix::fs::chown(dir.join("etc/passwd"), Some(12), Some(34)).unwrap();
+    let c = cpath(&dir.join("fifo"));
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let ts = [libc::timespec {
+        tv_sec: 1000,
+        tv_nsec: 0,
+    }; 2];
+    for f in ["etc/passwd", "hl1", "ro", "full/a"] {
+        let c = cpath(&dir.join(f));
+        // SAFETY: valid C string and two timespecs.
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) };
+    }
+}
+
+/// A mount that goes away in Drop, even when the test fails.
+enum Mounted {
+    Kernel(PathBuf),
+    Strata(Option<fuser::BackgroundSession>, PathBuf),
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        match self {
+            Mounted::Kernel(p) => {
+                let _ = Command::new("umount").arg("-l").arg(&*p).status();
+            }
+            Mounted::Strata(s, p) => {
+                if let Some(s) = s.take() {
+                    let _ = s.umount_and_join();
+                } else {
+                    let _ = Command::new("umount").arg("-l").arg(&*p).status();
+                }
+            }
+        }
+    }
+}
+
+struct Side {
+    _t: tempfile::TempDir,
+    upper: PathBuf,
+    mnt: PathBuf,
+    m: Option<Mounted>,
+}
+
+fn side(kernel: bool, opts_extra: &str) -> Side {
+    let t = tempfile::tempdir().unwrap();
+    let b = t.path();
+    for d in ["lower", "upper", "work", "mnt"] {
+        fs::create_dir(b.join(d)).unwrap();
+    }
+    build_lower(&b.join("lower"));
+    let o = format!(
+        "lowerdir={},upperdir={},workdir={}{}",
+        b.join("lower").display(),
+        b.join("upper").display(),
+        b.join("work").display(),
+        opts_extra
+    );
+    let m = if kernel {
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &o])
+            .arg(b.join("mnt"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "kernel overlay mount failed");
+        Mounted::Kernel(b.join("mnt"))
+    } else {
+        let opts = MountOptions::parse(&o).unwrap();
+        let layers = Layers::open(Some(&b.join("upper")), &[b.join("lower")]).unwrap();
+        let tree = Tree::new(layers, IdView::default()).unwrap();
+        let ufs = UnionFs::new(tree, opts);
+        let mut cfg = fuser::Config::default();
+        cfg.mount_options = vec![
+            fuser::MountOption::FSName("stratafs".into()),
+            fuser::MountOption::DefaultPermissions,
+        ];
+        cfg.n_threads = Some(4);
+        cfg.clone_fd = true;
+        let s = fuser::spawn_mount(ufs, b.join("mnt"), &cfg).unwrap();
+        Mounted::Strata(Some(s), b.join("mnt"))
+    };
+    Side {
+        upper: b.join("upper"),
+        mnt: b.join("mnt"),
+        _t: t,
+        m: Some(m),
+    }
+}
+
+/// Run `script` on both and compare step by step.
+fn differential(script: &[Op]) -> (Side, Side) {
+    let k = side(true, "");
+    let s = side(false, "");
+    let mut diffs = Vec::new();
+    for (i, op) in script.iter().enumerate() {
+        let a = run(&k.mnt, op);
+        let b = run(&s.mnt, op);
+        if a != b {
+            diffs.push(format!("step {i} {op:?}\n  kernel:   {a}\n  stratafs: {b}"));
+        }
+    }
+    assert!(diffs.is_empty(), "differences:\n{}", diffs.join("\n"));
+    (k, s)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+use Op::*;
+
+#[test]
+fn basic_writes_copy_up_and_attributes() {
+    if !is_root() {
+        eprintln!("skipped: needs root for the kernel oracle");
+        return;
+    }
+    differential(&[
+        Look("etc/passwd"),
+        Append("etc/passwd", "u:x:1:1\n"),
+        Look("etc/passwd"),
+        Look("etc"),
+        Write("new", "hello"),
+        Look("new"),
+        CreateExcl("new"),
+        CreateExcl("excl"),
+        Look("excl"),
+        Truncate("etc/deep/er/f", 2),
+        Look("etc/deep/er/f"),
+        Look("etc/deep"),
+        Chmod("ro", 0o600),
+        Look("ro"),
+        Chown("full/a", 5, 6),
+        Look("full/a"),
+        Utime("full/b", 4242),
+        Look("full/b"),
+        Chmod("fifo", 0o640),
+        Look("fifo"),
+        Mkfifo("fifo2"),
+        Look("fifo2"),
+        Symlink("target", "sym"),
+        Look("sym"),
+        Look("etc/pw"),
+        SetXattr("etc/pw", "trusted.x", "1"),
+        SetXattr("full/b", "user.k", "v"),
+        Look("full"),
+    ]);
+}
+
+#[test]
+fn deletes_whiteouts_and_recreation() {
+    if !is_root() {
+        return;
+    }
+    differential(&[
+        Unlink("full/a"),
+        Look("full"),
+        Look("full/a"),
+        Rmdir("full"),
+        Unlink("full/b"),
+        Rmdir("full"),
+        Look("full"),
+        Mkdir("full"),
+        Look("full"),
+        Write("full/a", "again"),
+        Look("full"),
+        Rmdir("empty"),
+        Look("empty"),
+        Write("empty", "now a file"),
+        Look("empty"),
+        Unlink("etc/pw"),
+        Symlink("elsewhere", "etc/pw"),
+        Look("etc/pw"),
+        Unlink("nothing"),
+        Rmdir("etc"),
+        Rmdir("hl1"),
+        Unlink("etc/deep"),
+    ]);
+}
+
+#[test]
+fn renames_of_files_and_upper_dirs() {
+    if !is_root() {
+        return;
+    }
+    differential(&[
+        Rename("etc/passwd", "etc/passwd2", 0),
+        Look("etc"),
+        Look("etc/passwd2"),
+        Rename("ro", "full/a", 0),
+        Look("full"),
+        Look("full/a"),
+        Rename("full/b", "etc/pw", libc::RENAME_NOREPLACE),
+        Rename("full/b", "fifo", libc::RENAME_EXCHANGE),
+        Look("fifo"),
+        Look("full/b"),
+        Mkdir("nd"),
+        Write("nd/x", "x"),
+        Rename("nd", "nd2", 0),
+        Look("nd2"),
+        Rename("nd2", "empty", 0),
+        Look("empty"),
+        Rename("missing", "x", 0),
+        Rename("etc/passwd2", "full", 0),
+    ]);
+}
+
+#[test]
+fn hard_links_and_open_unlinked_files() {
+    if !is_root() {
+        return;
+    }
+    differential(&[
+        Link("etc/passwd", "pwlink"),
+        Look("pwlink"),
+        Look("etc/passwd"),
+        Append("pwlink", "more"),
+        Look("etc/passwd"),
+        Write("scratch", "abc"),
+        WriteAfterUnlink("scratch"),
+        Look("scratch"),
+        WriteAfterUnlink("full/a"),
+        Look("full"),
+    ]);
+}
+
+/// Where stratafs is meant to differ: hard-link groups of a lower file stay linked on copy-up
+/// (kernel overlayfs without index=on breaks them), and a lower directory can be renamed.
+#[test]
+fn lower_hard_links_and_directory_rename() {
+    if !is_root() {
+        return;
+    }
+    let s = side(false, "");
+    let m = &s.mnt;
+    fs::write(m.join("hl1"), "changed").unwrap();
+    assert_eq!(fs::read_to_string(m.join("etc/hl2")).unwrap(), "changed");
+    assert_eq!(fs::metadata(m.join("hl1")).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(m.join("hl1")).unwrap().ino(),
+        fs::metadata(m.join("etc/hl2")).unwrap().ino()
+    );
+    fs::remove_file(m.join("etc/hl2")).unwrap();
+    assert_eq!(fs::metadata(m.join("hl1")).unwrap().nlink(), 1);
+
+    fs::write(m.join("etc/deep/new"), "n").unwrap();
+    fs::rename(m.join("etc"), m.join("etc2")).unwrap();
+    assert!(fs::symlink_metadata(m.join("etc")).is_err());
+    assert_eq!(look(&m.join("etc2/deep")), look(&m.join("etc2/deep")));
+    let mut names: Vec<_> = fs::read_dir(m.join("etc2/deep"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["er", "new"]);
+    assert_eq!(
+        fs::read_to_string(m.join("etc2/deep/er/f")).unwrap(),
+        "deep"
+    );
+    // The upper layer says what diff must export: a whiteout for the old name and an opaque,
+    // fully materialised new directory.
+    assert!(s.upper.join(".wh.etc").exists());
+    assert!(s.upper.join("etc2/.wh..wh..opq").exists());
+    assert!(s.upper.join("etc2/passwd").exists());
+    assert!(!s.upper.join("etc").exists());
+    drop(s.m);
+}
+
+#[test]
+fn quota_refuses_and_deleting_frees() {
+    if !is_root() {
+        return;
+    }
+    let s = side(false, ",quota=65536");
+    let m = &s.mnt;
+    fs::write(m.join("a"), vec![1u8; 40000]).unwrap();
+    let e = fs::write(m.join("b"), vec![2u8; 40000]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT));
+    assert_eq!(
+        fs::read(m.join("a")).unwrap().len(),
+        40000,
+        "nothing written is lost"
+    );
+    fs::remove_file(m.join("a")).unwrap();
+    fs::remove_file(m.join("b")).unwrap();
+    fs::write(m.join("c"), vec![3u8; 60000]).unwrap();
+    drop(s.m);
+}
+
+#[test]
+fn many_threads_writing_at_once() {
+    if !is_root() {
+        return;
+    }
+    let s = side(false, "");
+    let m = s.mnt.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                fs::create_dir_all(m.join(format!("t{t}"))).unwrap();
+                for i in 0..50 {
+                    fs::write(m.join(format!("t{t}/f{i}")), format!("{t}-{i}")).unwrap();
+                }
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(m.join("full/a"))
+                    .and_then(|mut h| h.write_all(b"x"))
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for t in 0..8 {
+        for i in 0..50 {
+            assert_eq!(
+                fs::read_to_string(m.join(format!("t{t}/f{i}"))).unwrap(),
+                format!("{t}-{i}")
+            );
+        }
+    }
+    assert_eq!(fs::read_to_string(m.join("full/a")).unwrap(), "axxxxxxxx");
+    drop(s.m);
+}

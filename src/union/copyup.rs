@@ -1,0 +1,355 @@
+//! Copy-up: materialise a lower entry (or a whole merged directory tree) in the upper layer.
+//!
+//! Everything is built under a private name in the staging directory (inside the layer's work
+//! directory, on the upper's filesystem) and then renamed into place, so a crash never leaves a
+//! half-copied file under its real name; the staging directory is emptied at every mount.
+//! File data moves inside the kernel only: a reflink (`FICLONE`) where the filesystem can, else
+//! `copy_file_range` over the data extents (holes found with `SEEK_DATA`/`SEEK_HOLE` stay holes),
+//! else `sendfile`. Never a byte loop through userspace.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+
+use crate::layer::meta::{self, OverrideKind, OverrideStat, OVERRIDE_STAT_XATTR};
+use crate::layer::whiteout;
+use crate::sys::{self, TimeSpec};
+
+use super::upper::UpperLayer;
+
+/// Chunk of one `copy_file_range`/`sendfile` call.
+const CHUNK: usize = 1 << 30;
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// Copy `len` bytes at `start` of `src` to the same offset of `dst`, in the kernel.
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: i64, len: i64) -> io::Result<()> {
+    let (mut off_in, mut off_out) = (start, start);
+    let end = start + len;
+    while off_in < end {
+        let want = ((end - off_in) as usize).min(CHUNK);
+        match sys::copy_file_range(src, &mut off_in, dst, &mut off_out, want) {
+            Ok(0) => return Ok(()), // source shorter than its stat said
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) =>
+            {
+                // Filesystems that cannot copy_file_range between each other: sendfile is still
+                // an in-kernel copy. It writes at dst's file position.
+                sys::lseek(dst, off_out, libc::SEEK_SET)?;
+                while off_in < end {
+                    let want = ((end - off_in) as usize).min(CHUNK);
+                    if sys::sendfile(dst, src, &mut off_in, want)? == 0 {
+                        return Ok(());
+                    }
+                }
+                return Ok(());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Copy the contents of `src` (of `size` bytes) into the empty file `dst`, keeping holes.
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: i64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    if sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off = 0i64;
+    while off < size {
+        let data = match sys::lseek(src, off, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole remains
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                copy_range(src, dst, off, size - off)?;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = sys::lseek(src, data, libc::SEEK_HOLE)
+            .unwrap_or(size)
+            .min(size);
+        copy_range(src, dst, data, hole - data)?;
+        off = hole;
+    }
+    // Trailing holes: give the copy its full length.
+    sys::ftruncate(dst, size as u64)
+}
+
+/// Whether an `io::Error` means "not permitted here" (unprivileged, or unsupported).
+fn refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::ENOTSUP | libc::EACCES | libc::EINVAL)
+    )
+}
+
+/// Copy the xattrs of `src` to `dst` (both paths, not following symlinks): all but the ones
+/// internal to overlay implementations, keeping `override_stat`. Returns the source's override.
+fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<Option<OverrideStat>> {
+    let mut over = None;
+    for name in sys::llistxattr(src)? {
+        let Ok(name) = std::str::from_utf8(&name) else {
+            continue;
+        };
+        let is_override = name == OVERRIDE_STAT_XATTR;
+        if whiteout::is_internal_xattr(name.as_bytes()) && !is_override {
+            continue;
+        }
+        let Some(value) = sys::lgetxattr(src, name)? else {
+            continue;
+        };
+        if is_override {
+            over = OverrideStat::parse(&value);
+        }
+        if let Err(e) = sys::lsetxattr(dst, name, &value) {
+            if refused(&e) {
+                tracing::debug!(path = %dst.display(), name, %e, "xattr not copied");
+            } else {
+                return Err(e);
+            }
+        }
+    }
+    Ok(over)
+}
+
+/// What a copy must look like: taken from a `stat` of the source.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: i64,
+    pub atime: TimeSpec,
+    pub mtime: TimeSpec,
+}
+
+impl Shape {
+    pub fn of(st: &libc::stat) -> Shape {
+        Shape {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev,
+            size: st.st_size,
+            atime: TimeSpec::At {
+                sec: st.st_atime,
+                nsec: st.st_atime_nsec,
+            },
+            mtime: TimeSpec::At {
+                sec: st.st_mtime,
+                nsec: st.st_mtime_nsec,
+            },
+        }
+    }
+
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+}
+
+impl UpperLayer {
+    /// Create a node of `shape`'s type at `dir/name` (owner and mode not applied yet). Device
+    /// nodes that the backing filesystem refuses become empty files (their type goes to
+    /// `override_stat`); returns whether that happened.
+    pub(crate) fn make_node(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        shape: &Shape,
+        symlink_target: Option<&Path>,
+    ) -> io::Result<bool> {
+        match shape.file_type() {
+            libc::S_IFDIR => sys::mkdirat(dir, name, 0o700)?,
+            libc::S_IFREG => drop(sys::openat(
+                dir,
+                Path::new(name),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o600,
+            )?),
+            libc::S_IFLNK => {
+                let t = symlink_target.ok_or_else(|| errno(libc::EINVAL))?;
+                sys::symlinkat(t.as_os_str(), dir, name)?
+            }
+            ty @ (libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK) => {
+                match sys::mknodat(dir, name, ty | 0o600, shape.rdev) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        drop(sys::openat(
+                            dir,
+                            Path::new(name),
+                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                            0o600,
+                        )?);
+                        return Ok(true);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => return Err(errno(libc::EINVAL)),
+        }
+        Ok(false)
+    }
+
+    /// Give the node at `dir/name` (full path `path`) the owner, mode and times of `shape`.
+    /// Where the backing filesystem refuses the owner (unprivileged) or the type, they go to
+    /// `override_stat`. `existing` is an override already copied from the source, which stays.
+    pub(crate) fn apply_shape(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+        shape: &Shape,
+        existing: Option<OverrideStat>,
+        type_refused: bool,
+    ) -> io::Result<()> {
+        let is_link = shape.file_type() == libc::S_IFLNK;
+        let perm = shape.mode & 0o7777;
+        let mut need_override = type_refused;
+        if existing.is_none() {
+            match sys::lchownat(dir, name, shape.uid, shape.gid) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => need_override = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if !is_link {
+            // With an override the backing file must stay usable by us; the view shows the
+            // override's mode.
+            let backing = if need_override || existing.is_some() {
+                perm | if shape.file_type() == libc::S_IFDIR {
+                    0o700
+                } else {
+                    0o600
+                }
+            } else {
+                perm
+            };
+            sys::fchmodat(dir, name, backing)?;
+        }
+        if need_override && !is_link {
+            let o = OverrideStat {
+                uid: shape.uid,
+                gid: shape.gid,
+                mode: perm,
+                kind: OverrideKind::from_mode(shape.mode, shape.rdev),
+            };
+            meta::write_override(path, &o)?;
+        }
+        sys::set_times_at(dir, name, shape.atime, shape.mtime)
+    }
+
+    /// Build a copy of the entry at `src` as `dir/name`: contents, owner, mode, times, xattrs.
+    /// Directories are copied empty. On error nothing is left at `dir/name`.
+    pub(crate) fn copy_node(
+        &self,
+        src: &Path,
+        st: &libc::stat,
+        dir: BorrowedFd<'_>,
+        dir_path: &Path,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let shape = Shape::of(st);
+        let dst = dir_path.join(name);
+        let built = (|| {
+            let target = if shape.file_type() == libc::S_IFLNK {
+                Some(std::fs::read_link(src)?)
+            } else {
+                None
+            };
+            let refused = self.make_node(dir, name, &shape, target.as_deref())?;
+            if shape.file_type() == libc::S_IFREG {
+                let from = std::fs::File::open(src)?;
+                let to = sys::openat(dir, Path::new(name), libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
+                copy_data(from.as_fd(), to.as_fd(), shape.size)?;
+            }
+            let existing = copy_xattrs(src, &dst)?;
+            self.apply_shape(dir, name, &dst, &shape, existing, refused)
+        })();
+        if let Err(e) = built {
+            let _ = if shape.file_type() == libc::S_IFDIR {
+                std::fs::remove_dir_all(&dst)
+            } else {
+                std::fs::remove_file(&dst)
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Copy the merged directory `rel` with everything it shows, from whichever layer each entry
+    /// comes from, into a new opaque directory in the staging area; returns its staging name.
+    /// Hard links inside the tree stay hard links.
+    pub(crate) fn materialize_dir(&self, rel: &Path) -> io::Result<OsString> {
+        let tmp = self.tmp_name();
+        let mut links = HashMap::new();
+        let staging = self.staging_path().to_path_buf();
+        let res = self
+            .materialize_into(rel, &staging, &tmp, &mut links)
+            .and_then(|()| {
+                let fd = sys::open_dir(&staging.join(&tmp))?;
+                whiteout::write_opaque(fd.as_fd())
+            });
+        if let Err(e) = res {
+            let _ = std::fs::remove_dir_all(staging.join(&tmp));
+            return Err(e);
+        }
+        Ok(tmp)
+    }
+
+    fn materialize_into(
+        &self,
+        rel: &Path,
+        dest_dir: &Path,
+        name: &OsStr,
+        links: &mut HashMap<(u64, u64), std::path::PathBuf>,
+    ) -> io::Result<()> {
+        let src = self.source_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
+        let st = sys::lstat(&src)?;
+        let dfd = sys::open_dir(dest_dir)?;
+        let dest = dest_dir.join(name);
+        let ty = st.st_mode & libc::S_IFMT;
+        if ty == libc::S_IFREG && st.st_nlink > 1 {
+            if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
+                return std::fs::hard_link(first, &dest);
+            }
+        }
+        if ty == libc::S_IFREG {
+            self.quota.reserve(st.st_size as u64)?;
+        }
+        if let Err(e) = self.copy_node(&src, &st, dfd.as_fd(), dest_dir, name) {
+            if ty == libc::S_IFREG {
+                self.quota.release(st.st_size as u64);
+            }
+            return Err(e);
+        }
+        if ty == libc::S_IFREG && st.st_nlink > 1 {
+            links.insert((st.st_dev, st.st_ino), dest.clone());
+        }
+        if ty == libc::S_IFDIR {
+            for child in self.merged_children(rel)? {
+                self.materialize_into(&rel.join(&child), &dest, &child, links)?;
+            }
+            // Creating the children changed the directory's times.
+            let shape = Shape::of(&st);
+            sys::set_times_at(dfd.as_fd(), name, shape.atime, shape.mtime)?;
+        }
+        Ok(())
+    }
+}
