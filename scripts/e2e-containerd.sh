@@ -28,7 +28,6 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/rootfs.sh
 . "$REPO/scripts/lib/rootfs.sh"
 IMAGE=docker.io/library/stratafs-e2e:latest
-NS=e2e
 step() { printf '\n=== %s\n' "$*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
@@ -70,20 +69,40 @@ else
 fi
 export PATH="$T/bin:$PATH"
 
+# Namespaces unique to this run: runc keeps state in /run/containerd/runc/<namespace>, outside
+# our temporary directory, and a run that died must not collide with the next one.
+RUN_ID=${T##*.}
+NS="e2e-$RUN_ID"
 ctr_() { ctr --address "$T/containerd.sock" "$@"; }
+# Containers and imports run under a timeout: a hung filesystem call must fail the test. (ctr
+# run forwards SIGTERM to the container, so it needs the KILL that follows.)
+RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+ctr_t() { timeout -k 10 "$RUN_TIMEOUT" ctr --address "$T/containerd.sock" "$@"; }
 
 mounts_under() { awk -v p="$1" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo; }
+
+# Mount points and FUSE connection numbers (the device minor) of fuse mounts under $1.
+fuse_conns_under() {
+    awk -v p="$1" 'index($5, p) == 1 { for (i = 7; i <= NF; i++) if ($i == "-") {
+        if ($(i + 1) ~ /^fuse/) { split($3, d, ":"); print d[2] } ; break } }' /proc/self/mountinfo
+}
 
 cleanup() {
     local rc=$?
     set +e
     step "cleanup (exit code $rc)"
+    # A FUSE server stuck in the kernel never answers; its callers (the container, then ctr
+    # tasks delete, the shim and umount) would wait forever. Abort our own connections first.
+    mountpoint -q /sys/fs/fuse/connections || mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null
+    for dev in $(fuse_conns_under "$T"); do
+        [ -e "/sys/fs/fuse/connections/$dev/abort" ] && echo 1 >"/sys/fs/fuse/connections/$dev/abort"
+    done
     if [ -n "$CTRD_PID" ] && kill -0 "$CTRD_PID" 2>/dev/null; then
-        for ns in $(ctr_ namespaces ls -q 2>/dev/null); do
-            for t in $(ctr_ -n "$ns" tasks ls -q 2>/dev/null); do
-                ctr_ -n "$ns" tasks kill -s SIGKILL "$t" >/dev/null 2>&1
+        for ns in $(timeout 10 ctr --address "$T/containerd.sock" namespaces ls -q 2>/dev/null); do
+            for t in $(timeout 10 ctr --address "$T/containerd.sock" -n "$ns" tasks ls -q 2>/dev/null); do
+                timeout 10 ctr --address "$T/containerd.sock" -n "$ns" tasks kill -s SIGKILL "$t" >/dev/null 2>&1
                 sleep 0.2
-                ctr_ -n "$ns" tasks delete -f "$t" >/dev/null 2>&1
+                timeout 10 ctr --address "$T/containerd.sock" -n "$ns" tasks delete -f "$t" >/dev/null 2>&1
             done
         done
         kill "$CTRD_PID" 2>/dev/null; wait "$CTRD_PID" 2>/dev/null
@@ -94,6 +113,15 @@ cleanup() {
     # Deepest mounts first.
     for m in $(mounts_under "$T" | sort -r); do
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
+    # FUSE servers of our snapshots and shims of our containerd, by their unique paths.
+    for pid in $(pgrep -f -- "$T/snapshotter/layers"; pgrep -f -- "-address $T/containerd.sock"); do
+        kill -9 "$pid" 2>/dev/null
+    done
+    for d in /run/containerd/runc/*-"$RUN_ID"; do
+        [ -d "$d" ] || continue
+        for id in $(runc --root "$d" list -q 2>/dev/null); do runc --root "$d" delete -f "$id" 2>/dev/null; done
+        rmdir "$d" 2>/dev/null
     done
     if [ "$rc" != 0 ]; then
         for f in "$T/containerd.log" "$T/snapshotter.log"; do
@@ -189,14 +217,14 @@ snaps() { ctr_ -n "$NS" snapshots --snapshotter stratafs "$@"; }
 
 # ---------------------------------------------------------------- import and run
 step "ctr images import --snapshotter stratafs"
-ctr_ -n "$NS" images import --snapshotter stratafs "$T/image.tar"
+ctr_t -n "$NS" images import --snapshotter stratafs "$T/image.tar"
 ctr_ -n "$NS" images ls | grep -q "$IMAGE" || fail "image not imported"
 snaps ls
 nsnap=$(snaps ls | tail -n +2 | grep -c Committed || true)
 [ "$nsnap" = 3 ] || fail "expected 3 committed snapshots after import, got $nsnap"
 
 step "ctr run --rm: write and delete files"
-out=$(ctr_ -n "$NS" run --rm --snapshotter stratafs "$IMAGE" c1 sh -c '
+out=$(ctr_t -n "$NS" run --rm --snapshotter stratafs "$IMAGE" c1 sh -c '
     set -e
     test ! -e /opt/e2e/gone                       # whiteout in layer 3
     test "$(cat /opt/e2e/keep)" = keep
@@ -208,13 +236,13 @@ out=$(ctr_ -n "$NS" run --rm --snapshotter stratafs "$IMAGE" c1 sh -c '
     mkdir -p /data/a/b && echo x >/data/a/b/f && mv /data/a/b/f /data/a/g && rm -r /data/a/b
     echo appended >>/etc/stratafs-e2e && test "$(wc -l </etc/stratafs-e2e)" = 2
     ls /data/a
-    echo E2E-OK')
+    echo E2E-OK') || fail "container c1 failed or hung (exit $?; timeout ${RUN_TIMEOUT}s)"
 echo "$out"
 echo "$out" | grep -q E2E-OK || fail "container command failed"
 [ -z "$(snaps ls | grep Active || true)" ] || fail "run --rm left an active snapshot"
 
 step "ctr run (kept): changes land in the container's own snapshot"
-ctr_ -n "$NS" run --snapshotter stratafs "$IMAGE" c2 sh -c 'rm /opt/e2e/keep; head -c 100000 /dev/zero >/big'
+ctr_t -n "$NS" run --snapshotter stratafs "$IMAGE" c2 sh -c 'rm /opt/e2e/keep; head -c 100000 /dev/zero >/big'
 snaps ls
 snaps usage c2
 used=$(snaps usage -b c2 | awk '$1 == "c2" { print $2 }')
@@ -265,13 +293,13 @@ snaps rm e2e-committed
 
 # ---------------------------------------------------------------- restart of the snapshotter
 step "restart the snapshotter while a container runs"
-ctr_ -n "$NS" run -d --snapshotter stratafs "$IMAGE" c3 sleep 300 >/dev/null
-ctr_ -n "$NS" tasks exec --exec-id w1 c3 sh -c 'echo before >/before'
+ctr_t -n "$NS" run -d --snapshotter stratafs "$IMAGE" c3 sleep 300 >/dev/null
+ctr_t -n "$NS" tasks exec --exec-id w1 c3 sh -c 'echo before >/before'
 before=$(snaps ls | sort)
 kill "$SNAP_PID"; wait "$SNAP_PID" || true
 [ ! -e "$SNAP_SOCK" ] || fail "snapshotter left its socket"
 # The container's mount belongs to its own FUSE server, not to the snapshotter.
-ctr_ -n "$NS" tasks exec --exec-id w2 c3 sh -c 'cat /before && echo during >/during' \
+ctr_t -n "$NS" tasks exec --exec-id w2 c3 sh -c 'cat /before && echo during >/during' \
     || fail "container broke while the snapshotter was down"
 RUST_LOG=${RUST_LOG:-info} "$T/bin/stratafs" --root "$SNAP_ROOT" snapshotter --socket "$SNAP_SOCK" \
     >>"$T/snapshotter.log" 2>&1 &
@@ -280,7 +308,7 @@ SNAP_PID=$!
 after=""
 for _ in $(seq 50); do after=$(snaps ls 2>/dev/null | sort) && [ -n "$after" ] && break; sleep 0.2; done
 [ "$before" = "$after" ] || fail "snapshots changed across a restart: $before // $after"
-ctr_ -n "$NS" tasks exec --exec-id w3 c3 sh -c 'cat /before /during' | grep -q during \
+ctr_t -n "$NS" tasks exec --exec-id w3 c3 sh -c 'cat /before /during' | grep -q during \
     || fail "container lost its files across the restart"
 ctr_ -n "$NS" tasks kill -s SIGKILL c3
 for _ in $(seq 50); do ctr_ -n "$NS" tasks ls | grep -q 'c3 .*RUNNING' || break; sleep 0.1; done
@@ -307,10 +335,10 @@ if [ "$COMPARE" = 1 ]; then
     now() { date +%s.%N; }
     results=()
     for sn in stratafs overlayfs native; do
-        ns="cmp-$sn"
-        t0=$(now); ctr_ -n "$ns" images import --snapshotter "$sn" "$T/image.tar" >/dev/null; t1=$(now)
-        ctr_ -n "$ns" run --rm --snapshotter "$sn" "$IMAGE" r0 true; t2=$(now)
-        ctr_ -n "$ns" run --rm --snapshotter "$sn" "$IMAGE" r1 sh -c 'tar -cf - /usr 2>/dev/null | wc -c >/dev/null'; t3=$(now)
+        ns="cmp-$sn-$RUN_ID"
+        t0=$(now); ctr_t -n "$ns" images import --snapshotter "$sn" "$T/image.tar" >/dev/null; t1=$(now)
+        ctr_t -n "$ns" run --rm --snapshotter "$sn" "$IMAGE" r0 true; t2=$(now)
+        ctr_t -n "$ns" run --rm --snapshotter "$sn" "$IMAGE" r1 sh -c 'tar -cf - /usr 2>/dev/null | wc -c >/dev/null'; t3=$(now)
         results+=("$(printf '%-10s import %6.2fs   run true %5.2fs   run tar-/usr %6.2fs' "$sn" \
             "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" "$(echo "$t3 - $t2" | bc)")")
         ctr_ -n "$ns" images rm --sync "$IMAGE" >/dev/null
