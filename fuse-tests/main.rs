@@ -3,5 +3,6 @@
 
 mod common;
 mod conformance;
+mod image;
 mod read;
 mod write;

@@ -489,7 +489,21 @@ fn quota_refuses_and_deleting_frees() {
     );
     fs::remove_file(m.join("a")).unwrap();
     fs::remove_file(m.join("b")).unwrap();
-    fs::write(m.join("c"), vec![3u8; 60000]).unwrap();
+    // The space of an unlinked file is freed when its last handle is released, and the kernel
+    // sends RELEASE asynchronously after close(2): allow it a moment to arrive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match fs::write(m.join("c"), vec![3u8; 60000]) {
+            Ok(()) => break,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EDQUOT)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("deleting files did not free their quota: {e}"),
+        }
+    }
     drop(s.m);
 }
 
@@ -529,4 +543,64 @@ fn many_threads_writing_at_once() {
     }
     assert_eq!(fs::read_to_string(m.join("full/a")).unwrap(), "axxxxxxxx");
     drop(s.m);
+}
+
+/// Renames through the real mount program, where the server holds a kernel notifier: the
+/// write path must never ask the kernel to invalidate an entry while the kernel waits for our
+/// reply with the directory locked (that deadlocked `mv` inside a Podman container).
+#[test]
+fn renames_through_the_mount_program_do_not_hang() {
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let b = t.path();
+    for d in ["lower/etc/sub", "upper", "work"] {
+        fs::create_dir_all(b.join(d)).unwrap();
+    }
+    fs::write(b.join("lower/etc/debian_version"), "12.5\n").unwrap();
+    fs::write(b.join("lower/etc/sub/f"), "x").unwrap();
+    fs::write(b.join("lower/etc/peer"), "linked").unwrap();
+    fs::hard_link(b.join("lower/etc/peer"), b.join("lower/etc/peer2")).unwrap();
+    let mp = b.join("mnt");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        b.join("lower").display(),
+        b.join("upper").display(),
+        b.join("work").display()
+    );
+    let _guard = crate::common::mount_stratafs(&opts, &mp);
+    let m = mp.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = (|| -> std::io::Result<()> {
+            fs::write(m.join("etc/new"), "n")?;
+            fs::rename(
+                m.join("etc/debian_version"),
+                m.join("etc/debian_version.moved"),
+            )?;
+            fs::rename(m.join("etc/peer"), m.join("etc/peer.moved"))?;
+            fs::rename(m.join("etc/sub"), m.join("etc/sub.moved"))?;
+            fs::rename(m.join("etc"), m.join("etc.moved"))?;
+            Ok(())
+        })();
+        let _ = tx.send(r);
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("renames hung for 30 s");
+    r.unwrap();
+    assert_eq!(
+        fs::read_to_string(mp.join("etc.moved/debian_version.moved")).unwrap(),
+        "12.5\n"
+    );
+    assert_eq!(
+        fs::read_to_string(mp.join("etc.moved/peer2")).unwrap(),
+        "linked"
+    );
+    assert_eq!(
+        fs::read_to_string(mp.join("etc.moved/sub.moved/f")).unwrap(),
+        "x"
+    );
+    assert!(!mp.join("etc").exists());
 }

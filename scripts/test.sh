@@ -81,17 +81,25 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets (unit, fuse-tests, cli)"
 cargo test --all-targets 2>&1 | tee "$RUN_TMP/cargo-test.log"
-# One closing line over all test binaries (the last binary alone may hold few tests).
-awk '/^test result:/ { p += $4; f += $6; i += $8 }
-     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
-    "$RUN_TMP/cargo-test.log"
-
 shopt -s nullglob
+e2e_passed=0 e2e_failed=0 failed_scripts=()
 for script in scripts/e2e-*.sh; do
     if [[ -x $script ]]; then
         step "$script"
-        "$script"
+        if "$script"; then
+            e2e_passed=$((e2e_passed + 1))
+        else
+            e2e_failed=$((e2e_failed + 1))
+            failed_scripts+=("$script")
+        fi
     else
         echo "skipping $script (not executable)" >&2
     fi
 done
+
+# One closing line over all test binaries and end-to-end scripts.
+((e2e_failed == 0)) || echo "failed end-to-end scripts: ${failed_scripts[*]}" >&2
+awk -v ep="$e2e_passed" -v ef="$e2e_failed" '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p + ep, f + ef, i }' \
+    "$RUN_TMP/cargo-test.log"
+((e2e_failed == 0))

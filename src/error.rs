@@ -91,6 +91,36 @@ pub enum Error {
     #[error("no supported storage backend found")]
     NoSupportedBackend,
 
+    /// A plugin call that needs a driver arrived before `/GraphDriver.Init`.
+    #[error("the plugin has no driver yet: /GraphDriver.Init was not called")]
+    NotInitialized,
+    /// A blob whose content does not hash to the digest that names it.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// An image archive that lacks a file its manifests name.
+    #[error("image archive {archive}: missing blob {blob}")]
+    MissingBlob { archive: String, blob: String },
+    /// A manifest (or index entry) that does not describe a container image.
+    #[error("not a container image: {0}")]
+    NotAnImage(String),
+    /// No stored image or archive entry matches the given name.
+    #[error("no image {0}")]
+    ImageNotFound(String),
+    /// Several images match; the message says how to pick one.
+    #[error("{what} holds several images ({}); pick one with {hint}", candidates.join(", "))]
+    AmbiguousImage {
+        what: String,
+        candidates: Vec<String>,
+        hint: &'static str,
+    },
+    /// An image that is mounted cannot be removed.
+    #[error("image {id} is mounted at {}", path.display())]
+    ImageMounted { id: String, path: PathBuf },
+
     /// A request that makes no sense as given (a bad command-line argument, a tar to a terminal).
     #[error("{0}")]
     Usage(String),
@@ -127,9 +157,14 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Error::LayerNotFound(_) | Error::ParentNotFound { .. } => libc::ENOENT,
+            Error::LayerNotFound(_)
+            | Error::ParentNotFound { .. }
+            | Error::ImageNotFound(_)
+            | Error::MissingBlob { .. } => libc::ENOENT,
             Error::LayerExists(_) => libc::EEXIST,
-            Error::HasChildren { .. } | Error::Mounted { .. } => libc::EBUSY,
+            Error::HasChildren { .. } | Error::Mounted { .. } | Error::ImageMounted { .. } => {
+                libc::EBUSY
+            }
             Error::QuotaExceeded { .. } => libc::EDQUOT,
             Error::InvalidId { .. }
             | Error::UnknownStorageOpt(_)

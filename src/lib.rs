@@ -7,7 +7,9 @@
 pub mod archive;
 pub mod driver;
 pub mod error;
+pub mod image;
 pub mod layer;
+pub mod plugin;
 pub mod snapshotter;
 pub mod store;
 pub mod sys;

@@ -200,6 +200,12 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The effective uid and gid of this process.
+pub fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid/getegid never fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
 /// An advisory whole-file lock (`flock`), shared across processes; released on drop.
 #[derive(Debug)]
 pub struct FileLock {

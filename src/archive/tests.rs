@@ -827,7 +827,7 @@ fn symlink_targets_are_kept_verbatim() {
 }
 
 /// A real root filesystem: set `STRATAFS_ROOTFS_TAR` to an uncompressed rootfs tar (made by
-/// `scripts/check-rootfs-apply.sh`); compared entry by entry with GNU tar's own listing.
+/// `scripts/e2e-rootfs-apply.sh`); compared entry by entry with GNU tar's own listing.
 #[test]
 fn rootfs_tar_applies_like_gnu_tar_lists_it() {
     let Some(tar_path) = std::env::var_os("STRATAFS_ROOTFS_TAR") else {

@@ -2,9 +2,11 @@
 //! each group adds a variant to [`Command`] and a branch to [`dispatch`].
 
 mod demo;
+mod image;
 mod layers;
 mod mount_program;
 mod output;
+mod plugin;
 mod snapshotter;
 
 use std::path::{Path, PathBuf};
@@ -42,8 +44,13 @@ pub struct Cli {
 pub enum Command {
     #[command(flatten)]
     Layers(layers::LayerCommand),
+    /// Serve Docker's graph driver plugin protocol on a unix socket (for dockerd
+    /// --experimental --storage-driver=stratafs).
+    Plugin(plugin::PluginArgs),
     /// Build a small three-layer sample, mount it and show the merged tree and its changes.
     Demo(demo::DemoArgs),
+    /// Inspect image archives: mount read-only, list, compare, show the config.
+    Image(image::ImageArgs),
     /// Serve containerd's snapshots API (a proxy snapshotter) on a unix socket. State lives in
     /// --root (default /var/lib/stratafs-snapshotter).
     Snapshotter(snapshotter::SnapshotterArgs),
@@ -77,7 +84,9 @@ pub fn run() -> ExitCode {
 fn dispatch(cli: Cli) -> stratafs::Result<ExitCode> {
     match &cli.command {
         Command::Layers(cmd) => layers::run(&cli, cmd),
+        Command::Plugin(args) => plugin::run(&cli, args),
         Command::Demo(args) => demo::run(&cli, args),
+        Command::Image(args) => image::run(&cli, args),
         Command::Snapshotter(args) => snapshotter::run(&cli, args),
     }
 }
@@ -143,6 +152,8 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: the plugin server's stderr is usually a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -62,7 +62,11 @@ pub struct CreateOpts {
 /// What a driver can promise about its archives.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Capabilities {
-    /// The same layer always gives a byte-identical `diff` tar.
+    /// The same layer always gives a byte-identical `diff` tar (sorted entries, fixed headers).
+    pub deterministic_diffs: bool,
+    /// Docker's `ReproducesExactDiffs`: `diff` gives back, byte for byte, the tar once given to
+    /// `apply_diff`. Docker then keeps no tar-split metadata and checks `docker save` output
+    /// against the imported digest, so only a driver that stores the original tar may say yes.
     pub reproduces_exact_diffs: bool,
 }
 

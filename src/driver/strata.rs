@@ -198,7 +198,8 @@ impl Driver for StrataDriver {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            reproduces_exact_diffs: true,
+            deterministic_diffs: true,
+            reproduces_exact_diffs: false,
         }
     }
 

@@ -234,7 +234,8 @@ impl Driver for VfsDriver {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            reproduces_exact_diffs: true,
+            deterministic_diffs: true,
+            reproduces_exact_diffs: false,
         }
     }
 

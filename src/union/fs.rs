@@ -57,9 +57,39 @@ pub struct UnionFs {
     /// Per-inode passthrough backing ids: all opens of one inode must share one.
     backing: DashMap<u64, (Arc<BackingId>, usize)>,
     /// Set once the session exists; the write path uses it to invalidate kernel caches.
-    pub notifier: Arc<OnceLock<Notifier>>,
+    pub invalidator: Arc<OnceLock<Invalidator>>,
     /// State of the write path (upper layer, quota).
     pub(crate) writer: write::Writer,
+}
+
+/// Kernel cache invalidations, sent from a worker thread: the kernel may need locks that the
+/// request being served holds (a rename holds both directories' locks until we reply), so
+/// notifying from inside the handler can deadlock.
+#[derive(Debug)]
+pub struct Invalidator {
+    tx: std::sync::mpsc::Sender<(u64, std::ffi::OsString)>,
+}
+
+impl Invalidator {
+    /// Start the worker that forwards invalidations to the kernel through `notifier`.
+    pub fn start(notifier: Notifier) -> io::Result<Invalidator> {
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, std::ffi::OsString)>();
+        std::thread::Builder::new()
+            .name("stratafs-inval".into())
+            .spawn(move || {
+                for (parent, name) in rx {
+                    if let Err(e) = notifier.inval_entry(INodeNo(parent), &name) {
+                        tracing::debug!(parent, ?name, %e, "entry invalidation not delivered");
+                    }
+                }
+            })?;
+        Ok(Invalidator { tx })
+    }
+
+    /// Ask the kernel to drop its cached entry `name` in directory `parent`, after the reply.
+    pub fn entry(&self, parent: u64, name: &std::ffi::OsStr) {
+        let _ = self.tx.send((parent, name.to_owned()));
+    }
 }
 
 pub(crate) fn err(e: io::Error) -> Errno {
@@ -76,7 +106,7 @@ impl UnionFs {
             dir_handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
             backing: DashMap::new(),
-            notifier: Arc::new(OnceLock::new()),
+            invalidator: Arc::new(OnceLock::new()),
             writer: write::Writer::default(),
         }
     }

@@ -175,7 +175,7 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
     };
     let tree = Tree::new(layers, ids).ctx(|| "building the merged view")?;
     let fs = UnionFs::new(tree, o.clone());
-    let notifier = fs.notifier.clone();
+    let invalidator = fs.invalidator.clone();
     let cfg = session_config(args);
     let mut session = fuser::Session::new(fs, mp, &cfg).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && o.allow_other {
@@ -185,7 +185,10 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
         };
         mount_err(mp, format!("mounting: {e}{hint}"))
     })?;
-    let _ = notifier.set(session.notifier());
+    let _ = invalidator.set(
+        crate::union::fs::Invalidator::start(session.notifier())
+            .ctx(|| "starting the invalidation worker")?,
+    );
     if let Some(p) = &o.pidfile {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .ctx(|| format!("writing pid file {}", p.display()))?;

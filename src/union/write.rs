@@ -162,8 +162,8 @@ fn child_ino(fs: &UnionFs, parent: u64, name: &OsStr) -> Option<u64> {
 /// Forget the cached listing of `parent` and tell the kernel `name` changed there.
 fn changed_entry(fs: &UnionFs, parent: u64, name: &OsStr) {
     fs.tree.invalidate_listing(parent);
-    if let Some(n) = fs.notifier.get() {
-        let _ = n.inval_entry(INodeNo(parent), name);
+    if let Some(inval) = fs.invalidator.get() {
+        inval.entry(parent, name);
     }
 }
 

@@ -1,0 +1,479 @@
+//! `stratafs image ...`: inspect image archives without a daemon. Layers are unpacked once into
+//! `<root>/images` (see `stratafs::image`); `mount` then runs this binary's own mount program
+//! (`stratafs -o lowerdir_file=...`) for a read-only union view of the image.
+
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use stratafs::driver::ChangeKind;
+use stratafs::error::{Error, IoContext, Result};
+use stratafs::image::{
+    diff, ImageRecord, ImageStore, MountRecord, Platform, Progress, Quiet, Selector,
+};
+
+use super::output::{self, human_size};
+use super::Cli;
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// Which image of an archive to take.
+#[derive(Debug, Args, Default)]
+pub struct Pick {
+    /// Take the image with this tag (`name:tag`) or OCI reference name.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Take the N-th image of the archive (0-based).
+    #[arg(long, value_name = "N")]
+    pub index: Option<usize>,
+    /// Platform of a multi-platform image: os/arch[/variant]. Default: this machine's.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = parse_platform)]
+    pub platform: Option<Platform>,
+}
+
+fn parse_platform(s: &str) -> std::result::Result<Platform, String> {
+    Platform::parse(s).map_err(|e| e.to_string())
+}
+
+impl Pick {
+    fn selector(&self) -> Selector {
+        Selector {
+            tag: self.tag.clone(),
+            index: self.index,
+            platform: self.platform.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Unpack an image archive (docker save, OCI archive or layout) into the store.
+    Load {
+        #[command(flatten)]
+        pick: Pick,
+        archive: PathBuf,
+    },
+    /// Mount an image read-only at DIR (IMAGE: an archive, or a stored image's id or tag).
+    Mount {
+        #[command(flatten)]
+        pick: Pick,
+        image: String,
+        dir: PathBuf,
+    },
+    /// Unmount an image mounted by `image mount`.
+    Umount { dir: PathBuf },
+    /// List stored images and their layers.
+    Ls,
+    /// Remove stored images (and the layers no other image uses).
+    Rm {
+        /// Keep the layers for later loads; `image prune` drops them.
+        #[arg(long)]
+        keep_layers: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove layers no stored image uses.
+    Prune,
+    /// The changes from image A to image B (archives or stored images), as `docker diff`.
+    Diff { a: String, b: String },
+    /// Show an image's configuration (entrypoint, cmd, env, labels, history).
+    Config {
+        #[command(flatten)]
+        pick: Pick,
+        image: String,
+    },
+}
+
+pub fn run(cli: &Cli, args: &ImageArgs) -> Result<ExitCode> {
+    let store = ImageStore::open(&cli.root())?;
+    match &args.command {
+        ImageCommand::Load { pick, archive } => {
+            let rec = load(&store, archive, &pick.selector())?;
+            if cli.json {
+                output::json(&rec)?;
+            } else {
+                output::line(&rec.id)?;
+            }
+        }
+        ImageCommand::Mount { pick, image, dir } => mount(cli, &store, pick, image, dir)?,
+        ImageCommand::Umount { dir } => umount(&store, dir)?,
+        ImageCommand::Ls => ls(cli, &store)?,
+        ImageCommand::Rm {
+            keep_layers,
+            images,
+        } => {
+            for i in images {
+                let (rec, layers) = store.remove(i, *keep_layers)?;
+                output::line(&format!(
+                    "removed {} ({} layer(s) deleted)",
+                    rec.short_id(),
+                    layers.len()
+                ))?;
+            }
+        }
+        ImageCommand::Prune => {
+            let removed = store.prune()?;
+            if cli.json {
+                output::json(&removed)?;
+            } else {
+                for r in &removed {
+                    output::line(&format!("deleted {r}"))?;
+                }
+            }
+        }
+        ImageCommand::Diff { a, b } => image_diff(cli, &store, a, b)?,
+        ImageCommand::Config { pick, image } => config(cli, &store, pick, image)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A bar per layer on a terminal; nothing otherwise.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new() -> Bar {
+        if !io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        Bar(Some(bar))
+    }
+}
+
+impl Progress for Bar {
+    fn layer(&self, index: usize, total: usize, diff_id: &str, bytes: Option<u64>, reused: bool) {
+        let Some(b) = &self.0 else { return };
+        let short = diff_id.trim_start_matches("sha256:");
+        let short = &short[..short.len().min(12)];
+        if reused {
+            b.println(format!(
+                "layer {}/{total} {short}: already unpacked",
+                index + 1
+            ));
+            return;
+        }
+        b.reset();
+        b.set_length(bytes.unwrap_or(0));
+        b.set_message(format!("layer {}/{total} {short}", index + 1));
+    }
+    fn advance(&self, n: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(n);
+        }
+    }
+    fn layer_done(&self) {}
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn load(store: &ImageStore, archive: &Path, sel: &Selector) -> Result<ImageRecord> {
+    let bar = Bar::new();
+    let progress: &dyn Progress = if bar.0.is_some() { &bar } else { &Quiet };
+    let report = store.load(archive, sel, progress)?;
+    drop(bar);
+    tracing::info!(
+        unpacked = report.unpacked.len(),
+        reused = report.reused.len(),
+        "loaded {}",
+        report.image.id
+    );
+    Ok(report.image)
+}
+
+/// An existing path is an archive to load; anything else names a stored image.
+fn resolve(store: &ImageStore, image: &str, pick: &Pick) -> Result<ImageRecord> {
+    let p = Path::new(image);
+    if p.exists() {
+        load(store, p, &pick.selector())
+    } else {
+        store.find(image)
+    }
+}
+
+fn mount(cli: &Cli, store: &ImageStore, pick: &Pick, image: &str, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir).ctx(|| format!("resolving {}", dir.display()))?;
+    if stratafs::union::mount::fuse_mounted(&dir) {
+        return Err(Error::Usage(format!(
+            "{} is already a mount point",
+            dir.display()
+        )));
+    }
+    let rec = resolve(store, image, pick)?;
+    let lowers = store.lower_dirs(&rec)?;
+    if lowers.is_empty() {
+        return Err(Error::NotAnImage(format!(
+            "{} has no layers",
+            rec.short_id()
+        )));
+    }
+    let (_, lowers_file, log) = store.mount_paths(&dir);
+    let list: String = lowers
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
+    std::fs::write(&lowers_file, list).ctx(|| format!("writing {}", lowers_file.display()))?;
+    let exe = std::env::current_exe().ctx(|| "finding the stratafs binary")?;
+    // Paths go through a file: a long chain would not fit an option string, and commas or
+    // colons in paths need no escaping there.
+    let opts = format!(
+        "ro,lowerdir_file={},log={}",
+        lowers_file.display(),
+        log.display()
+    );
+    let out = Command::new(&exe)
+        .arg("-o")
+        .arg(&opts)
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .ctx(|| format!("running {}", exe.display()))?;
+    if !out.status.success() {
+        let _ = store.forget_mount(&dir);
+        return Err(Error::Mount {
+            id: rec.short_id().to_string(),
+            reason: format!(
+                "{} (log: {})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                log.display()
+            ),
+        });
+    }
+    store.record_mount(&MountRecord {
+        dir: dir.clone(),
+        image: rec.id.clone(),
+    })?;
+    if cli.json {
+        output::json(&serde_json::json!({"image": rec.id, "dir": dir}))?;
+    } else {
+        output::line(&dir.display().to_string())?;
+    }
+    Ok(())
+}
+
+fn umount(store: &ImageStore, dir: &Path) -> Result<()> {
+    let dir = std::fs::canonicalize(dir).ctx(|| format!("resolving {}", dir.display()))?;
+    if !stratafs::union::mount::fuse_mounted(&dir) {
+        store.forget_mount(&dir)?;
+        return Err(Error::Usage(format!("{} is not mounted", dir.display())));
+    }
+    if stratafs::sys::is_root() {
+        stratafs::sys::umount2(&dir, 0).ctx(|| format!("unmounting {}", dir.display()))?;
+    } else {
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&dir)
+            .status()
+            .ctx(|| "running fusermount3")?;
+        if !st.success() {
+            return Err(Error::io(
+                format!("fusermount3 -u {}", dir.display()),
+                io::Error::other(format!("exited with {st}")),
+            ));
+        }
+    }
+    store.forget_mount(&dir)
+}
+
+fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
+    let images = store.list()?;
+    let mounts = store.mounts()?;
+    #[derive(Serialize)]
+    struct Row<'a> {
+        #[serde(flatten)]
+        image: &'a ImageRecord,
+        size: u64,
+        mounted_at: Vec<&'a Path>,
+    }
+    let mounted = |id: &str| -> Vec<&Path> {
+        mounts
+            .iter()
+            .filter(|m| m.image == id)
+            .map(|m| m.dir.as_path())
+            .collect()
+    };
+    if cli.json {
+        let rows: Vec<Row> = images
+            .iter()
+            .map(|i| Row {
+                image: i,
+                size: i.size(),
+                mounted_at: mounted(&i.id),
+            })
+            .collect();
+        return output::json(&rows);
+    }
+    let mut rows = vec![vec![
+        "IMAGE".to_string(),
+        "TAGS".into(),
+        "PLATFORM".into(),
+        "LAYERS".into(),
+        "SIZE".into(),
+        "MOUNTED AT".into(),
+    ]];
+    for i in &images {
+        let m: Vec<String> = mounted(&i.id)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        rows.push(vec![
+            i.short_id().to_string(),
+            if i.tags.is_empty() {
+                "<none>".into()
+            } else {
+                i.tags.join(",")
+            },
+            format!("{}/{}", i.os, i.architecture),
+            i.layers.len().to_string(),
+            human_size(i.size()),
+            if m.is_empty() {
+                "-".into()
+            } else {
+                m.join(",")
+            },
+        ]);
+        for (n, l) in i.layers.iter().enumerate() {
+            let hex = l.diff_id.trim_start_matches("sha256:");
+            rows.push(vec![
+                format!("  {}", n),
+                hex[..hex.len().min(12)].to_string(),
+                String::new(),
+                String::new(),
+                human_size(l.size),
+                String::new(),
+            ]);
+        }
+    }
+    for line in output::table(&rows) {
+        output::line(&line)?;
+    }
+    Ok(())
+}
+
+fn image_diff(cli: &Cli, store: &ImageStore, a: &str, b: &str) -> Result<()> {
+    let ra = resolve(store, a, &Pick::default())?;
+    let rb = resolve(store, b, &Pick::default())?;
+    let chain = |r: &ImageRecord| -> Result<(Vec<PathBuf>, Vec<String>)> {
+        Ok((
+            store.lower_dirs(r)?,
+            r.layers.iter().rev().map(|l| l.diff_id.clone()).collect(),
+        ))
+    };
+    let (ad, ai) = chain(&ra)?;
+    let (bd, bi) = chain(&rb)?;
+    let changes = diff::compare_chains(
+        &diff::Chain {
+            dirs: &ad,
+            diff_ids: &ai,
+        },
+        &diff::Chain {
+            dirs: &bd,
+            diff_ids: &bi,
+        },
+    )?;
+    if cli.json {
+        return output::json(&changes);
+    }
+    for c in changes {
+        let k = match c.kind {
+            ChangeKind::Add => "A",
+            ChangeKind::Modify => "C",
+            ChangeKind::Delete => "D",
+        };
+        output::line(&format!("{k} {}", c.path))?;
+    }
+    Ok(())
+}
+
+fn config(cli: &Cli, store: &ImageStore, pick: &Pick, image: &str) -> Result<()> {
+    let p = Path::new(image);
+    let (id, cfg) = if p.exists() {
+        // Read from the archive only: nothing is unpacked.
+        let src = store.open_archive(p)?;
+        let r = stratafs::image::format::resolve(&src, &pick.selector())?;
+        (r.id, r.config)
+    } else {
+        let rec = store.find(image)?;
+        let cfg = store.config(&rec)?;
+        (rec.id, cfg)
+    };
+    if cli.json {
+        return output::json(&serde_json::json!({"id": id, "config": cfg}));
+    }
+    let mut lines = vec![format!("ID:           {id}")];
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    lines.push(format!("Created:      {}", opt(cfg.created())));
+    if let Some(a) = cfg.author() {
+        lines.push(format!("Author:       {a}"));
+    }
+    lines.push(format!("Platform:     {}/{}", cfg.os(), cfg.architecture()));
+    if let Some(c) = cfg.config() {
+        let list = |v: &Option<Vec<String>>| match v {
+            Some(v) => serde_json::to_string(v).unwrap_or_default(),
+            None => "-".into(),
+        };
+        lines.push(format!("Entrypoint:   {}", list(c.entrypoint())));
+        lines.push(format!("Cmd:          {}", list(c.cmd())));
+        lines.push(format!("WorkingDir:   {}", opt(c.working_dir())));
+        lines.push(format!("User:         {}", opt(c.user())));
+        if let Some(env) = c.env() {
+            lines.push("Env:".into());
+            lines.extend(env.iter().map(|e| format!("  {e}")));
+        }
+        if let Some(ports) = c.exposed_ports() {
+            lines.push(format!("ExposedPorts: {}", ports.join(", ")));
+        }
+        if let Some(v) = c.volumes() {
+            lines.push(format!("Volumes:      {}", v.join(", ")));
+        }
+        if let Some(labels) = c.labels() {
+            let mut l: Vec<_> = labels.iter().collect();
+            l.sort();
+            lines.push("Labels:".into());
+            lines.extend(l.iter().map(|(k, v)| format!("  {k}={v}")));
+        }
+    }
+    lines.push(format!("Layers:       {}", cfg.rootfs().diff_ids().len()));
+    if let Some(h) = cfg.history() {
+        lines.push("History:".into());
+        for e in h {
+            let empty = if e.empty_layer() == Some(true) {
+                " (no layer)"
+            } else {
+                ""
+            };
+            lines.push(format!(
+                "  {}  {}{empty}",
+                opt(e.created()),
+                e.created_by()
+                    .clone()
+                    .or_else(|| e.comment().clone())
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    for l in lines {
+        output::line(&l)?;
+    }
+    Ok(())
+}
