@@ -10,6 +10,7 @@ pub mod error;
 pub mod image;
 pub mod layer;
 pub mod plugin;
+pub mod snapshotter;
 pub mod store;
 pub mod sys;
 pub mod union;

@@ -233,6 +233,30 @@ impl FileLock {
             }
         }
     }
+
+    /// Take an exclusive lock on `path` (created if missing) without waiting: `None` when
+    /// someone else holds it.
+    pub fn try_exclusive(path: &Path) -> io::Result<Option<FileLock>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        loop {
+            // SAFETY: valid fd for the file's lifetime.
+            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                return Ok(Some(FileLock { file }));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+    }
 }
 
 impl Drop for FileLock {

@@ -7,6 +7,7 @@ mod layers;
 mod mount_program;
 mod output;
 mod plugin;
+mod snapshotter;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,6 +51,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Inspect image archives: mount read-only, list, compare, show the config.
     Image(image::ImageArgs),
+    /// Serve containerd's snapshots API (a proxy snapshotter) on a unix socket. State lives in
+    /// --root (default /var/lib/stratafs-snapshotter).
+    Snapshotter(snapshotter::SnapshotterArgs),
 }
 
 /// Parse the process arguments and run; errors go to stderr with a non-zero exit code.
@@ -83,6 +87,7 @@ fn dispatch(cli: Cli) -> stratafs::Result<ExitCode> {
         Command::Plugin(args) => plugin::run(&cli, args),
         Command::Demo(args) => demo::run(&cli, args),
         Command::Image(args) => image::run(&cli, args),
+        Command::Snapshotter(args) => snapshotter::run(&cli, args),
     }
 }
 
