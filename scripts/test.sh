@@ -11,6 +11,8 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 REQUIRED=(
     "fusermount3:fuse3"
     "fuse-overlayfs:fuse-overlayfs"
+    "protoc:protobuf-compiler"
+    "setpriv:util-linux"
 )
 
 install_missing() {
