@@ -526,6 +526,9 @@ fn rootless_setup() -> Setup {
     fs::create_dir(s.lower.join("d")).unwrap();
     fs::write(s.lower.join("d/x"), "x\n").unwrap();
     chown_tree(s._t.path());
+    // Image layers hold files of other owners (here root) that the user cannot chown back.
+    fs::create_dir(s.lower.join("rd")).unwrap();
+    fs::write(s.lower.join("rd/rf"), "r\n").unwrap();
     s
 }
 
@@ -593,9 +596,25 @@ fn rootless_write_and_copy_up() {
     ok_nobody(
         &format!(
             "cd {mp} && echo y >> d/x && echo new > d/n && mkdir e && echo z > e/z && \
-             mv g e/g2 && rm f && ln -s d/x l"
+             mv g e/g2 && rm f && ln -s d/x l && echo more >> rd/rf && echo n > rd/new"
         ),
         None,
+    );
+    // Copy-up of root-owned lower entries keeps their owner in override_stat.
+    assert_eq!(
+        ok_nobody(&format!("stat -c '%u %g %a %F' {mp}/rd"), None),
+        "0 0 755 directory\n"
+    );
+    assert_eq!(
+        view_stat(&s.mp, &["rd/rf", "rd/new"]),
+        "0 0 644 regular file 0 0 7\n65534 65534 644 regular file 0 0 2\n"
+    );
+    assert_eq!(override_of(&s.upper.join("rd")), "0:0:755:dir");
+    assert_eq!(override_of(&s.upper.join("rd/rf")), "0:0:644:file");
+    assert_eq!(
+        stratafs::sys::lgetxattr(&s.upper.join("rd/new"), "user.containers.override_stat").unwrap(),
+        None,
+        "a new file of the user needs no override"
     );
     assert_eq!(
         ok_nobody(
@@ -606,7 +625,7 @@ fn rootless_write_and_copy_up() {
     );
     assert_eq!(
         ok_nobody(&format!("ls -A {mp}"), None),
-        "d\ne\nl\n",
+        "d\ne\nl\nrd\n",
         "deleted and renamed entries gone"
     );
     // Copied up and new entries are owned by the user on the upper, with no override needed.
