@@ -5,4 +5,5 @@ mod common;
 mod conformance;
 mod image;
 mod read;
+mod robust;
 mod write;
