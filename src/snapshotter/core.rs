@@ -190,6 +190,11 @@ impl Core {
                 lower_option()?,
                 format!("upperdir={own}"),
                 format!("workdir={}", self.store.work_dir(&top.id).display()),
+                // The mount server runs detached under containerd: say where it logs.
+                format!(
+                    "log={}",
+                    self.store.layer_dir(&top.id).join("mount.log").display()
+                ),
             ]),
         }])
     }
