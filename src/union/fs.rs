@@ -541,6 +541,9 @@ impl Filesystem for UnionFs {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::from_i32(libc::ENODATA));
         };
+        if self.tree.node(ino.0).is_ok_and(|n| self.tree.no_xattrs(&n)) {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
         let res = self
             .tree
             .backing(ino.0)
@@ -553,6 +556,9 @@ impl Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.tree.node(ino.0).is_ok_and(|n| self.tree.no_xattrs(&n)) {
+            return reply_xattr(reply, size, &[]);
+        }
         let res = self
             .tree
             .backing(ino.0)

@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -121,6 +121,9 @@ pub struct Node {
     lookups: AtomicU64,
     /// Child nodes alive (they keep the parent so their path can be computed).
     kids: AtomicU64,
+    /// Set once the backing file was seen with no xattrs at all; trusted only while the node
+    /// is backed by a lower layer (those never change; a copy-up moves the node to the upper).
+    no_xattrs: AtomicBool,
     pub state: RwLock<NodeState>,
 }
 
@@ -221,6 +224,7 @@ impl Tree {
             ino: ROOT_INO,
             lookups: AtomicU64::new(1),
             kids: AtomicU64::new(0),
+            no_xattrs: AtomicBool::new(false),
             state: RwLock::new(NodeState {
                 parent: ROOT_INO,
                 name: OsString::new(),
@@ -453,6 +457,7 @@ impl Tree {
                     ino: e.ino,
                     lookups: AtomicU64::new(1),
                     kids: AtomicU64::new(0),
+                    no_xattrs: AtomicBool::new(false),
                     state: RwLock::new(NodeState {
                         parent,
                         name: e.name.clone(),
@@ -518,6 +523,11 @@ impl Tree {
         Ok(self.attr_from_stat(&node, layer, &rel, st))
     }
 
+    /// Whether `node` is known to have no xattrs (only ever true for lower-layer files).
+    pub fn no_xattrs(&self, node: &Node) -> bool {
+        node.no_xattrs.load(Ordering::Relaxed) && !self.layers.get(node.state.read().layer).upper
+    }
+
     /// Attributes to show for `node` given a stat of its backing file `rel` in `layer`:
     /// override_stat applied, owners mapped, the number being the node's.
     pub fn attr_from_stat(
@@ -528,10 +538,26 @@ impl Tree {
         mut st: libc::stat,
     ) -> FileAttr {
         let kind_bits = st.st_mode & libc::S_IFMT;
-        if kind_bits == libc::S_IFREG || kind_bits == libc::S_IFDIR {
-            // Symlinks cannot carry user.* xattrs; others are rare and cheap to skip.
-            if let Ok(Some(o)) = meta::read_override(&self.layers.get(layer).abs(rel)) {
-                o.apply(&mut st);
+        // Symlinks cannot carry user.* xattrs; others are rare and cheap to skip.
+        if (kind_bits == libc::S_IFREG || kind_bits == libc::S_IFDIR) && !self.no_xattrs(node) {
+            let abs = self.layers.get(layer).abs(rel);
+            // One listxattr answers both "is there an override" and "are there any xattrs"
+            // (the latter lets getxattr of security.*/ACL names from `ls -l` skip the disk).
+            match sys::llistxattr(&abs) {
+                Ok(names) if names.is_empty() => {
+                    if !self.layers.get(layer).upper && node.state.read().layer == layer {
+                        node.no_xattrs.store(true, Ordering::Relaxed);
+                    }
+                }
+                Ok(names)
+                    if !names
+                        .iter()
+                        .any(|n| n.as_slice() == meta::OVERRIDE_STAT_XATTR.as_bytes()) => {}
+                _ => {
+                    if let Ok(Some(o)) = meta::read_override(&abs) {
+                        o.apply(&mut st);
+                    }
+                }
             }
         }
         let kind = kind_of_mode(st.st_mode);
@@ -635,6 +661,23 @@ mod tests {
         assert_eq!(t.node_count(), n - 1);
         let (a2, _) = t.lookup(ROOT_INO, OsStr::new("a")).unwrap();
         assert_eq!(a2.ino, ino_a);
+    }
+
+    #[test]
+    fn no_xattrs_cache_and_override() {
+        let low = tempfile::tempdir().unwrap();
+        fs::write(low.path().join("plain"), "x").unwrap();
+        fs::write(low.path().join("forced"), "x").unwrap();
+        let o = meta::OverrideStat::parse(b"7:8:600:file").unwrap();
+        if meta::write_override(&low.path().join("forced"), &o).is_err() {
+            return; // no user xattrs on this filesystem: nothing to check
+        }
+        let t = tree(&[low.path()]);
+        let (plain, _) = t.lookup(ROOT_INO, OsStr::new("plain")).unwrap();
+        assert!(t.no_xattrs(&plain));
+        let (forced, attr) = t.lookup(ROOT_INO, OsStr::new("forced")).unwrap();
+        assert!(!t.no_xattrs(&forced));
+        assert_eq!((attr.uid, attr.gid, attr.perm), (7, 8, 0o600));
     }
 
     #[test]
