@@ -46,14 +46,27 @@ pub struct DirEntry {
     pub dir_layers: Vec<LayerIdx>,
 }
 
-/// A merged directory: entries in readdir order plus an index by name.
+/// A merged directory: entries in readdir order plus their positions sorted by name (a
+/// name index that does not store every name a second time: listings are most of the memory).
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
     entries: Vec<DirEntry>,
-    index: HashMap<OsString, usize>,
+    by_name: Vec<u32>,
 }
 
 impl Listing {
+    fn new(entries: Vec<DirEntry>) -> Listing {
+        let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
+        by_name.sort_unstable_by(|a, b| entries[*a as usize].name.cmp(&entries[*b as usize].name));
+        Listing { entries, by_name }
+    }
+
+    /// Position in `by_name` of `name` (`Err`: where it would go).
+    fn find(&self, name: &OsStr) -> Result<usize, usize> {
+        self.by_name
+            .binary_search_by(|i| self.entries[*i as usize].name.as_os_str().cmp(name))
+    }
+
     pub fn entries(&self) -> &[DirEntry] {
         &self.entries
     }
@@ -67,15 +80,16 @@ impl Listing {
     }
 
     pub fn get(&self, name: &OsStr) -> Option<&DirEntry> {
-        self.index.get(name).map(|i| &self.entries[*i])
+        let pos = self.find(name).ok()?;
+        Some(&self.entries[self.by_name[pos] as usize])
     }
 
     /// Add or replace an entry (write path).
     pub fn insert(&mut self, e: DirEntry) {
-        match self.index.get(&e.name) {
-            Some(i) => self.entries[*i] = e,
-            None => {
-                self.index.insert(e.name.clone(), self.entries.len());
+        match self.find(&e.name) {
+            Ok(pos) => self.entries[self.by_name[pos] as usize] = e,
+            Err(pos) => {
+                self.by_name.insert(pos, self.entries.len() as u32);
                 self.entries.push(e);
             }
         }
@@ -83,14 +97,12 @@ impl Listing {
 
     /// Remove an entry (write path); later entries move up by one.
     pub fn remove(&mut self, name: &OsStr) -> Option<DirEntry> {
-        let i = self.index.remove(name)?;
-        let e = self.entries.remove(i);
-        for later in &self.entries[i..] {
-            if let Some(v) = self.index.get_mut(&later.name) {
-                *v -= 1;
-            }
+        let pos = self.find(name).ok()?;
+        let i = self.by_name.remove(pos);
+        for later in self.by_name.iter_mut().filter(|j| **j > i) {
+            *later -= 1;
         }
-        Some(e)
+        Some(self.entries.remove(i as usize))
     }
 }
 
@@ -423,12 +435,7 @@ impl Tree {
                 break;
             }
         }
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
-        Ok(Listing { entries, index })
+        Ok(Listing::new(entries))
     }
 
     /// Look `name` up in directory `parent`; on success the node's lookup count is raised by
@@ -678,6 +685,30 @@ mod tests {
         let (forced, attr) = t.lookup(ROOT_INO, OsStr::new("forced")).unwrap();
         assert!(!t.no_xattrs(&forced));
         assert_eq!((attr.uid, attr.gid, attr.perm), (7, 8, 0o600));
+    }
+
+    #[test]
+    fn listing_index_follows_changes() {
+        let e = |n: &str, ino| DirEntry {
+            name: n.into(),
+            ino,
+            kind: FileType::RegularFile,
+            layer: 0,
+            dir_layers: Vec::new(),
+        };
+        let mut l = Listing::new(vec![e("c", 1), e("a", 2), e("b", 3)]);
+        assert_eq!(l.get(OsStr::new("a")).map(|e| e.ino), Some(2));
+        assert_eq!(l.remove(OsStr::new("c")).map(|e| e.ino), Some(1));
+        assert!(l.get(OsStr::new("c")).is_none());
+        l.insert(e("aa", 4));
+        l.insert(e("b", 5));
+        let got: Vec<_> = ["a", "aa", "b"]
+            .iter()
+            .map(|n| l.get(OsStr::new(n)).map(|e| e.ino))
+            .collect();
+        assert_eq!(got, [Some(2), Some(4), Some(5)]);
+        let order: Vec<_> = l.entries().iter().map(|e| e.ino).collect();
+        assert_eq!(order, [2, 5, 4]);
     }
 
     #[test]
