@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,14 +46,27 @@ pub struct DirEntry {
     pub dir_layers: Vec<LayerIdx>,
 }
 
-/// A merged directory: entries in readdir order plus an index by name.
+/// A merged directory: entries in readdir order plus their positions sorted by name (a
+/// name index that does not store every name a second time: listings are most of the memory).
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
     entries: Vec<DirEntry>,
-    index: HashMap<OsString, usize>,
+    by_name: Vec<u32>,
 }
 
 impl Listing {
+    fn new(entries: Vec<DirEntry>) -> Listing {
+        let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
+        by_name.sort_unstable_by(|a, b| entries[*a as usize].name.cmp(&entries[*b as usize].name));
+        Listing { entries, by_name }
+    }
+
+    /// Position in `by_name` of `name` (`Err`: where it would go).
+    fn find(&self, name: &OsStr) -> Result<usize, usize> {
+        self.by_name
+            .binary_search_by(|i| self.entries[*i as usize].name.as_os_str().cmp(name))
+    }
+
     pub fn entries(&self) -> &[DirEntry] {
         &self.entries
     }
@@ -67,15 +80,16 @@ impl Listing {
     }
 
     pub fn get(&self, name: &OsStr) -> Option<&DirEntry> {
-        self.index.get(name).map(|i| &self.entries[*i])
+        let pos = self.find(name).ok()?;
+        Some(&self.entries[self.by_name[pos] as usize])
     }
 
     /// Add or replace an entry (write path).
     pub fn insert(&mut self, e: DirEntry) {
-        match self.index.get(&e.name) {
-            Some(i) => self.entries[*i] = e,
-            None => {
-                self.index.insert(e.name.clone(), self.entries.len());
+        match self.find(&e.name) {
+            Ok(pos) => self.entries[self.by_name[pos] as usize] = e,
+            Err(pos) => {
+                self.by_name.insert(pos, self.entries.len() as u32);
                 self.entries.push(e);
             }
         }
@@ -83,14 +97,12 @@ impl Listing {
 
     /// Remove an entry (write path); later entries move up by one.
     pub fn remove(&mut self, name: &OsStr) -> Option<DirEntry> {
-        let i = self.index.remove(name)?;
-        let e = self.entries.remove(i);
-        for later in &self.entries[i..] {
-            if let Some(v) = self.index.get_mut(&later.name) {
-                *v -= 1;
-            }
+        let pos = self.find(name).ok()?;
+        let i = self.by_name.remove(pos);
+        for later in self.by_name.iter_mut().filter(|j| **j > i) {
+            *later -= 1;
         }
-        Some(e)
+        Some(self.entries.remove(i as usize))
     }
 }
 
@@ -121,6 +133,9 @@ pub struct Node {
     lookups: AtomicU64,
     /// Child nodes alive (they keep the parent so their path can be computed).
     kids: AtomicU64,
+    /// Set once the backing file was seen with no xattrs at all; trusted only while the node
+    /// is backed by a lower layer (those never change; a copy-up moves the node to the upper).
+    no_xattrs: AtomicBool,
     pub state: RwLock<NodeState>,
 }
 
@@ -221,6 +236,7 @@ impl Tree {
             ino: ROOT_INO,
             lookups: AtomicU64::new(1),
             kids: AtomicU64::new(0),
+            no_xattrs: AtomicBool::new(false),
             state: RwLock::new(NodeState {
                 parent: ROOT_INO,
                 name: OsString::new(),
@@ -419,12 +435,7 @@ impl Tree {
                 break;
             }
         }
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
-        Ok(Listing { entries, index })
+        Ok(Listing::new(entries))
     }
 
     /// Look `name` up in directory `parent`; on success the node's lookup count is raised by
@@ -453,6 +464,7 @@ impl Tree {
                     ino: e.ino,
                     lookups: AtomicU64::new(1),
                     kids: AtomicU64::new(0),
+                    no_xattrs: AtomicBool::new(false),
                     state: RwLock::new(NodeState {
                         parent,
                         name: e.name.clone(),
@@ -518,6 +530,11 @@ impl Tree {
         Ok(self.attr_from_stat(&node, layer, &rel, st))
     }
 
+    /// Whether `node` is known to have no xattrs (only ever true for lower-layer files).
+    pub fn no_xattrs(&self, node: &Node) -> bool {
+        node.no_xattrs.load(Ordering::Relaxed) && !self.layers.get(node.state.read().layer).upper
+    }
+
     /// Attributes to show for `node` given a stat of its backing file `rel` in `layer`:
     /// override_stat applied, owners mapped, the number being the node's.
     pub fn attr_from_stat(
@@ -528,10 +545,26 @@ impl Tree {
         mut st: libc::stat,
     ) -> FileAttr {
         let kind_bits = st.st_mode & libc::S_IFMT;
-        if kind_bits == libc::S_IFREG || kind_bits == libc::S_IFDIR {
-            // Symlinks cannot carry user.* xattrs; others are rare and cheap to skip.
-            if let Ok(Some(o)) = meta::read_override(&self.layers.get(layer).abs(rel)) {
-                o.apply(&mut st);
+        // Symlinks cannot carry user.* xattrs; others are rare and cheap to skip.
+        if (kind_bits == libc::S_IFREG || kind_bits == libc::S_IFDIR) && !self.no_xattrs(node) {
+            let abs = self.layers.get(layer).abs(rel);
+            // One listxattr answers both "is there an override" and "are there any xattrs"
+            // (the latter lets getxattr of security.*/ACL names from `ls -l` skip the disk).
+            match sys::llistxattr(&abs) {
+                Ok(names) if names.is_empty() => {
+                    if !self.layers.get(layer).upper && node.state.read().layer == layer {
+                        node.no_xattrs.store(true, Ordering::Relaxed);
+                    }
+                }
+                Ok(names)
+                    if !names
+                        .iter()
+                        .any(|n| n.as_slice() == meta::OVERRIDE_STAT_XATTR.as_bytes()) => {}
+                _ => {
+                    if let Ok(Some(o)) = meta::read_override(&abs) {
+                        o.apply(&mut st);
+                    }
+                }
             }
         }
         let kind = kind_of_mode(st.st_mode);
@@ -635,6 +668,47 @@ mod tests {
         assert_eq!(t.node_count(), n - 1);
         let (a2, _) = t.lookup(ROOT_INO, OsStr::new("a")).unwrap();
         assert_eq!(a2.ino, ino_a);
+    }
+
+    #[test]
+    fn no_xattrs_cache_and_override() {
+        let low = tempfile::tempdir().unwrap();
+        fs::write(low.path().join("plain"), "x").unwrap();
+        fs::write(low.path().join("forced"), "x").unwrap();
+        let o = meta::OverrideStat::parse(b"7:8:600:file").unwrap();
+        if meta::write_override(&low.path().join("forced"), &o).is_err() {
+            return; // no user xattrs on this filesystem: nothing to check
+        }
+        let t = tree(&[low.path()]);
+        let (plain, _) = t.lookup(ROOT_INO, OsStr::new("plain")).unwrap();
+        assert!(t.no_xattrs(&plain));
+        let (forced, attr) = t.lookup(ROOT_INO, OsStr::new("forced")).unwrap();
+        assert!(!t.no_xattrs(&forced));
+        assert_eq!((attr.uid, attr.gid, attr.perm), (7, 8, 0o600));
+    }
+
+    #[test]
+    fn listing_index_follows_changes() {
+        let e = |n: &str, ino| DirEntry {
+            name: n.into(),
+            ino,
+            kind: FileType::RegularFile,
+            layer: 0,
+            dir_layers: Vec::new(),
+        };
+        let mut l = Listing::new(vec![e("c", 1), e("a", 2), e("b", 3)]);
+        assert_eq!(l.get(OsStr::new("a")).map(|e| e.ino), Some(2));
+        assert_eq!(l.remove(OsStr::new("c")).map(|e| e.ino), Some(1));
+        assert!(l.get(OsStr::new("c")).is_none());
+        l.insert(e("aa", 4));
+        l.insert(e("b", 5));
+        let got: Vec<_> = ["a", "aa", "b"]
+            .iter()
+            .map(|n| l.get(OsStr::new(n)).map(|e| e.ino))
+            .collect();
+        assert_eq!(got, [Some(2), Some(4), Some(5)]);
+        let order: Vec<_> = l.entries().iter().map(|e| e.ino).collect();
+        assert_eq!(order, [2, 5, 4]);
     }
 
     #[test]
