@@ -488,24 +488,8 @@ pub fn lutimensat(
     atime: (i64, i64),
     mtime: (i64, i64),
 ) -> io::Result<()> {
-    let c = cstr(name)?;
-    let ts = [
-        libc::timespec {
-            tv_sec: atime.0 as libc::time_t,
-            tv_nsec: atime.1 as _,
-        },
-        libc::timespec {
-            tv_sec: mtime.0 as libc::time_t,
-            tv_nsec: mtime.1 as _,
-        },
-    ];
-    let flags = if name.as_os_str().is_empty() {
-        libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH
-    } else {
-        libc::AT_SYMLINK_NOFOLLOW
-    };
-    // SAFETY: valid fd, C string and a two-element timespec array.
-    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), flags) }).map(drop)
+    let at = |(sec, nsec): (i64, i64)| TimeSpec::At { sec, nsec };
+    set_times_at(dir, name.as_os_str(), at(atime), at(mtime))
 }
 
 /// `ioctl(dst, FICLONE, src)`: share the data blocks of `src` (reflink) where the filesystem can.

@@ -6,31 +6,15 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use super::cstr;
-
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
+use super::{check, check_size, cstr};
 
 /// `unlinkat(dir, name, 0)` for non-directories, `AT_REMOVEDIR` when `is_dir`.
 pub fn unlink_entry(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
-    let c = cstr(name)?;
-    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-    // SAFETY: valid fd and C string.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })?;
-    Ok(())
+    super::unlinkat(
+        dir,
+        Path::new(name),
+        if is_dir { libc::AT_REMOVEDIR } else { 0 },
+    )
 }
 
 /// `renameat2` flag: fail with `EEXIST` when the target exists.
