@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Args;
 use stratafs::driver::strata::StrataDriver;
 use stratafs::driver::{CreateOpts, Driver};
-use stratafs::error::{Error, IoContext, Result};
+use stratafs::error::{IoContext, Result};
 use stratafs::layer::whiteout::{self, NameKind};
 use stratafs::sys;
 
@@ -133,8 +133,7 @@ fn build_layers(d: &StrataDriver) -> Result<()> {
     Ok(())
 }
 
-/// Print the layers, then the merged view and the changes. `Ok(false)`: a step failed for a
-/// reason other than "not implemented yet".
+/// Print the layers, then the merged view and the changes. `Ok(false)`: a step failed.
 fn show(d: &StrataDriver) -> Result<bool> {
     for (id, what) in [
         (BASE, "read-only, no parent"),
@@ -170,10 +169,6 @@ fn show(d: &StrataDriver) -> Result<bool> {
                 line(&format!("   {l}"))?;
             }
         }
-        Err(e @ Error::NotSupported(_)) => {
-            line("   mounting is not available in this build yet (the union mount lands later):")?;
-            line(&format!("   {e}"))?;
-        }
         Err(e) => {
             line(&format!("   mount failed: {e}"))?;
             ok = false;
@@ -188,10 +183,6 @@ fn show(d: &StrataDriver) -> Result<bool> {
             for c in changes {
                 line(&format!("   {} {}", change_letter(c.kind), c.path))?;
             }
-        }
-        Err(e @ Error::NotSupported(_)) => {
-            line("   computing changes is not available in this build yet:")?;
-            line(&format!("   {e}"))?;
         }
         Err(e) => {
             line(&format!("   changes failed: {e}"))?;
