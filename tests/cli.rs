@@ -215,6 +215,23 @@ fn demo_runs_in_a_given_root_and_cleans_up() {
             demo.stdout
         );
     }
+    // The merged view: the whiteout hides /etc/motd, markers never show, the top's file is there.
+    let merged = demo
+        .stdout
+        .split("== merged view of demo-top")
+        .nth(1)
+        .and_then(|rest| rest.split("== changes").next())
+        .unwrap_or_default();
+    assert!(merged.contains("mounted at"), "{merged}");
+    assert!(merged.contains("/home/user/notes.txt"), "{merged}");
+    assert!(merged.contains("/usr/bin/hello"), "{merged}");
+    assert!(!merged.contains("/etc/motd"), "{merged}");
+    assert!(!merged.contains(".wh."), "{merged}");
+    assert!(
+        demo.stdout.contains("A /home/user/notes.txt"),
+        "{}",
+        demo.stdout
+    );
     // The layers were removed again.
     assert_eq!(json(&ok(r, &["--json", "ls"])), serde_json::json!([]));
 }
