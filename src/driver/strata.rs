@@ -123,27 +123,11 @@ impl Driver for StrataDriver {
     }
 
     fn status(&self) -> Vec<(String, String)> {
-        let mut s = vec![
-            (
-                "Root Dir".to_string(),
-                self.store.home().display().to_string(),
-            ),
-            (
-                "Backing Filesystem".to_string(),
-                crate::sys::fs_type_name(self.store.home()),
-            ),
-            (
-                "Layers".to_string(),
-                self.store
-                    .list()
-                    .map(|l| l.len().to_string())
-                    .unwrap_or_else(|e| e.to_string()),
-            ),
-            (
-                "Whiteout Format".to_string(),
-                ".wh. files (reads char 0/0 and overlay xattrs too)".to_string(),
-            ),
-        ];
+        let mut s = self.store.status_lines();
+        s.push((
+            "Whiteout Format".to_string(),
+            ".wh. files (reads char 0/0 and overlay xattrs too)".to_string(),
+        ));
         s.extend(self.mounts.status());
         s
     }
@@ -204,17 +188,7 @@ impl Driver for StrataDriver {
     }
 
     fn list(&self) -> Result<Vec<LayerInfo>> {
-        Ok(self
-            .store
-            .list()?
-            .into_iter()
-            .map(|r| LayerInfo {
-                mounted_at: self.mounts.mounted_at(&r.id),
-                id: r.id,
-                parent: r.parent,
-                kind: r.kind,
-            })
-            .collect())
+        self.store.layer_infos(|id| self.mounts.mounted_at(id))
     }
 
     fn parent(&self, id: &str) -> Result<Option<String>> {

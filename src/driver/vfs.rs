@@ -146,21 +146,9 @@ impl Driver for VfsDriver {
     }
 
     fn status(&self) -> Vec<(String, String)> {
-        vec![
-            ("Root Dir".into(), self.store.home().display().to_string()),
-            (
-                "Backing Filesystem".into(),
-                crate::sys::fs_type_name(self.store.home()),
-            ),
-            (
-                "Layers".into(),
-                self.store
-                    .list()
-                    .map(|l| l.len().to_string())
-                    .unwrap_or_else(|e| e.to_string()),
-            ),
-            ("Held Layers".into(), self.refs.lock().len().to_string()),
-        ]
+        let mut s = self.store.status_lines();
+        s.push(("Held Layers".into(), self.refs.lock().len().to_string()));
+        s
     }
 
     fn get_metadata(&self, id: &str) -> Result<BTreeMap<String, String>> {
@@ -240,17 +228,7 @@ impl Driver for VfsDriver {
     }
 
     fn list(&self) -> Result<Vec<crate::driver::LayerInfo>> {
-        Ok(self
-            .store
-            .list()?
-            .into_iter()
-            .map(|r| crate::driver::LayerInfo {
-                mounted_at: None,
-                id: r.id,
-                parent: r.parent,
-                kind: r.kind,
-            })
-            .collect())
+        self.store.layer_infos(|_| None)
     }
 
     fn parent(&self, id: &str) -> Result<Option<String>> {

@@ -334,6 +334,40 @@ impl Store {
         write_record(&self.layer_dir(&record.id), record)
     }
 
+    /// The `status` lines every driver built on a store reports: where, on what, how many layers.
+    pub fn status_lines(&self) -> Vec<(String, String)> {
+        vec![
+            ("Root Dir".into(), self.home.display().to_string()),
+            (
+                "Backing Filesystem".into(),
+                crate::sys::fs_type_name(&self.home),
+            ),
+            (
+                "Layers".into(),
+                self.list()
+                    .map(|l| l.len().to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+            ),
+        ]
+    }
+
+    /// Every layer as the driver lists it, with where each is mounted (if anywhere).
+    pub fn layer_infos(
+        &self,
+        mounted_at: impl Fn(&str) -> Option<PathBuf>,
+    ) -> Result<Vec<crate::driver::LayerInfo>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|r| crate::driver::LayerInfo {
+                mounted_at: mounted_at(&r.id),
+                id: r.id,
+                parent: r.parent,
+                kind: r.kind,
+            })
+            .collect())
+    }
+
     /// Summary facts about one layer for `get_metadata`.
     pub fn metadata(&self, id: &str) -> Result<BTreeMap<String, String>> {
         let chain = self.chain(id)?;
