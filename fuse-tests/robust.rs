@@ -200,14 +200,21 @@ fn detach(guard: MountGuard) {
     drop(guard);
 }
 
-/// After the remount: the work directory holds nothing but the empty staging directory.
+/// After the remount: the work directory holds nothing but the staging directory, empty but
+/// for the shared whiteout file (an empty regular file that whiteouts are hard-linked to).
 fn assert_work_clean(s: &Setup) {
+    let base = s.work.join(STAGING).join("whiteout");
     let mut found = Vec::new();
     let mut stack = vec![s.work.clone()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).unwrap().flatten() {
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
+            }
+            if e.path() == base {
+                let md = e.metadata().unwrap();
+                assert!(md.is_file() && md.len() == 0, "whiteout base {md:?}");
+                continue;
             }
             found.push(e.path());
         }

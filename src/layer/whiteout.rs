@@ -112,6 +112,50 @@ pub fn write_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     }
 }
 
+/// Record that `name` in `dir` is deleted by hard-linking `.wh.NAME` to the empty whiteout file
+/// `base_name` in `base_dir` (kernel overlayfs shares one whiteout inode the same way): a link
+/// costs the filesystem no inode allocation. `Ok(false)` when the base cannot take another
+/// link (`EMLINK`) or the filesystem refuses hard links; the caller then makes a new base or
+/// falls back to [`write_whiteout`].
+pub fn link_whiteout(
+    base_dir: BorrowedFd<'_>,
+    base_name: &OsStr,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+) -> io::Result<bool> {
+    match sys::linkat(base_dir, base_name, dir, &whiteout_name(name)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(true),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EMLINK | libc::EPERM | libc::EOPNOTSUPP | libc::ENOENT)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Create the empty file `name` in `dir` that [`link_whiteout`] links whiteouts to, replacing
+/// an older one.
+pub fn make_whiteout_base(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let tmp = {
+        let mut t = name.to_os_string();
+        t.push(".new");
+        t
+    };
+    let _ = sys::unlinkat(dir, Path::new(&tmp), 0);
+    drop(sys::openat(
+        dir,
+        Path::new(&tmp),
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+        0o000,
+    )?);
+    sys::renameat2(dir, &tmp, dir, name, 0)
+}
+
 /// Mark the directory `dir` opaque: create `.wh..wh..opq`.
 pub fn write_opaque(dir: BorrowedFd<'_>) -> io::Result<()> {
     sys::openat(

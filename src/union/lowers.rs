@@ -1,17 +1,23 @@
 //! What the write path asks about the lower (read-only) layers of a path.
 //!
-//! The union tree answers these from its in-memory cache; [`LowerStack`] answers them straight
-//! from the layer directories (used by unit tests and by anything without a tree at hand).
+//! Lower layers never change while mounted, so [`LowerStack`] merges each lower directory it is
+//! asked about once (with [`merge_dir`], the same merge the view uses) and answers every later
+//! question about paths below it from memory: a copy-up or deletion deep in the tree costs
+//! hash look-ups, not a `stat` per layer and path component.
 
-use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use dashmap::DashMap;
+use fuser::FileType;
 use parking_lot::Mutex;
 
-use crate::layer::whiteout::{self, NameKind};
-use crate::sys;
+use crate::union::layers::{LayerIdx, Layers};
+use crate::union::tree::{merge_dir, Listing};
 
 /// A lower entry visible in the merged view: which layer holds it and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,134 +46,110 @@ pub trait LowerView: Send + Sync {
 /// (dev, ino) of a multiply-linked file -> its relative paths in one layer.
 type LinkMap = HashMap<(u64, u64), Vec<PathBuf>>;
 
-/// The lower layers of a mount, topmost first, read straight from disk.
-#[derive(Debug, Default)]
+/// The entry the lower layers show at a path: the layer holding it and, for a directory, the
+/// layers that make it up (topmost first).
+#[derive(Debug, Clone)]
+struct Visible {
+    layer: LayerIdx,
+    is_dir: bool,
+    dir_layers: Vec<LayerIdx>,
+}
+
+/// The lower layers of a mount, topmost first, with the merged directories asked about so far.
+#[derive(Debug)]
 pub struct LowerStack {
-    layers: Vec<PathBuf>,
+    layers: Arc<Layers>,
+    /// Indices in `layers` of the lower layers, topmost first.
+    order: Vec<LayerIdx>,
+    /// Merged lower directories by relative path (never invalidated: lower layers are fixed).
+    dirs: DashMap<PathBuf, Arc<Listing>>,
     /// Per layer root: (dev, ino) -> relative paths of files with several links. Built on first
     /// need (one walk of that layer), since hard links in image layers are rare.
     links: Mutex<HashMap<PathBuf, LinkMap>>,
 }
 
 impl LowerStack {
-    pub fn new(layers: Vec<PathBuf>) -> LowerStack {
+    /// The lower layers of an open mount (`layers` may include the upper: it is left out).
+    pub fn over(layers: Arc<Layers>) -> LowerStack {
+        let order = (0..layers.list.len())
+            .filter(|i| !layers.get(*i).upper)
+            .collect();
         LowerStack {
             layers,
+            order,
+            dirs: DashMap::new(),
             links: Mutex::default(),
         }
     }
 
-    pub fn layers(&self) -> &[PathBuf] {
-        &self.layers
+    /// Open the lower layer directories `paths` (topmost first).
+    pub fn open(paths: &[PathBuf]) -> io::Result<LowerStack> {
+        let layers = Layers::open(None, paths).map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(LowerStack::over(Arc::new(layers)))
     }
 
-    /// The layers whose directory `rel` contributes to the merged directory `rel`, topmost
-    /// first; `None` if the path is not a directory in the merged lower view. The last element
-    /// found for a non-directory is returned through `leaf`.
-    fn walk(&self, rel: &Path) -> Walk {
-        let mut live: Vec<&PathBuf> = self.layers.iter().collect();
-        let comps: Vec<_> = rel.components().collect();
-        for (i, c) in comps.iter().enumerate() {
-            let name = c.as_os_str();
-            let last = i + 1 == comps.len();
-            let prefix: PathBuf = comps[..=i].iter().collect();
-            let parent: PathBuf = comps[..i].iter().collect();
-            let mut next = Vec::new();
-            for layer in live {
-                let pdir = layer.join(&parent);
-                if pdir
-                    .join(whiteout::whiteout_name(name))
-                    .symlink_metadata()
-                    .is_ok()
-                {
-                    break;
-                }
-                let path = layer.join(&prefix);
-                let Ok(st) = sys::lstat(&path) else { continue };
-                if whiteout::is_whiteout_device(&st) {
-                    break;
-                }
-                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-                if !is_dir {
-                    if next.is_empty() {
-                        return if last {
-                            Walk::Leaf(LowerEntry {
-                                layer: layer.clone(),
-                                path,
-                            })
-                        } else {
-                            Walk::Missing
-                        };
-                    }
-                    break;
-                }
-                next.push(layer);
-                if whiteout::is_opaque_dir(&path) {
-                    break;
-                }
-            }
-            if next.is_empty() {
-                return Walk::Missing;
-            }
-            live = next;
+    /// The merged lower directory `rel`, made of `dir_layers`; merged on first use.
+    fn dir(&self, rel: &Path, dir_layers: &[LayerIdx]) -> Option<Arc<Listing>> {
+        if let Some(l) = self.dirs.get(rel) {
+            return Some(l.clone());
         }
-        Walk::Dir(live.into_iter().cloned().collect())
+        match merge_dir(&self.layers, rel, dir_layers) {
+            Ok(l) => Some(
+                self.dirs
+                    .entry(rel.to_path_buf())
+                    .or_insert_with(|| Arc::new(l))
+                    .clone(),
+            ),
+            Err(e) => {
+                tracing::debug!(rel = %rel.display(), %e, "lower directory unreadable");
+                None
+            }
+        }
     }
-}
 
-enum Walk {
-    Missing,
-    Leaf(LowerEntry),
-    Dir(Vec<PathBuf>),
+    /// What the lower layers show at `rel`, walking the cached directories from the root.
+    fn visible(&self, rel: &Path) -> Option<Visible> {
+        let mut cur = Visible {
+            layer: *self.order.first()?,
+            is_dir: true,
+            dir_layers: self.order.clone(),
+        };
+        let mut at = PathBuf::new();
+        for c in rel.components() {
+            if !cur.is_dir {
+                return None;
+            }
+            let name: &OsStr = c.as_os_str();
+            let listing = self.dir(&at, &cur.dir_layers)?;
+            let e = listing.get(name)?;
+            cur = Visible {
+                layer: e.layer,
+                is_dir: e.kind == FileType::Directory,
+                dir_layers: e.dir_layers.clone(),
+            };
+            at.push(name);
+        }
+        Some(cur)
+    }
 }
 
 impl LowerView for LowerStack {
     fn lower_entry(&self, rel: &Path) -> Option<LowerEntry> {
-        match self.walk(rel) {
-            Walk::Missing => None,
-            Walk::Leaf(e) => Some(e),
-            Walk::Dir(layers) => layers.into_iter().next().map(|layer| LowerEntry {
-                path: layer.join(rel),
-                layer,
-            }),
-        }
+        let v = self.visible(rel)?;
+        let layer = self.layers.get(v.layer);
+        Some(LowerEntry {
+            layer: layer.path.clone(),
+            path: layer.abs(rel),
+        })
     }
 
     fn lower_children(&self, rel: &Path) -> Vec<OsString> {
-        let Walk::Dir(layers) = self.walk(rel) else {
+        let Some(v) = self.visible(rel).filter(|v| v.is_dir) else {
             return Vec::new();
         };
-        let mut seen = HashSet::new();
-        let mut hidden = HashSet::new();
-        let mut out = Vec::new();
-        for layer in layers {
-            let Ok(rd) = std::fs::read_dir(layer.join(rel)) else {
-                continue;
-            };
-            let mut here_hidden = Vec::new();
-            for e in rd.flatten() {
-                let name = e.file_name();
-                match whiteout::classify(&name) {
-                    NameKind::Plain => {}
-                    NameKind::Whiteout(t) => {
-                        here_hidden.push(t.to_os_string());
-                        continue;
-                    }
-                    _ => continue,
-                }
-                if let Ok(st) = sys::lstat(&e.path()) {
-                    if whiteout::is_whiteout_device(&st) {
-                        here_hidden.push(name);
-                        continue;
-                    }
-                }
-                if !hidden.contains(&name) && seen.insert(name.clone()) {
-                    out.push(name);
-                }
-            }
-            hidden.extend(here_hidden);
-        }
-        out
+        self.dir(rel, &v.dir_layers)
+            .map(|l| l.entries().iter().map(|e| e.name.clone()).collect())
+            .unwrap_or_default()
     }
 
     fn hardlink_peers(&self, entry: &LowerEntry) -> Vec<PathBuf> {
@@ -234,7 +216,7 @@ mod tests {
         fs::write(mid.join("o/.wh..wh..opq"), "").unwrap();
         fs::create_dir_all(bot.join("o")).unwrap();
         fs::write(bot.join("o/hidden"), "").unwrap();
-        let s = LowerStack::new(vec![top.clone(), mid.clone(), bot.clone()]);
+        let s = LowerStack::open(&[top.clone(), mid.clone(), bot.clone()]).unwrap();
         assert!(s.lower_entry(Path::new("d/a")).is_none());
         assert_eq!(
             s.lower_entry(Path::new("d/c")).unwrap().path,
@@ -255,7 +237,7 @@ mod tests {
         fs::create_dir_all(t.path().join("x")).unwrap();
         fs::write(t.path().join("f"), "f").unwrap();
         fs::hard_link(t.path().join("f"), t.path().join("x/g")).unwrap();
-        let s = LowerStack::new(vec![t.path().to_path_buf()]);
+        let s = LowerStack::open(&[t.path().to_path_buf()]).unwrap();
         let e = s.lower_entry(Path::new("f")).unwrap();
         assert_eq!(s.hardlink_peers(&e), [PathBuf::from("x/g")]);
     }

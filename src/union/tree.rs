@@ -188,7 +188,8 @@ impl IdView {
 /// The merged view of one mount.
 #[derive(Debug)]
 pub struct Tree {
-    pub layers: Layers,
+    /// Shared with the write path's view of the lower layers.
+    pub layers: Arc<Layers>,
     nodes: DashMap<u64, Arc<Node>>,
     pub ids: IdView,
 }
@@ -250,7 +251,11 @@ impl Tree {
         };
         let nodes = DashMap::new();
         nodes.insert(ROOT_INO, Arc::new(root));
-        Ok(Tree { layers, nodes, ids })
+        Ok(Tree {
+            layers: Arc::new(layers),
+            nodes,
+            ids,
+        })
     }
 
     /// The node of `ino`, if the kernel knows it.
@@ -304,7 +309,7 @@ impl Tree {
             dir.layers.clone()
         };
         let rel = self.path_of(ino)?;
-        let built = Arc::new(self.build_listing(&rel, &layers)?);
+        let built = Arc::new(merge_dir(&self.layers, &rel, &layers)?);
         let mut st = node.state.write();
         let dir = st.dir.as_mut().ok_or_else(|| errno(libc::ENOTDIR))?;
         // Another thread may have won the race; keep theirs so every reader sees one listing.
@@ -349,93 +354,6 @@ impl Tree {
                 f(Arc::make_mut(l));
             }
         }
-    }
-
-    /// Merge directory `rel` of `layers` (topmost first), honouring whiteouts and opaque
-    /// markers in every format.
-    fn build_listing(&self, rel: &Path, layers: &[LayerIdx]) -> io::Result<Listing> {
-        // name -> (index of the visible entry, still open to lower layers)
-        let mut seen: HashMap<OsString, (Option<usize>, bool)> = HashMap::new();
-        let mut entries: Vec<DirEntry> = Vec::new();
-        for (pos, &li) in layers.iter().enumerate() {
-            let layer = self.layers.get(li);
-            let dfd = match sys::openat(
-                layer.fd(),
-                rel_or_dot(rel),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            ) {
-                Ok(fd) => fd,
-                // Gone from this layer (only the upper can change under us): skip it.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                    continue
-                }
-                Err(e) => return Err(e),
-            };
-            let raw = sys::read_dir_fd(dfd.as_fd())?;
-            let mut opaque = false;
-            let mut whiteouts: Vec<OsString> = Vec::new();
-            for e in raw {
-                let kind = match whiteout::classify(&e.name) {
-                    whiteout::NameKind::OpaqueMarker => {
-                        opaque = true;
-                        continue;
-                    }
-                    whiteout::NameKind::Internal | whiteout::NameKind::Invalid => continue,
-                    whiteout::NameKind::Whiteout(t) => {
-                        whiteouts.push(t.to_os_string());
-                        continue;
-                    }
-                    whiteout::NameKind::Plain => match kind_of_dtype(e.d_type) {
-                        Some(k) => k,
-                        None => {
-                            // DT_CHR may be a 0/0 whiteout; DT_UNKNOWN needs a stat anyway.
-                            let st = match sys::fstatat(dfd.as_fd(), Path::new(&e.name)) {
-                                Ok(st) => st,
-                                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
-                                Err(err) => return Err(err),
-                            };
-                            if whiteout::is_whiteout_device(&st) {
-                                whiteouts.push(e.name);
-                                continue;
-                            }
-                            kind_of_mode(st.st_mode)
-                        }
-                    },
-                };
-                let is_dir = kind == FileType::Directory;
-                match seen.get_mut(&e.name) {
-                    None => {
-                        entries.push(DirEntry {
-                            ino: self.layers.ino_for(li, e.ino),
-                            kind,
-                            layer: li,
-                            dir_layers: if is_dir { vec![li] } else { Vec::new() },
-                            name: e.name.clone(),
-                        });
-                        seen.insert(e.name, (Some(entries.len() - 1), is_dir));
-                    }
-                    Some((_, false)) => {}
-                    Some((idx, open)) => {
-                        // A directory above: a lower directory merges in, anything else ends it.
-                        match (is_dir, *idx) {
-                            (true, Some(i)) => entries[i].dir_layers.push(li),
-                            _ => *open = false,
-                        }
-                    }
-                }
-            }
-            for w in whiteouts {
-                seen.entry(w).or_insert((None, false)).1 = false;
-            }
-            if opaque || pos + 1 == layers.len() {
-                break;
-            }
-            if has_opaque_xattr(dfd.as_fd()) {
-                break;
-            }
-        }
-        Ok(Listing::new(entries))
     }
 
     /// Look `name` up in directory `parent`; on success the node's lookup count is raised by
@@ -594,6 +512,92 @@ impl Tree {
             flags: 0,
         }
     }
+}
+
+/// Merge directory `rel` of `layers` (indices into `all`, topmost first), honouring whiteouts
+/// and opaque markers in every format. The one definition of a merged directory: the view and
+/// the write path's lower-layer cache both use it.
+pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Listing> {
+    // name -> (index of the visible entry, still open to lower layers)
+    let mut seen: HashMap<OsString, (Option<usize>, bool)> = HashMap::new();
+    let mut entries: Vec<DirEntry> = Vec::new();
+    for (pos, &li) in layers.iter().enumerate() {
+        let layer = all.get(li);
+        let dfd = match sys::openat(
+            layer.fd(),
+            rel_or_dot(rel),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(fd) => fd,
+            // Gone from this layer (only the upper can change under us): skip it.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => continue,
+            Err(e) => return Err(e),
+        };
+        let raw = sys::read_dir_fd(dfd.as_fd())?;
+        let mut opaque = false;
+        let mut whiteouts: Vec<OsString> = Vec::new();
+        for e in raw {
+            let kind = match whiteout::classify(&e.name) {
+                whiteout::NameKind::OpaqueMarker => {
+                    opaque = true;
+                    continue;
+                }
+                whiteout::NameKind::Internal | whiteout::NameKind::Invalid => continue,
+                whiteout::NameKind::Whiteout(t) => {
+                    whiteouts.push(t.to_os_string());
+                    continue;
+                }
+                whiteout::NameKind::Plain => match kind_of_dtype(e.d_type) {
+                    Some(k) => k,
+                    None => {
+                        // DT_CHR may be a 0/0 whiteout; DT_UNKNOWN needs a stat anyway.
+                        let st = match sys::fstatat(dfd.as_fd(), Path::new(&e.name)) {
+                            Ok(st) => st,
+                            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                            Err(err) => return Err(err),
+                        };
+                        if whiteout::is_whiteout_device(&st) {
+                            whiteouts.push(e.name);
+                            continue;
+                        }
+                        kind_of_mode(st.st_mode)
+                    }
+                },
+            };
+            let is_dir = kind == FileType::Directory;
+            match seen.get_mut(&e.name) {
+                None => {
+                    entries.push(DirEntry {
+                        ino: all.ino_for(li, e.ino),
+                        kind,
+                        layer: li,
+                        dir_layers: if is_dir { vec![li] } else { Vec::new() },
+                        name: e.name.clone(),
+                    });
+                    seen.insert(e.name, (Some(entries.len() - 1), is_dir));
+                }
+                Some((_, false)) => {}
+                Some((idx, open)) => {
+                    // A directory above: a lower directory merges in, anything else ends it.
+                    match (is_dir, *idx) {
+                        (true, Some(i)) => entries[i].dir_layers.push(li),
+                        _ => *open = false,
+                    }
+                }
+            }
+        }
+        for w in whiteouts {
+            seen.entry(w).or_insert((None, false)).1 = false;
+        }
+        if opaque || pos + 1 == layers.len() {
+            break;
+        }
+        if has_opaque_xattr(dfd.as_fd()) {
+            break;
+        }
+    }
+    Ok(Listing::new(entries))
 }
 
 /// Whether an open directory carries an opaque xattr (one `flistxattr` in the common case).

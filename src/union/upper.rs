@@ -12,8 +12,10 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::layer::meta::{self, OverrideKind, OverrideStat};
 use crate::layer::whiteout::{self, NameKind};
@@ -25,6 +27,9 @@ use super::quota::Quota;
 
 /// Name of our staging directory inside the layer's work directory.
 const STAGING: &str = "stratafs-staging";
+/// Name of the empty file in the staging directory that whiteouts are hard-linked to (staged
+/// entries are named `PID.N`, so it cannot clash).
+const WHITEOUT_BASE: &str = "whiteout";
 
 fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
@@ -76,6 +81,10 @@ pub struct UpperLayer {
     root: PathBuf,
     staging: PathBuf,
     staging_fd: OwnedFd,
+    /// Cleared once the filesystem refuses to hard-link whiteouts: plain files from then on.
+    link_whiteouts: AtomicBool,
+    /// Held while the whiteout base is replaced (it ran out of links).
+    base_lock: Mutex<()>,
     seq: AtomicU64,
     lowers: Arc<dyn LowerView>,
     /// Usage and limit of the layer.
@@ -109,11 +118,15 @@ impl UpperLayer {
         }
         std::fs::create_dir_all(&staging)?;
         let staging_fd = sys::open_dir(&staging)?;
+        let link_whiteouts =
+            whiteout::make_whiteout_base(staging_fd.as_fd(), OsStr::new(WHITEOUT_BASE)).is_ok();
         let quota = Quota::scan(root, quota_limit)?;
         Ok(UpperLayer {
             root: root.to_path_buf(),
             staging,
             staging_fd,
+            link_whiteouts: AtomicBool::new(link_whiteouts),
+            base_lock: Mutex::new(()),
             seq: AtomicU64::new(0),
             lowers,
             quota,
@@ -426,6 +439,30 @@ impl UpperLayer {
         self.drop_whiteout(pfd.as_fd(), name)
     }
 
+    /// Record that `name` in the upper directory `pfd` is deleted: a hard link to the shared
+    /// whiteout file where the filesystem allows, else a new empty `.wh.NAME`.
+    fn write_whiteout(&self, pfd: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let base = OsStr::new(WHITEOUT_BASE);
+        if self.link_whiteouts.load(Ordering::Relaxed) {
+            if whiteout::link_whiteout(self.staging_fd.as_fd(), base, pfd, name)? {
+                return Ok(());
+            }
+            // The base is full (EMLINK) or gone: make a new one and try once more.
+            let _held = self.base_lock.lock();
+            if whiteout::link_whiteout(self.staging_fd.as_fd(), base, pfd, name)? {
+                return Ok(());
+            }
+            let remade = whiteout::make_whiteout_base(self.staging_fd.as_fd(), base);
+            if remade.is_ok() && whiteout::link_whiteout(self.staging_fd.as_fd(), base, pfd, name)?
+            {
+                return Ok(());
+            }
+            tracing::info!("whiteouts cannot be hard-linked here; writing plain files");
+            self.link_whiteouts.store(false, Ordering::Relaxed);
+        }
+        whiteout::write_whiteout(pfd, name)
+    }
+
     fn drop_whiteout(&self, pfd: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         match sys::unlink_entry(pfd, &whiteout::whiteout_name(name), false) {
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
@@ -532,7 +569,7 @@ impl UpperLayer {
         if lower.is_some() {
             self.ensure_dir(parent)?;
             let pfd = self.open_upper_dir(parent)?;
-            whiteout::write_whiteout(pfd.as_fd(), name)?;
+            self.write_whiteout(pfd.as_fd(), name)?;
         }
         if let Some(ust) = upper {
             let pfd = self.open_upper_dir(parent)?;
@@ -657,7 +694,7 @@ impl UpperLayer {
             // The old name: hide the lower directory, then drop the old upper part.
             self.ensure_dir(sparent)?;
             let sfd = self.open_upper_dir(sparent)?;
-            whiteout::write_whiteout(sfd.as_fd(), sname)?;
+            self.write_whiteout(sfd.as_fd(), sname)?;
             if self.upper_stat(src).is_some() {
                 let old = self.tmp_name();
                 sys::renameat2(sfd.as_fd(), sname, self.staging_fd.as_fd(), &old, 0)?;
@@ -672,7 +709,7 @@ impl UpperLayer {
         sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, 0)?;
         self.drop_whiteout(dfd.as_fd(), dname)?;
         if src_lower {
-            whiteout::write_whiteout(sfd.as_fd(), sname)?;
+            self.write_whiteout(sfd.as_fd(), sname)?;
         }
         Ok(())
     }

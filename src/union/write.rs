@@ -58,15 +58,8 @@ fn upper(fs: &UnionFs) -> Result<&UpperLayer, Errno> {
         let (Some(up), Some(work)) = (&fs.opts.upperdir, &fs.opts.workdir) else {
             return Err(libc::EROFS);
         };
-        let lowers: Vec<PathBuf> = fs
-            .tree
-            .layers
-            .list
-            .iter()
-            .filter(|l| !l.upper)
-            .map(|l| l.path.clone())
-            .collect();
-        UpperLayer::open(up, work, Arc::new(LowerStack::new(lowers)), fs.opts.quota).map_err(|e| {
+        let lowers = Arc::new(LowerStack::over(fs.tree.layers.clone()));
+        UpperLayer::open(up, work, lowers, fs.opts.quota).map_err(|e| {
             tracing::error!(%e, "cannot open the upper layer");
             e.raw_os_error().unwrap_or(libc::EIO)
         })

@@ -31,10 +31,8 @@ fn env() -> Env {
 
 impl Env {
     fn layer(&self, quota: Option<u64>) -> UpperLayer {
-        let lowers = Arc::new(LowerStack::new(vec![
-            self.lower.clone(),
-            self.lower2.clone(),
-        ]));
+        let lowers =
+            Arc::new(LowerStack::open(&[self.lower.clone(), self.lower2.clone()]).unwrap());
         UpperLayer::open(&self.upper, &self.work, lowers, quota).unwrap()
     }
 }
