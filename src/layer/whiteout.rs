@@ -87,9 +87,32 @@ pub fn has_opaque_xattr(path: &Path) -> bool {
 
 /// Whether the open directory `fd` carries one of the opaque xattrs.
 pub fn fd_has_opaque_xattr(fd: BorrowedFd<'_>) -> bool {
-    OPAQUE_XATTRS
-        .iter()
-        .any(|x| matches!(sys::fgetxattr(fd, x), Ok(Some(v)) if is_yes(&v)))
+    let read_each = || {
+        OPAQUE_XATTRS
+            .iter()
+            .any(|x| matches!(sys::fgetxattr(fd, x), Ok(Some(v)) if is_yes(&v)))
+    };
+    // One flistxattr answers the common case (no xattrs, or none of ours) without a read each.
+    match sys::flistxattr(fd) {
+        Ok(names) => {
+            names
+                .iter()
+                .any(|n| OPAQUE_XATTRS.iter().any(|x| x.as_bytes() == n.as_slice()))
+                && read_each()
+        }
+        Err(_) => read_each(),
+    }
+}
+
+/// Whether the open directory `fd` is opaque in any format (xattr or marker file).
+pub fn fd_is_opaque_dir(fd: BorrowedFd<'_>) -> bool {
+    fd_has_opaque_xattr(fd) || sys::fstatat(fd, Path::new(OPAQUE_MARKER)).is_ok()
+}
+
+/// Whether the open directory `dir` records `name` as deleted, in either format.
+pub fn fd_has_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    sys::fstatat(dir, Path::new(&whiteout_name(name))).is_ok()
+        || matches!(sys::fstatat(dir, Path::new(name)), Ok(st) if is_whiteout_device(&st))
 }
 
 /// Whether the directory at `path` is opaque in any format (xattr or marker file).

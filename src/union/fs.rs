@@ -145,49 +145,50 @@ impl UnionFs {
         Ok(File::from(fd))
     }
 
+    /// The passthrough backing id of `ino`, shared by all its opens (the kernel requires one
+    /// backing file per inode); `register` makes it on first use. `None`: serve I/O ourselves.
+    pub fn backing_id(
+        &self,
+        ino: u64,
+        register: impl FnOnce() -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) || self.writer.blocks_passthrough(ino) {
+            return None;
+        }
+        match self.backing.entry(ino) {
+            dashmap::Entry::Occupied(mut o) => {
+                o.get_mut().1 += 1;
+                Some(o.get().0.clone())
+            }
+            dashmap::Entry::Vacant(v) => match register() {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    v.insert((id.clone(), 1));
+                    Some(id)
+                }
+                Err(e) => {
+                    tracing::debug!(ino, %e, "passthrough refused, serving I/O ourselves");
+                    None
+                }
+            },
+        }
+    }
+
     /// Reply to an open of `file` for `ino`, through passthrough when the kernel allows it.
     pub fn reply_opened(&self, ino: u64, file: File, writable: bool, reply: ReplyOpen) {
-        let mut flags = FopenFlags::empty();
-        if !writable {
-            flags |= FopenFlags::FOPEN_KEEP_CACHE;
-        }
-        if self.passthrough.load(Ordering::Relaxed) && !self.writer.blocks_passthrough(ino) {
-            let id = match self.backing.entry(ino) {
-                dashmap::Entry::Occupied(mut o) => {
-                    o.get_mut().1 += 1;
-                    Some(o.get().0.clone())
-                }
-                dashmap::Entry::Vacant(v) => match reply.open_backing(file.as_fd()) {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        v.insert((id.clone(), 1));
-                        Some(id)
-                    }
-                    Err(e) => {
-                        tracing::debug!(ino, %e, "passthrough refused, serving reads ourselves");
-                        None
-                    }
-                },
-            };
-            if let Some(id) = id {
-                let fh = self.add_handle(Handle {
-                    ino,
-                    file,
-                    writable,
-                    passthrough: true,
-                });
-                // The kernel refuses page-cache flags (KEEP_CACHE) on passthrough opens.
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                return;
-            }
-        }
+        let id = self.backing_id(ino, || reply.open_backing(file.as_fd()));
         let fh = self.add_handle(Handle {
             ino,
             file,
             writable,
-            passthrough: false,
+            passthrough: id.is_some(),
         });
-        reply.opened(FileHandle(fh), flags);
+        match id {
+            // The kernel refuses page-cache flags (KEEP_CACHE) on passthrough opens.
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            None if writable => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        }
     }
 
     /// Some open handle of `ino` (write path hook: attributes of an unlinked open file).

@@ -194,7 +194,7 @@ pub struct Tree {
     pub ids: IdView,
 }
 
-fn kind_of_mode(mode: u32) -> FileType {
+pub(crate) fn kind_of_mode(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
         libc::S_IFLNK => FileType::Symlink,
@@ -593,26 +593,11 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
         if opaque || pos + 1 == layers.len() {
             break;
         }
-        if has_opaque_xattr(dfd.as_fd()) {
+        if whiteout::fd_has_opaque_xattr(dfd.as_fd()) {
             break;
         }
     }
     Ok(Listing::new(entries))
-}
-
-/// Whether an open directory carries an opaque xattr (one `flistxattr` in the common case).
-fn has_opaque_xattr(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    match sys::flistxattr(fd) {
-        Ok(names) if names.is_empty() => false,
-        Ok(names) => {
-            names.iter().any(|n| {
-                whiteout::OPAQUE_XATTRS
-                    .iter()
-                    .any(|x| x.as_bytes() == n.as_slice())
-            }) && whiteout::fd_has_opaque_xattr(fd)
-        }
-        Err(_) => whiteout::fd_has_opaque_xattr(fd),
-    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ pub enum CopyUp {
 /// The upper layer of one mount.
 pub struct UpperLayer {
     root: PathBuf,
+    root_fd: OwnedFd,
     staging: PathBuf,
     staging_fd: OwnedFd,
     /// Cleared once the filesystem refuses to hard-link whiteouts: plain files from then on.
@@ -123,6 +124,7 @@ impl UpperLayer {
         let quota = Quota::scan(root, quota_limit)?;
         Ok(UpperLayer {
             root: root.to_path_buf(),
+            root_fd: sys::open_dir(root)?,
             staging,
             staging_fd,
             link_whiteouts: AtomicBool::new(link_whiteouts),
@@ -168,35 +170,39 @@ impl UpperLayer {
 
     /// Whether the upper directory `dir` records `name` as deleted (either format).
     fn whiteout_in(&self, dir: &Path, name: &OsStr) -> bool {
-        let d = self.upath(dir);
-        d.join(whiteout::whiteout_name(name))
-            .symlink_metadata()
-            .is_ok()
-            || matches!(sys::lstat(&d.join(name)), Ok(st) if whiteout::is_whiteout_device(&st))
+        self.open_upper_dir(dir)
+            .is_ok_and(|fd| whiteout::fd_has_whiteout(fd.as_fd(), name))
     }
 
     /// The lower entry at `rel` that the upper layer does not hide: whiteouts, opaque
     /// directories and non-directories of the upper hide what is below them. The upper's own
     /// entry at `rel` is not considered (a lower entry there needs a whiteout when deleted).
     pub fn lower_of(&self, rel: &Path) -> Option<LowerEntry> {
-        let mut dir = PathBuf::new();
-        for c in rel.components() {
-            let name = c.as_os_str();
-            let updir = self.upath(&dir);
-            match sys::lstat(&updir) {
-                Ok(st) if is_dir(&st) => {
-                    if self.whiteout_in(&dir, name) || whiteout::is_opaque_dir(&updir) {
-                        return None;
-                    }
-                }
-                // A non-directory in the upper hides everything below it.
-                Ok(st) if !whiteout::is_whiteout_device(&st) => return None,
-                // Nothing more in the upper on this path: the rest is a lower question.
-                _ => break,
+        // The cached lower view first: most paths the write path asks about (new files in new
+        // directories) have no lower entry, and then the upper need not be looked at.
+        let entry = self.lowers.lower_entry(rel)?;
+        let names: Vec<&OsStr> = rel.components().map(|c| c.as_os_str()).collect();
+        let mut dir: Option<OwnedFd> = None;
+        for (i, name) in names.iter().enumerate() {
+            let dfd = dir.as_ref().map_or(self.root_fd.as_fd(), |d| d.as_fd());
+            if whiteout::fd_has_whiteout(dfd, name) || whiteout::fd_is_opaque_dir(dfd) {
+                return None;
             }
-            dir.push(name);
+            if i + 1 == names.len() {
+                break;
+            }
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+            match sys::openat(dfd, Path::new(name), flags, 0) {
+                Ok(fd) => dir = Some(fd),
+                // A non-directory in the upper hides everything below it.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                    return None
+                }
+                // Nothing more in the upper on this path: the rest is a lower question.
+                Err(_) => break,
+            }
         }
-        self.lowers.lower_entry(rel)
+        Some(entry)
     }
 
     /// Whether the merged directory `rel` shows contents of lower layers (a lower directory

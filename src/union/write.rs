@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashSet;
 use fuser::{
-    BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo,
+    BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyLseek,
     ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
@@ -22,7 +22,7 @@ use fuser::{
 use crate::sys::{self, TimeSpec};
 use crate::union::fs::{err, Handle, UnionFs};
 use crate::union::lowers::LowerStack;
-use crate::union::tree::{container_to_host, ROOT_INO};
+use crate::union::tree::{container_to_host, kind_of_mode, DirEntry, NodeState, ROOT_INO};
 use crate::union::upper::{CopyUp, NewAttr, SetAttr, UpperLayer};
 
 fn errno(e: i32) -> io::Error {
@@ -114,26 +114,27 @@ fn owner_for(fs: &UnionFs, req: &Request, parent: u64) -> io::Result<(u32, u32, 
 }
 
 /// After a change at `rel` (the entry of node `ino`, if the kernel knows it): every node from
-/// it up to the root that now lives in the upper layer is pointed there.
+/// it up to the root that now lives in the upper layer is pointed there. The walk stops at the
+/// first node already in the upper: its ancestors are too (an upper entry's parents always are).
 fn refresh(fs: &UnionFs, up: &UpperLayer, ino: Option<u64>, rel: &Path) {
     let mut cur = ino;
     let mut path = rel.to_path_buf();
-    loop {
-        if let Some(i) = cur {
-            if let Ok(node) = fs.tree.node(i) {
-                if let Some(st) = up.upper_stat(&path) {
-                    let mut s = node.state.write();
-                    if s.layer != 0 && i != ROOT_INO {
-                        // A copied-up entry keeps its number.
-                        fs.tree.layers.alias_ino(0, st.st_ino, i);
-                    }
-                    s.layer = 0;
-                    if let Some(d) = s.dir.as_mut() {
-                        if d.layers.first() != Some(&0) {
-                            d.layers.insert(0, 0);
-                            d.listing = None;
-                        }
-                    }
+    while let Some(i) = cur {
+        let Ok(node) = fs.tree.node(i) else { break };
+        if node_in_upper(&node.state.read()) {
+            break;
+        }
+        if let Some(st) = up.upper_stat(&path) {
+            let mut s = node.state.write();
+            if s.layer != 0 && i != ROOT_INO {
+                // A copied-up entry keeps its number.
+                fs.tree.layers.alias_ino(0, st.st_ino, i);
+            }
+            s.layer = 0;
+            if let Some(d) = s.dir.as_mut() {
+                if d.layers.first() != Some(&0) {
+                    d.layers.insert(0, 0);
+                    d.listing = None;
                 }
             }
         }
@@ -141,10 +142,35 @@ fn refresh(fs: &UnionFs, up: &UpperLayer, ino: Option<u64>, rel: &Path) {
             break;
         }
         path.pop();
-        cur = cur
-            .and_then(|i| fs.tree.node(i).ok())
-            .map(|n| n.state.read().parent);
+        cur = Some(node.state.read().parent);
     }
+}
+
+/// Whether a node's entry (and, for a directory, its merged contents) already include the upper.
+fn node_in_upper(s: &NodeState) -> bool {
+    s.layer == 0 && s.dir.as_ref().is_none_or(|d| d.layers.first() == Some(&0))
+}
+
+/// Put the upper entry just made at `rel` (`name` in directory `parent`) into the cached
+/// listing of `parent`, so the next lookup does not merge the directory again.
+fn add_to_listing(fs: &UnionFs, up: &UpperLayer, parent: u64, name: &OsStr, rel: &Path) {
+    let Some(st) = up.upper_stat(rel) else {
+        return fs.tree.invalidate_listing(parent);
+    };
+    let kind = kind_of_mode(st.st_mode);
+    let entry = DirEntry {
+        name: name.to_os_string(),
+        ino: fs.tree.layers.ino_for(0, st.st_ino),
+        kind,
+        layer: 0,
+        // New (or re-created over a whiteout, hence opaque): nothing below shows through.
+        dir_layers: if kind == FileType::Directory {
+            vec![0]
+        } else {
+            Vec::new()
+        },
+    };
+    fs.tree.update_listing(parent, |l| l.insert(entry));
 }
 
 /// The node number the listing of `parent` shows for `name`.
@@ -161,7 +187,6 @@ fn changed_entry(fs: &UnionFs, parent: u64, name: &OsStr) {
 }
 
 fn reply_new_entry(fs: &UnionFs, parent: u64, name: &OsStr, reply: ReplyEntry) {
-    fs.tree.invalidate_listing(parent);
     match fs.tree.lookup(parent, name) {
         Ok((_, attr)) => reply.entry_with_ttls(&fs.ttl(), &fs.ttl(), &attr, Generation(0)),
         Err(e) => reply.error(err(e)),
@@ -387,6 +412,7 @@ fn create_entry(
             Some(parent.0),
             rel.parent().unwrap_or(Path::new("")),
         );
+        add_to_listing(fs, up, parent.0, name, &rel);
         Ok::<_, io::Error>(())
     })();
     match res {
@@ -462,7 +488,9 @@ fn remove(fs: &UnionFs, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEm
             Some(parent.0),
             rel.parent().unwrap_or(Path::new("")),
         );
-        fs.tree.invalidate_listing(parent.0);
+        fs.tree.update_listing(parent.0, |l| {
+            l.remove(name);
+        });
         if st.is_some_and(|st| !dir && st.st_nlink > 1) {
             // The other names of a hard-linked file may have moved to the upper.
             fs.tree.invalidate_all_listings();
@@ -606,6 +634,7 @@ pub(crate) fn link(
             Some(newparent.0),
             dst.parent().unwrap_or(Path::new("")),
         );
+        add_to_listing(fs, up, newparent.0, newname, &dst);
         Ok::<_, io::Error>(())
     })();
     match res {
@@ -669,7 +698,7 @@ pub(crate) fn create(
                     },
                 )?;
                 refresh(fs, up, Some(parent.0), r.parent().unwrap_or(Path::new("")));
-                fs.tree.invalidate_listing(parent.0);
+                add_to_listing(fs, up, parent.0, name, &r);
                 r
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
@@ -688,19 +717,22 @@ pub(crate) fn create(
     })();
     match res {
         Ok((ino, file, attr)) => {
-            let fh = fs.add_handle(Handle {
+            // Passthrough writes bypass us, so a quota needs them to come through userspace.
+            let id = match fs.opts.quota {
+                Some(_) => None,
+                None => fs.backing_id(ino, || reply.open_backing(file.as_fd())),
+            };
+            let fh = FileHandle(fs.add_handle(Handle {
                 ino,
                 file,
                 writable: true,
-                passthrough: false,
-            });
-            reply.created(
-                &fs.ttl(),
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            );
+                passthrough: id.is_some(),
+            }));
+            let (ttl, gen, flags) = (fs.ttl(), Generation(0), FopenFlags::empty());
+            match id {
+                Some(id) => reply.created_passthrough(&ttl, &attr, gen, fh, flags, &id),
+                None => reply.created(&ttl, &attr, gen, fh, flags),
+            }
         }
         Err(e) => reply.error(err(e)),
     }

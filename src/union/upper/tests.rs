@@ -46,8 +46,12 @@ fn attr(mode: u32) -> NewAttr {
     }
 }
 
+/// Nothing staged is left behind (the shared whiteout file stays: it is not a staged entry).
 fn staging_is_empty(e: &Env) -> bool {
-    fs::read_dir(e.work.join(STAGING)).unwrap().next().is_none()
+    fs::read_dir(e.work.join(STAGING))
+        .unwrap()
+        .flatten()
+        .all(|d| d.file_name() == WHITEOUT_BASE)
 }
 
 #[test]
