@@ -148,7 +148,7 @@ fn refresh(fs: &UnionFs, up: &UpperLayer, ino: Option<u64>, rel: &Path) {
 
 /// Whether a node's entry (and, for a directory, its merged contents) already include the upper.
 fn node_in_upper(s: &NodeState) -> bool {
-    s.layer == 0 && s.dir.as_ref().is_none_or(|d| d.layers.first() == Some(&0))
+    s.layer == 0 && !s.dir.as_ref().is_some_and(|d| d.layers.first() != Some(&0))
 }
 
 /// Put the upper entry just made at `rel` (`name` in directory `parent`) into the cached
