@@ -604,3 +604,142 @@ fn renames_through_the_mount_program_do_not_hang() {
     );
     assert!(!mp.join("etc").exists());
 }
+
+/// Build lower/ with `files` (name, mode, group) under a fresh directory everyone may traverse, and
+/// mount it read-write: stratafs through the mount program, or kernel overlayfs.
+fn rw_mount(
+    kernel: bool,
+    files: &[(&str, u32, u32)],
+) -> (tempfile::TempDir, crate::common::MountGuard) {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let b = t.path();
+    fs::set_permissions(b, fs::Permissions::from_mode(0o755)).unwrap();
+    for d in ["lower", "upper", "work"] {
+        fs::create_dir_all(b.join(d)).unwrap();
+    }
+    for (name, mode, gid) in files {
+        fs::write(b.join("lower").join(name), "data").unwrap();
+        std::os::unix::fs::chown(b.join("lower").join(name), Some(0), Some(*gid)).unwrap();
+        fs::set_permissions(
+            b.join("lower").join(name),
+            fs::Permissions::from_mode(*mode),
+        )
+        .unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        b.join("lower").display(),
+        b.join("upper").display(),
+        b.join("work").display()
+    );
+    let mp = b.join("mnt");
+    let guard = if kernel {
+        fs::create_dir_all(&mp).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&mp)
+            .status()
+            .unwrap();
+        assert!(st.success(), "kernel overlay mount failed");
+        crate::common::MountGuard::new(&mp)
+    } else {
+        crate::common::mount_stratafs(&opts, &mp)
+    };
+    (t, guard)
+}
+
+#[test]
+fn unprivileged_writes_drop_setuid_and_setgid() {
+    // The kernel leaves this to stratafs (FUSE_HANDLE_KILLPRIV_V2): a write or truncate by a
+    // caller without CAP_FSETID clears setuid (and setgid where group-executable); root's
+    // writes keep them. Kernel overlayfs is the oracle.
+    if !is_root() {
+        return;
+    }
+    // s: setgid without group execute, writer not in the group; m: the same, writer in it.
+    let files = [
+        ("w", 0o6777, 0),
+        ("t", 0o6777, 0),
+        ("s", 0o2767, 0),
+        ("m", 0o2767, 65534),
+        ("r", 0o4777, 0),
+    ];
+    let modes = |kernel: bool| {
+        let (_t, g) = rw_mount(kernel, &files);
+        let mp = g.path.display().to_string();
+        let st = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(format!(
+                "echo x >> {mp}/w && truncate -s 1 {mp}/t && echo x >> {mp}/s && echo x >> {mp}/m"
+            ))
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "unprivileged writes failed (kernel: {kernel})"
+        );
+        fs::OpenOptions::new()
+            .append(true)
+            .open(g.path.join("r"))
+            .unwrap()
+            .write_all(b"root")
+            .unwrap();
+        files
+            .iter()
+            .map(|(n, _, _)| {
+                format!(
+                    "{n} {:o}",
+                    fs::metadata(g.path.join(n)).unwrap().mode() & 0o7777
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let kernel = modes(true);
+    let strata = modes(false);
+    assert_eq!(strata, kernel, "stratafs vs kernel overlayfs");
+    assert_eq!(strata, ["w 777", "t 777", "s 767", "m 2767", "r 4777"]);
+}
+
+#[test]
+fn whiteouts_share_one_inode_and_survive_a_remount() {
+    if !is_root() {
+        return;
+    }
+    let files = [("a", 0o644, 0), ("b", 0o644, 0), ("c", 0o644, 0)];
+    let (t, g) = rw_mount(false, &files);
+    fs::remove_file(g.path.join("a")).unwrap();
+    fs::remove_file(g.path.join("b")).unwrap();
+    let up = t.path().join("upper");
+    let (wa, wb) = (
+        fs::metadata(up.join(".wh.a")).unwrap(),
+        fs::metadata(up.join(".wh.b")).unwrap(),
+    );
+    assert!(wa.is_file() && wa.len() == 0, "whiteout {wa:?}");
+    assert_eq!(wa.ino(), wb.ino(), "whiteouts are links of one file");
+    drop(g);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        t.path().join("lower").display(),
+        up.display(),
+        t.path().join("work").display()
+    );
+    let g = crate::common::mount_stratafs(&opts, &t.path().join("mnt"));
+    let mut names: Vec<String> = fs::read_dir(&g.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["c"]);
+    // A deleted name can be made again, and goes again.
+    fs::write(g.path.join("a"), "new").unwrap();
+    assert_eq!(fs::read_to_string(g.path.join("a")).unwrap(), "new");
+    fs::remove_file(g.path.join("a")).unwrap();
+    assert!(!g.path.join("a").exists());
+}

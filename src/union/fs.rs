@@ -264,6 +264,9 @@ impl Filesystem for UnionFs {
             InitFlags::FUSE_MAX_PAGES,
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ASYNC_READ,
+            // We clear setuid/setgid on writes ourselves (write.rs): without this the kernel
+            // asks for security.capability before every write and chown.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             want(config, f);
         }

@@ -19,6 +19,7 @@ use fuser::{
     ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::layer::meta::{self, OverrideStat};
 use crate::sys::{self, TimeSpec};
 use crate::union::fs::{err, Handle, UnionFs};
 use crate::union::lowers::LowerStack;
@@ -209,12 +210,82 @@ fn new_name(fs: &UnionFs, parent: u64, name: &OsStr) -> io::Result<PathBuf> {
     Ok(fs.tree.path_of(parent)?.join(name))
 }
 
+/// The mode bits that a write or truncate by a caller without `CAP_FSETID` removes from a file
+/// of permissions `perm` and group `gid`: setuid, and setgid where the group may execute or the
+/// caller is not in the file's group (the kernel's rule). The kernel leaves this to us
+/// (`FUSE_HANDLE_KILLPRIV_V2`, which spares a GETXATTR round trip per write). Without a
+/// caller (deciding on passthrough) any setgid counts.
+fn privs_to_kill(perm: u32, gid: u32, caller: Option<&Request>) -> u32 {
+    let mut kill = perm & libc::S_ISUID;
+    if perm & libc::S_ISGID != 0
+        && (perm & libc::S_IXGRP != 0 || !caller.is_some_and(|r| in_group(r, gid)))
+    {
+        kill |= libc::S_ISGID;
+    }
+    kill
+}
+
+/// Whether the caller of `req` is in group `gid` (primary, else supplementary: read from
+/// /proc only in this rare case, setgid files without group execute).
+fn in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}
+
+/// The permissions and group the view shows for the open upper file `fd` (override_stat
+/// applied).
+fn shown_perm(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    let st = sys::fstat(fd)?;
+    let over = sys::fgetxattr(fd, meta::OVERRIDE_STAT_XATTR)
+        .ok()
+        .flatten()
+        .and_then(|v| OverrideStat::parse(&v));
+    Ok(over.map_or((st.st_mode & 0o7777, st.st_gid), |o| {
+        (o.mode & 0o7777, o.gid)
+    }))
+}
+
+/// Drop setuid/setgid of the open file `fd` of `ino` (written by the unprivileged `req`).
+fn kill_privs(
+    fs: &UnionFs,
+    up: &UpperLayer,
+    req: &Request,
+    ino: u64,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<()> {
+    let (perm, gid) = shown_perm(fd)?;
+    let kill = privs_to_kill(perm, fs.tree.ids.gid(gid), Some(req));
+    if kill == 0 {
+        return Ok(());
+    }
+    let mode = Some(perm & !kill);
+    match fs.tree.path_of(ino) {
+        Ok(rel) => up.set_attr(
+            &rel,
+            &SetAttr {
+                mode,
+                ..Default::default()
+            },
+        ),
+        // Unlinked while open: only the file itself is left to change.
+        Err(_) => sys::fchmod(fd, perm & !kill),
+    }
+}
+
 /// Register an open upper file and answer the kernel (passthrough only when no other backing
 /// file is in use for the inode).
 fn reply_open_upper(fs: &UnionFs, ino: u64, file: File, reply: ReplyOpen) {
-    // Passthrough writes bypass us, so a quota needs them to come through userspace.
+    // Passthrough writes bypass us, so a quota needs them to come through userspace, and so
+    // does a setuid/setgid file (we clear the bits when an unprivileged caller writes).
     let quota = fs.opts.quota.is_some();
-    if quota || fs.writer.blocks_passthrough(ino) {
+    let privileged = shown_perm(file.as_fd()).map_or(true, |(p, g)| privs_to_kill(p, g, None) != 0);
+    if quota || privileged || fs.writer.blocks_passthrough(ino) {
         let fh = fs.add_handle(Handle {
             ino,
             file,
@@ -282,7 +353,7 @@ fn repoint_subtree(fs: &UnionFs, up: &UpperLayer, dir: &Path) {
 /// `open` with write access or `O_TRUNC` (read-only opens are served by fs.rs).
 pub(crate) fn open_writable(
     fs: &UnionFs,
-    _req: &Request,
+    req: &Request,
     ino: INodeNo,
     flags: OpenFlags,
     reply: ReplyOpen,
@@ -295,6 +366,9 @@ pub(crate) fn open_writable(
         let rel = fs.tree.path_of(ino.0)?;
         copy_up_node(fs, up, ino.0, &rel)?;
         let fd = up.open_write(&rel, flags.0 & !libc::O_APPEND)?;
+        if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
+            kill_privs(fs, up, req, ino.0, fd.as_fd())?;
+        }
         Ok::<_, io::Error>(File::from(fd))
     })();
     match res {
@@ -306,7 +380,7 @@ pub(crate) fn open_writable(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn setattr(
     fs: &UnionFs,
-    _req: &Request,
+    req: &Request,
     ino: INodeNo,
     mode: Option<u32>,
     uid: Option<u32>,
@@ -327,6 +401,15 @@ pub(crate) fn setattr(
         let rel = fs.tree.path_of(ino.0)?;
         copy_up_node(fs, up, ino.0, &rel)?;
         let map = |maps, id| container_to_host(maps, id).ok_or_else(|| errno(libc::EINVAL));
+        // A truncate by an unprivileged caller drops setuid/setgid, as the kernel would.
+        let mode = match (mode, size) {
+            (None, Some(_)) if req.uid() != 0 => {
+                let attr = fs.tree.getattr(ino.0)?;
+                let perm = u32::from(attr.perm);
+                Some(perm & !privs_to_kill(perm, attr.gid, Some(req))).filter(|m| *m != perm)
+            }
+            _ => mode,
+        };
         let a = SetAttr {
             mode,
             uid: uid.map(|u| map(&fs.tree.ids.uid_map, u)).transpose()?,
@@ -646,12 +729,12 @@ pub(crate) fn link(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write(
     fs: &UnionFs,
-    _req: &Request,
+    req: &Request,
     _ino: INodeNo,
     fh: FileHandle,
     offset: u64,
     data: &[u8],
-    _write_flags: WriteFlags,
+    write_flags: WriteFlags,
     _flags: OpenFlags,
     _lock_owner: Option<LockOwner>,
     reply: ReplyWrite,
@@ -663,6 +746,11 @@ pub(crate) fn write(
     let Some(h) = fs.handle(fh.0).filter(|h| h.writable) else {
         return reply.error(Errno::EBADF);
     };
+    if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+        if let Err(e) = kill_privs(fs, up, req, h.ino, h.file.as_fd()) {
+            return reply.error(err(e));
+        }
+    }
     match up.write_fd(h.file.as_fd(), data, offset as i64) {
         Ok(n) => reply.written(n as u32),
         Err(e) => reply.error(err(e)),
@@ -718,9 +806,12 @@ pub(crate) fn create(
     match res {
         Ok((ino, file, attr)) => {
             // Passthrough writes bypass us, so a quota needs them to come through userspace.
+            // As in reply_open_upper: quota and setuid/setgid files need writes through us.
             let id = match fs.opts.quota {
-                Some(_) => None,
-                None => fs.backing_id(ino, || reply.open_backing(file.as_fd())),
+                None if privs_to_kill(mode & 0o7777, 0, None) == 0 => {
+                    fs.backing_id(ino, || reply.open_backing(file.as_fd()))
+                }
+                _ => None,
             };
             let fh = FileHandle(fs.add_handle(Handle {
                 ino,
