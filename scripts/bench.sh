@@ -17,6 +17,10 @@
 #   holds the mount point, read just before the unmount; the largest over the runs is shown.
 # - write workloads do not fsync unless the workload says so (dd conv=fsync): kernel overlayfs
 #   itself fsyncs every copied-up file, the FUSE servers may not.
+# - write runs keep their upper dirs until the row is done; they are deleted together and the
+#   next row waits 65 s: on ext4 without a journal an inode allocation skips every inode deleted
+#   in the last minute, so deleting one run's upper right before the next run would charge that
+#   run (whichever backend it is) for the previous one's clean-up.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -105,7 +105,24 @@ unmount_backend() {
     note "could not unmount $MERGED; left in place"
     return 1
   fi
-  rm -rf --one-file-system "$MNT"
+  if [[ -n ${DEFER_DELETE:-} ]]; then
+    # The next run must not start right after thousands of deletions: on ext4 without a
+    # journal, allocating an inode then skips every recently deleted one (recently_deleted()),
+    # which would charge one backend for the previous backend's clean-up.
+    mkdir -p "$RUN_DIR/trash"
+    mv "$MNT" "$RUN_DIR/trash/"
+  else
+    rm -rf --one-file-system "$MNT"
+  fi
+}
+
+# Delete what the deferred runs left, then wait out ext4's "recently deleted" window (60 s) so
+# that the next workload's inode allocations do not pay for it.
+empty_trash() {
+  [[ -d $RUN_DIR/trash ]] || return 0
+  rm -rf --one-file-system "$RUN_DIR/trash"
+  sync
+  sleep "${TRASH_SETTLE_SECS:-65}"
 }
 
 # Exit trap: stop the running workload, unmount everything under the run directory (deepest

@@ -12,6 +12,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::layer::meta::{self, OverrideKind, OverrideStat, OVERRIDE_STAT_XATTR};
 use crate::layer::whiteout;
@@ -59,13 +60,31 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: i64, len: i64) ->
     Ok(())
 }
 
-/// Copy the contents of `src` (of `size` bytes) into the empty file `dst`, keeping holes.
-pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: i64) -> io::Result<()> {
+/// Copy the contents of `src` (stat `st`) into the empty file `dst`, keeping holes. `reflink`
+/// says whether to try a reflink first; it is cleared when the filesystem cannot do them, so
+/// later copies do not pay a failing ioctl each.
+pub fn copy_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    st: &libc::stat,
+    reflink: &AtomicBool,
+) -> io::Result<()> {
+    let size = st.st_size;
     if size == 0 {
         return Ok(());
     }
-    if sys::ficlone(dst, src).is_ok() {
-        return Ok(());
+    if reflink.load(Ordering::Relaxed) {
+        match sys::ficlone(dst, src) {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOTTY)) => {
+                reflink.store(false, Ordering::Relaxed)
+            }
+            Err(_) => {}
+        }
+    }
+    // Fully allocated (the common case for small files): no holes to look for.
+    if st.st_blocks.saturating_mul(512) >= size {
+        return copy_range(src, dst, 0, size);
     }
     let mut off = 0i64;
     while off < size {
@@ -277,7 +296,7 @@ impl UpperLayer {
             if shape.file_type() == libc::S_IFREG {
                 let from = std::fs::File::open(src)?;
                 let to = sys::openat(dir, Path::new(name), libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
-                copy_data(from.as_fd(), to.as_fd(), shape.size)?;
+                copy_data(from.as_fd(), to.as_fd(), st, &self.reflink)?;
             }
             let existing = copy_xattrs(src, &dst)?;
             self.apply_shape(dir, name, &dst, &shape, existing, refused)

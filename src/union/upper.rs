@@ -86,6 +86,8 @@ pub struct UpperLayer {
     link_whiteouts: AtomicBool,
     /// Held while the whiteout base is replaced (it ran out of links).
     base_lock: Mutex<()>,
+    /// Whether copy-up still tries reflinks (cleared when the filesystem has none).
+    pub(crate) reflink: AtomicBool,
     seq: AtomicU64,
     lowers: Arc<dyn LowerView>,
     /// Usage and limit of the layer.
@@ -129,6 +131,7 @@ impl UpperLayer {
             staging_fd,
             link_whiteouts: AtomicBool::new(link_whiteouts),
             base_lock: Mutex::new(()),
+            reflink: AtomicBool::new(true),
             seq: AtomicU64::new(0),
             lowers,
             quota,
