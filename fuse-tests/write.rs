@@ -742,4 +742,10 @@ fn whiteouts_share_one_inode_and_survive_a_remount() {
     assert_eq!(fs::read_to_string(g.path.join("a")).unwrap(), "new");
     fs::remove_file(g.path.join("a")).unwrap();
     assert!(!g.path.join("a").exists());
+    // The failed look-up above may be cached by the kernel: a new file must still show.
+    fs::write(g.path.join("a"), "again").unwrap();
+    assert_eq!(fs::read_to_string(g.path.join("a")).unwrap(), "again");
+    assert!(!g.path.join("never").exists());
+    fs::create_dir(g.path.join("never")).unwrap();
+    assert!(g.path.join("never").is_dir());
 }

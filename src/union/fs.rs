@@ -301,8 +301,11 @@ impl Filesystem for UnionFs {
         }
         match self.tree.lookup(parent.0, name) {
             Ok((_, attr)) => self.reply_entry(reply, &attr),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.read_only() => {
-                // Negative entry: nothing can appear in a read-only view.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // Negative entry the kernel may keep: lower layers never change, and every
+                // name that appears later is made through us, so the kernel's own create,
+                // mkdir, link, symlink and rename replace it (a PATH search or a library
+                // probe in a container then costs no round trip the second time).
                 let mut attr = empty_attr();
                 attr.ino = INodeNo(0);
                 reply.entry_with_ttls(&TTL, &TTL, &attr, Generation(0));
