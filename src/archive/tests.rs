@@ -670,7 +670,10 @@ fn materialize(root: &Path, ops: &[Op]) {
         if std::fs::symlink_metadata(&p).is_ok() {
             continue;
         }
-        let pfd = sys::open_dir(parent).unwrap();
+        // A parent reached through a symlink (O_NOFOLLOW refuses it): not a layer tree.
+        let Ok(pfd) = sys::open_dir(parent) else {
+            continue;
+        };
         let base = Path::new(p.file_name().unwrap());
         let made = match &op.kind {
             Kind::File(data) => {
