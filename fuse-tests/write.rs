@@ -749,3 +749,27 @@ fn whiteouts_share_one_inode_and_survive_a_remount() {
     fs::create_dir(g.path.join("never")).unwrap();
     assert!(g.path.join("never").is_dir());
 }
+
+#[test]
+fn copied_up_entries_stay_upper_after_the_kernel_forgets_them() {
+    // A node the kernel forgets (memory pressure; here drop_caches) is made again from its
+    // parent's cached listing at the next lookup: that listing must know about the copy-up.
+    if !is_root() {
+        return;
+    }
+    let files = [("f", 0o644, 0), ("g", 0o644, 0)];
+    let (_t, g) = rw_mount(false, &files);
+    // List first, so the root's listing is cached before the copy-ups.
+    assert_eq!(fs::read_dir(&g.path).unwrap().count(), 2);
+    std::os::unix::fs::chown(g.path.join("f"), Some(12), Some(34)).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(g.path.join("g"))
+        .unwrap()
+        .write_all(b" more")
+        .unwrap();
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let f = fs::metadata(g.path.join("f")).unwrap();
+    assert_eq!((f.uid(), f.gid()), (12, 34), "owner of the copied-up f");
+    assert_eq!(fs::read_to_string(g.path.join("g")).unwrap(), "data more");
+}

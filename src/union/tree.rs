@@ -95,6 +95,17 @@ impl Listing {
         }
     }
 
+    /// Record that the entry `name` now lives in the upper layer (index 0) after a copy-up;
+    /// its number stays (write path).
+    pub fn move_to_upper(&mut self, name: &OsStr) {
+        let Ok(pos) = self.find(name) else { return };
+        let e = &mut self.entries[self.by_name[pos] as usize];
+        e.layer = 0;
+        if e.kind == FileType::Directory && e.dir_layers.first() != Some(&0) {
+            e.dir_layers.insert(0, 0);
+        }
+    }
+
     /// Remove an entry (write path); later entries move up by one.
     pub fn remove(&mut self, name: &OsStr) -> Option<DirEntry> {
         let pos = self.find(name).ok()?;

@@ -126,17 +126,25 @@ fn refresh(fs: &UnionFs, up: &UpperLayer, ino: Option<u64>, rel: &Path) {
             break;
         }
         if let Some(st) = up.upper_stat(&path) {
-            let mut s = node.state.write();
-            if s.layer != 0 && i != ROOT_INO {
-                // A copied-up entry keeps its number.
-                fs.tree.layers.alias_ino(0, st.st_ino, i);
-            }
-            s.layer = 0;
-            if let Some(d) = s.dir.as_mut() {
-                if d.layers.first() != Some(&0) {
-                    d.layers.insert(0, 0);
-                    d.listing = None;
+            let (parent, name) = {
+                let mut s = node.state.write();
+                if s.layer != 0 && i != ROOT_INO {
+                    // A copied-up entry keeps its number.
+                    fs.tree.layers.alias_ino(0, st.st_ino, i);
                 }
+                s.layer = 0;
+                if let Some(d) = s.dir.as_mut() {
+                    if d.layers.first() != Some(&0) {
+                        d.layers.insert(0, 0);
+                        d.listing = None;
+                    }
+                }
+                (s.parent, s.name.clone())
+            };
+            // The parent's cached listing must say so too: a node the kernel forgets (memory
+            // pressure, drop_caches) is made again from it at the next lookup.
+            if i != ROOT_INO {
+                fs.tree.update_listing(parent, |l| l.move_to_upper(&name));
             }
         }
         if path.as_os_str().is_empty() {
