@@ -65,12 +65,17 @@ fn look(p: &Path) -> String {
     let ft = md.file_type();
     let mut s = format!("mode {:o} uid {} gid {}", md.mode(), md.uid(), md.gid());
     if !ft.is_dir() {
-        s += &format!(
-            " nlink {} size {} mtime {}",
-            md.nlink(),
-            md.size(),
-            md.mtime()
-        );
+        // Times the script set are compared exactly; "now" only as recent (the two sides run
+        // one after the other, and a second may tick between them).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mtime = if (now - md.mtime()).abs() < 3600 {
+            "recent".to_string()
+        } else {
+            md.mtime().to_string()
+        };
+        s += &format!(" nlink {} size {} mtime {mtime}", md.nlink(), md.size());
     }
     if ft.is_file() {
         s += &format!(
