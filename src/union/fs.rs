@@ -238,11 +238,18 @@ impl UnionFs {
             )
             .ok()
         });
-        let st = match dfd {
-            Some(fd) => sys::fstatat(fd.as_fd(), Path::new(name))?,
-            None => sys::fstatat(l.fd(), &rel.join(name))?,
-        };
-        Ok(self.tree.attr_from_stat(node, layer, &rel.join(name), st))
+        match dfd {
+            Some(fd) => {
+                let st = sys::fstatat(fd.as_fd(), Path::new(name))?;
+                Ok(self
+                    .tree
+                    .attr_from_stat_at(node, layer, fd.as_fd(), Path::new(name), st))
+            }
+            None => {
+                let st = sys::fstatat(l.fd(), &rel.join(name))?;
+                Ok(self.tree.attr_from_stat(node, layer, &rel.join(name), st))
+            }
+        }
     }
 }
 

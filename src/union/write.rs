@@ -538,7 +538,7 @@ pub(crate) fn rename(
             if let Some(node) = ino.and_then(|i| fs.tree.node(i).ok()) {
                 let mut s = node.state.write();
                 s.parent = p;
-                s.name = n.to_os_string();
+                s.name = n.into();
                 s.layer = 0;
                 if let Some(d) = s.dir.as_mut() {
                     d.layers = vec![0];
