@@ -522,7 +522,13 @@ impl Filesystem for UnionFs {
                     .map_err(|e| tracing::warn!(%e, "no stat-ahead thread"))
                     .ok()
             }) {
-                p.listed(&rel, listing, &h.front, listing.len() >= STAT_AHEAD_MIN);
+                p.listed(
+                    ino.0,
+                    &rel,
+                    listing,
+                    &h.front,
+                    listing.len() >= STAT_AHEAD_MIN,
+                );
             }
         }
         let mut dirs = h.dirs.lock();

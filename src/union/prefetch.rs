@@ -27,6 +27,9 @@ use crate::union::tree::Listing;
 /// `usize::MAX` once the directory is closed (the helper drops the job).
 pub type Front = Arc<AtomicUsize>;
 
+/// Helper threads: more disk reads in flight at once.
+const THREADS: usize = 2;
+
 /// Queued jobs beyond this drop the oldest (they are only hints).
 const MAX_JOBS: usize = 4096;
 
@@ -38,17 +41,25 @@ enum Job {
         listing: Arc<Listing>,
         front: Front,
     },
-    /// Read directory `rel` in `layers` and stat its entries.
+    /// Read directory `rel` (node `ino`) in `layers` and stat its entries.
     Subdir {
+        ino: u64,
         rel: PathBuf,
         layers: Box<[LayerIdx]>,
     },
 }
 
 #[derive(Debug, Default)]
-struct Queue {
+struct Jobs {
     /// Newest last, run first: a depth-first walk wants the directory it just entered.
-    jobs: Mutex<Vec<Job>>,
+    list: Vec<Job>,
+    /// The filesystem is gone: the thread exits (and lets go of the layers).
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: Mutex<Jobs>,
     ready: Condvar,
 }
 
@@ -62,31 +73,49 @@ impl Prefetcher {
     /// Start the helper thread for the layers of one mount.
     pub fn start(layers: Arc<Layers>) -> std::io::Result<Prefetcher> {
         let queue = Arc::new(Queue::default());
-        let q = queue.clone();
-        std::thread::Builder::new()
-            .name("stratafs-statahead".into())
-            .spawn(move || loop {
-                let job = {
-                    let mut jobs = q.jobs.lock();
-                    loop {
-                        if let Some(j) = jobs.pop() {
-                            break j;
+        for _ in 0..THREADS {
+            let q = queue.clone();
+            let layers = layers.clone();
+            std::thread::Builder::new()
+                .name("stratafs-statahead".into())
+                .spawn(move || loop {
+                    let job = {
+                        let mut jobs = q.jobs.lock();
+                        loop {
+                            if jobs.closed {
+                                return;
+                            }
+                            if let Some(j) = jobs.list.pop() {
+                                break j;
+                            }
+                            q.ready.wait(&mut jobs);
                         }
-                        q.ready.wait(&mut jobs);
-                    }
-                };
-                run(&layers, job);
-            })?;
+                    };
+                    run(&layers, job);
+                })?;
+        }
         Ok(Prefetcher { queue })
     }
 
-    /// Directory `rel` (listed as `listing`) is being sent from `front` on: stat ahead of it
-    /// (if `entries`), then its subdirectories (the first one the walk will enter on top).
-    pub fn listed(&self, rel: &Path, listing: &Arc<Listing>, front: &Front, entries: bool) {
-        let mut jobs = self.queue.jobs.lock();
+    /// Directory `ino` at `rel` (listed as `listing`) is being sent from `front` on: stat
+    /// ahead of it (if `entries`), then its subdirectories (the first one the walk will enter
+    /// on top).
+    pub fn listed(
+        &self,
+        ino: u64,
+        rel: &Path,
+        listing: &Arc<Listing>,
+        front: &Front,
+        entries: bool,
+    ) {
+        let mut guard = self.queue.jobs.lock();
+        let jobs = &mut guard.list;
+        // The walk got to this directory first: warming it now would only cost CPU.
+        jobs.retain(|j| !matches!(j, Job::Subdir { ino: i, .. } if *i == ino));
         for e in listing.entries().iter().rev() {
             if e.kind == FileType::Directory {
                 jobs.push(Job::Subdir {
+                    ino: e.ino,
                     rel: rel.join(&*e.name),
                     layers: e.dir_layers.clone(),
                 });
@@ -103,7 +132,14 @@ impl Prefetcher {
             let extra = jobs.len() - MAX_JOBS;
             jobs.drain(..extra);
         }
-        self.queue.ready.notify_one();
+        self.queue.ready.notify_all();
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.queue.jobs.lock().closed = true;
+        self.queue.ready.notify_all();
     }
 }
 
@@ -139,7 +175,9 @@ fn run(layers: &Layers, job: Job) {
                 }
             }
         }
-        Job::Subdir { rel, layers: dl } => {
+        Job::Subdir {
+            rel, layers: dl, ..
+        } => {
             for &li in dl.iter() {
                 let Some(fd) = open_in(layers, li, &rel) else {
                     continue;

@@ -730,6 +730,41 @@ mod tests {
     }
 
     #[test]
+    fn three_layers_end_hide_and_merge() {
+        let (top, mid, low) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        fs::create_dir_all(top.path().join("d")).unwrap();
+        fs::write(top.path().join("d/t"), "").unwrap();
+        fs::write(top.path().join(".wh.w"), "").unwrap();
+        fs::write(top.path().join("x"), "top").unwrap();
+        fs::write(top.path().join(".wh.x"), "").unwrap();
+        // A file under the directory ends it: the directory below it does not merge in.
+        fs::write(mid.path().join("d"), "").unwrap();
+        fs::write(mid.path().join("w"), "").unwrap();
+        fs::create_dir_all(mid.path().join("e/m")).unwrap();
+        fs::write(mid.path().join("x"), "mid").unwrap();
+        fs::create_dir_all(low.path().join("d/under")).unwrap();
+        fs::write(low.path().join("w"), "").unwrap();
+        fs::create_dir_all(low.path().join("e/l")).unwrap();
+        fs::write(low.path().join("only_low"), "").unwrap();
+        let t = tree(&[top.path(), mid.path(), low.path()]);
+        assert_eq!(names(&t, ROOT_INO), ["d", "e", "only_low", "x"]);
+        let root = t.listing(ROOT_INO).unwrap();
+        assert_eq!(root.get(OsStr::new("e")).unwrap().dir_layers[..], [1, 2]);
+        assert_eq!(root.get(OsStr::new("d")).unwrap().dir_layers[..], [0]);
+        assert_eq!(root.get(OsStr::new("only_low")).unwrap().layer, 2);
+        let (x, attr) = t.lookup(ROOT_INO, OsStr::new("x")).unwrap();
+        assert_eq!((x.state.read().layer, attr.size), (0, 3));
+        let (d, _) = t.lookup(ROOT_INO, OsStr::new("d")).unwrap();
+        assert_eq!(names(&t, d.ino), ["t"]);
+        let (e, _) = t.lookup(ROOT_INO, OsStr::new("e")).unwrap();
+        assert_eq!(names(&t, e.ino), ["l", "m"]);
+    }
+
+    #[test]
     fn no_xattrs_cache_and_override() {
         let low = tempfile::tempdir().unwrap();
         fs::write(low.path().join("plain"), "x").unwrap();
