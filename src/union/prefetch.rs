@@ -1,9 +1,9 @@
-//! Stat-ahead for READDIRPLUS, on one helper thread that only warms the kernel's dentry, inode
-//! and directory-block caches (what the kernel is told still comes from the request's own stat):
+//! Stat-ahead for READDIRPLUS, on helper threads that only warm the kernel's dentry, inode and
+//! directory-block caches (what the kernel is told still comes from the request's own stat):
 //!
-//! - while a request stats a directory's entries from the front, the helper stats them from the
+//! - while a request stats a directory's entries from the front, a helper stats them from the
 //!   back, so a cold directory's inodes are read by two threads at once;
-//! - once a directory has been listed, the helper reads and stats its subdirectories (the next
+//! - once a directory has been listed, the helpers read and stat its subdirectories (the next
 //!   thing a tree walk asks for), so their disk reads overlap the walk instead of following it.
 //!
 //! The kernel sends one READDIRPLUS at a time per directory and a walk waits for each: without
@@ -63,14 +63,14 @@ struct Queue {
     ready: Condvar,
 }
 
-/// The helper thread.
+/// The helper threads.
 #[derive(Debug)]
 pub struct Prefetcher {
     queue: Arc<Queue>,
 }
 
 impl Prefetcher {
-    /// Start the helper thread for the layers of one mount.
+    /// Start the helper threads for the layers of one mount.
     pub fn start(layers: Arc<Layers>) -> std::io::Result<Prefetcher> {
         let queue = Arc::new(Queue::default());
         for _ in 0..THREADS {
