@@ -152,6 +152,81 @@ pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     }
 }
 
+/// `listxattrat(2)` (Linux >= 6.13): the same number on every architecture that has it.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// Cleared once the kernel answered `ENOSYS` to `listxattrat`.
+static LISTXATTRAT_OK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// The xattr names of `name` inside the open directory `dir` (not following a final symlink),
+/// NUL-terminated one after the other as the kernel lists them; empty when there are none or
+/// xattrs are unsupported. Relative to `dir`, so no walk of the full path: `listxattrat` where
+/// the kernel has it, else `llistxattr` through `/proc/self/fd`.
+pub fn listxattrat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<Vec<u8>> {
+    let res = listxattrat_raw(dir, name);
+    match res {
+        Ok(v) => Ok(v),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn listxattrat_raw(dir: BorrowedFd<'_>, name: &Path) -> io::Result<Vec<u8>> {
+    let c = cstr(name)?;
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ))]
+    if LISTXATTRAT_OK.load(std::sync::atomic::Ordering::Relaxed) {
+        let raw = dir.as_raw_fd();
+        let call = |buf: *mut libc::c_void, len: usize| -> libc::ssize_t {
+            // SAFETY: valid fd and C string; buf is valid for len bytes (or null with len 0).
+            unsafe {
+                libc::syscall(
+                    SYS_LISTXATTRAT,
+                    raw,
+                    c.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                    buf,
+                    len,
+                ) as libc::ssize_t
+            }
+        };
+        // Almost every file has no xattrs or a few short names: a stack buffer first, so the
+        // common answer costs no allocation.
+        let mut small = [0u8; 512];
+        match check_size(call(small.as_mut_ptr().cast(), small.len())) {
+            Ok(n) => return Ok(small[..n].to_vec()),
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => return xattr_buf_loop(call),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                LISTXATTRAT_OK.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let p = cstr(fd_child_path(dir, name))?;
+    // SAFETY: valid C string and buffer.
+    xattr_buf_loop(|buf, len| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) })
+}
+
+/// Limit glibc malloc to `n` arenas. Each thread otherwise gets an arena of its own, and memory
+/// freed in one is not reused by the others: the peak grows with the thread count.
+pub fn limit_malloc_arenas(n: i32) {
+    // SAFETY: mallopt only changes allocator parameters.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = n;
+}
+
 /// `lsetxattr(path, name, value, 0)`.
 pub fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let p = cstr(path)?;
@@ -527,8 +602,26 @@ pub struct RawDirEntry {
 /// All entries of the open directory `dir` except `.` and `..`, via `getdents64` on a duplicate
 /// of the fd (so the caller's offset is untouched).
 pub fn read_dir_fd(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
-    let fd = openat(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     let mut out = Vec::new();
+    for_each_dirent(dir, |name, ino, d_type| {
+        out.push(RawDirEntry {
+            name: name.to_os_string(),
+            ino,
+            d_type,
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Call `f(name, ino, d_type)` for every entry of the open directory `dir` except `.` and
+/// `..`, reading with `getdents64` from a duplicate of the fd (the caller's offset is
+/// untouched). No allocation per entry; an error from `f` stops the walk.
+pub fn for_each_dirent(
+    dir: BorrowedFd<'_>,
+    mut f: impl FnMut(&OsStr, u64, u8) -> io::Result<()>,
+) -> io::Result<()> {
+    let fd = openat(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: buf is valid for its length; the kernel writes at most that many bytes.
@@ -544,7 +637,7 @@ pub fn read_dir_fd(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
             return Err(io::Error::last_os_error());
         }
         if n == 0 {
-            return Ok(out);
+            return Ok(());
         }
         let n = n as usize;
         let mut off = 0usize;
@@ -564,11 +657,7 @@ pub fn read_dir_fd(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
                 .unwrap_or(name_bytes.len());
             let name = &name_bytes[..len];
             if name != b"." && name != b".." {
-                out.push(RawDirEntry {
-                    name: OsStr::from_bytes(name).to_os_string(),
-                    ino,
-                    d_type,
-                });
+                f(OsStr::from_bytes(name), ino, d_type)?;
             }
             off += reclen;
         }

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +26,7 @@ use crate::layer::whiteout;
 use crate::sys;
 use crate::union::layers::{rel_or_dot, LayerIdx};
 use crate::union::options::MountOptions;
+use crate::union::prefetch::{Front, Prefetcher};
 use crate::union::tree::{Listing, Tree, ROOT_INO};
 use crate::union::write;
 
@@ -44,6 +45,22 @@ pub struct Handle {
     pub passthrough: bool,
 }
 
+/// Directories with fewer entries are stat-ed by the request alone (handing them to the
+/// stat-ahead thread costs more than it saves).
+const STAT_AHEAD_MIN: usize = 16;
+
+/// An open directory.
+#[derive(Debug)]
+struct DirHandle {
+    /// The listing as of opendir: readdir offsets index it.
+    listing: Arc<Listing>,
+    /// The directory opened in each layer READDIRPLUS stats in (`None`: not there), kept
+    /// across the requests of one listing instead of reopened by path for each.
+    dirs: parking_lot::Mutex<HashMap<LayerIdx, Option<OwnedFd>>>,
+    /// How far READDIRPLUS got (for the stat-ahead thread).
+    front: Front,
+}
+
 /// The union filesystem served over FUSE.
 #[derive(Debug)]
 pub struct UnionFs {
@@ -52,7 +69,9 @@ pub struct UnionFs {
     /// Whether the kernel accepted FUSE passthrough (set in `init`).
     pub passthrough: AtomicBool,
     handles: DashMap<u64, Arc<Handle>>,
-    dir_handles: DashMap<u64, Arc<Listing>>,
+    dir_handles: DashMap<u64, Arc<DirHandle>>,
+    /// The stat-ahead thread, started on first need (`None`: it could not be started).
+    stat_ahead: OnceLock<Option<Prefetcher>>,
     next_fh: AtomicU64,
     /// Per-inode passthrough backing ids: all opens of one inode must share one.
     backing: DashMap<u64, (Arc<BackingId>, usize)>,
@@ -104,6 +123,7 @@ impl UnionFs {
             passthrough: AtomicBool::new(false),
             handles: DashMap::new(),
             dir_handles: DashMap::new(),
+            stat_ahead: OnceLock::new(),
             next_fh: AtomicU64::new(1),
             backing: DashMap::new(),
             invalidator: Arc::new(OnceLock::new()),
@@ -239,11 +259,18 @@ impl UnionFs {
             )
             .ok()
         });
-        let st = match dfd {
-            Some(fd) => sys::fstatat(fd.as_fd(), Path::new(name))?,
-            None => sys::fstatat(l.fd(), &rel.join(name))?,
-        };
-        Ok(self.tree.attr_from_stat(node, layer, &rel.join(name), st))
+        match dfd {
+            Some(fd) => {
+                let st = sys::fstatat(fd.as_fd(), Path::new(name))?;
+                Ok(self
+                    .tree
+                    .attr_from_stat_at(node, layer, fd.as_fd(), Path::new(name), st))
+            }
+            None => {
+                let st = sys::fstatat(l.fd(), &rel.join(name))?;
+                Ok(self.tree.attr_from_stat(node, layer, &rel.join(name), st))
+            }
+        }
     }
 }
 
@@ -398,7 +425,14 @@ impl Filesystem for UnionFs {
         match self.tree.listing(ino.0) {
             Ok(listing) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dir_handles.insert(fh, listing);
+                self.dir_handles.insert(
+                    fh,
+                    Arc::new(DirHandle {
+                        listing,
+                        dirs: parking_lot::Mutex::new(HashMap::new()),
+                        front: Arc::new(AtomicUsize::new(0)),
+                    }),
+                );
                 // The kernel may keep the listing: every change to a directory goes through us.
                 reply.opened(
                     FileHandle(fh),
@@ -417,7 +451,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(listing) = self.dir_handles.get(&fh.0).map(|l| l.clone()) else {
+        let Some(listing) = self.dir_handles.get(&fh.0).map(|h| h.listing.clone()) else {
             return reply.error(Errno::EBADF);
         };
         let parent = match self.tree.node(ino.0) {
@@ -457,9 +491,10 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(listing) = self.dir_handles.get(&fh.0).map(|l| l.clone()) else {
+        let Some(h) = self.dir_handles.get(&fh.0).map(|h| h.clone()) else {
             return reply.error(Errno::EBADF);
         };
+        let listing = &h.listing;
         let rel = match self.tree.path_of(ino.0) {
             Ok(r) => r,
             Err(e) => return reply.error(err(e)),
@@ -471,9 +506,13 @@ impl Filesystem for UnionFs {
             } else {
                 self.tree.node(ino.0).map(|n| n.state.read().parent)
             };
-            let attr = target.and_then(|t| self.tree.getattr(t));
-            match attr {
-                Ok(a) => {
+            match target {
+                Ok(t) => {
+                    // The kernel ignores the attributes of "." and ".." in READDIRPLUS (it
+                    // only shows their numbers): no stat for them.
+                    let mut a = empty_attr();
+                    a.ino = INodeNo(t);
+                    a.kind = fuser::FileType::Directory;
                     let name = if off == 0 { "." } else { ".." };
                     if reply.add(a.ino, off + 1, name, &TTL, &a, Generation(0)) {
                         return reply.ok();
@@ -483,13 +522,25 @@ impl Filesystem for UnionFs {
             }
             off += 1;
         }
-        let mut dirs: HashMap<LayerIdx, Option<OwnedFd>> = HashMap::new();
-        for (i, e) in listing
-            .entries()
-            .iter()
-            .enumerate()
-            .skip((off - 2) as usize)
-        {
+        let start = (off - 2) as usize;
+        if start == 0 {
+            if let Some(p) = self.stat_ahead.get_or_init(|| {
+                Prefetcher::start(self.tree.layers.clone())
+                    .map_err(|e| tracing::warn!(%e, "no stat-ahead thread"))
+                    .ok()
+            }) {
+                p.listed(
+                    ino.0,
+                    &rel,
+                    listing,
+                    &h.front,
+                    listing.len() >= STAT_AHEAD_MIN,
+                );
+            }
+        }
+        let mut dirs = h.dirs.lock();
+        for (i, e) in listing.entries().iter().enumerate().skip(start) {
+            h.front.store(i, Ordering::Relaxed);
             let node = match self.tree.get_or_insert(ino.0, e) {
                 Ok(n) => n,
                 Err(er) => return reply.error(err(er)),
@@ -520,7 +571,9 @@ impl Filesystem for UnionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dir_handles.remove(&fh.0);
+        if let Some((_, h)) = self.dir_handles.remove(&fh.0) {
+            h.front.store(usize::MAX, Ordering::Relaxed);
+        }
         reply.ok();
     }
 

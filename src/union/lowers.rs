@@ -125,7 +125,7 @@ impl LowerStack {
             cur = Visible {
                 layer: e.layer,
                 is_dir: e.kind == FileType::Directory,
-                dir_layers: e.dir_layers.clone(),
+                dir_layers: e.dir_layers.to_vec(),
             };
             at.push(name);
         }
@@ -148,7 +148,7 @@ impl LowerView for LowerStack {
             return Vec::new();
         };
         self.dir(rel, &v.dir_layers)
-            .map(|l| l.entries().iter().map(|e| e.name.clone()).collect())
+            .map(|l| l.entries().iter().map(|e| e.name.to_os_string()).collect())
             .unwrap_or_default()
     }
 

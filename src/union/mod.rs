@@ -13,6 +13,7 @@ pub mod layers;
 pub mod lowers;
 pub mod mount;
 pub mod options;
+pub mod prefetch;
 pub mod quota;
 pub mod server;
 pub mod tree;

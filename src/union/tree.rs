@@ -5,12 +5,11 @@
 //! while mounted, so a listing is computed once; the write path updates or invalidates the
 //! listings and node states it changes, each behind the node's own lock.
 
-use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,18 +31,20 @@ fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
 }
 
-/// One name in a merged directory.
+/// One name in a merged directory. Kept small: every directory listed so far keeps one per
+/// name (most of the memory of a tree walk).
 #[derive(Debug, Clone)]
 pub struct DirEntry {
-    pub name: OsString,
+    /// Shared with the node of the entry (one copy of the name, not two).
+    pub name: Arc<OsStr>,
     pub ino: u64,
     /// Type of the visible entry as the directory reports it (`d_type`).
     pub kind: FileType,
     /// Layer holding the visible entry.
     pub layer: LayerIdx,
     /// For directories: the layers contributing to it, topmost first (before opaque checks of
-    /// the child itself).
-    pub dir_layers: Vec<LayerIdx>,
+    /// the child itself). Empty for anything else.
+    pub dir_layers: Box<[LayerIdx]>,
 }
 
 /// A merged directory: entries in readdir order plus their positions sorted by name (a
@@ -55,16 +56,17 @@ pub struct Listing {
 }
 
 impl Listing {
+    #[cfg(test)]
     fn new(entries: Vec<DirEntry>) -> Listing {
         let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
-        by_name.sort_unstable_by(|a, b| entries[*a as usize].name.cmp(&entries[*b as usize].name));
+        sort_by_name(&entries, &mut by_name);
         Listing { entries, by_name }
     }
 
     /// Position in `by_name` of `name` (`Err`: where it would go).
     fn find(&self, name: &OsStr) -> Result<usize, usize> {
         self.by_name
-            .binary_search_by(|i| self.entries[*i as usize].name.as_os_str().cmp(name))
+            .binary_search_by(|i| self.entries[*i as usize].name.as_ref().cmp(name))
     }
 
     pub fn entries(&self) -> &[DirEntry] {
@@ -102,7 +104,9 @@ impl Listing {
         let e = &mut self.entries[self.by_name[pos] as usize];
         e.layer = 0;
         if e.kind == FileType::Directory && e.dir_layers.first() != Some(&0) {
-            e.dir_layers.insert(0, 0);
+            e.dir_layers = std::iter::once(0)
+                .chain(e.dir_layers.iter().copied())
+                .collect();
         }
     }
 
@@ -115,6 +119,12 @@ impl Listing {
         }
         Some(self.entries.remove(i as usize))
     }
+}
+
+/// Sort `idx` (positions in `entries`) by name.
+fn sort_by_name(entries: &[DirEntry], idx: &mut [u32]) {
+    // Stable sort: it finds the runs already in order (the layers merged before) and merges.
+    idx.sort_by(|a, b| entries[*a as usize].name.cmp(&entries[*b as usize].name));
 }
 
 /// Directory-only state of a node.
@@ -130,11 +140,12 @@ pub struct DirState {
 #[derive(Debug, Clone)]
 pub struct NodeState {
     pub parent: u64,
-    pub name: OsString,
+    pub name: Arc<OsStr>,
     pub kind: FileType,
     /// Layer holding the visible entry.
     pub layer: LayerIdx,
-    pub dir: Option<DirState>,
+    /// Boxed: one pointer for the many nodes that are not directories.
+    pub dir: Option<Box<DirState>>,
 }
 
 /// An inode known to the kernel.
@@ -143,7 +154,7 @@ pub struct Node {
     pub ino: u64,
     lookups: AtomicU64,
     /// Child nodes alive (they keep the parent so their path can be computed).
-    kids: AtomicU64,
+    kids: AtomicU32,
     /// Set once the backing file was seen with no xattrs at all; trusted only while the node
     /// is backed by a lower layer (those never change; a copy-up moves the node to the upper).
     no_xattrs: AtomicBool,
@@ -247,17 +258,17 @@ impl Tree {
         let root = Node {
             ino: ROOT_INO,
             lookups: AtomicU64::new(1),
-            kids: AtomicU64::new(0),
+            kids: AtomicU32::new(0),
             no_xattrs: AtomicBool::new(false),
             state: RwLock::new(NodeState {
                 parent: ROOT_INO,
-                name: OsString::new(),
+                name: OsStr::new("").into(),
                 kind: FileType::Directory,
                 layer: 0,
-                dir: Some(DirState {
+                dir: Some(Box::new(DirState {
                     layers: (0..layers.list.len()).collect(),
                     listing: None,
-                }),
+                })),
             }),
         };
         let nodes = DashMap::new();
@@ -284,7 +295,7 @@ impl Tree {
 
     /// Path of `ino` relative to the layer roots (empty for the root).
     pub fn path_of(&self, ino: u64) -> io::Result<PathBuf> {
-        let mut names: Vec<OsString> = Vec::new();
+        let mut names: Vec<Arc<OsStr>> = Vec::new();
         let mut cur = ino;
         while cur != ROOT_INO {
             let n = self.node(cur)?;
@@ -297,7 +308,7 @@ impl Tree {
         }
         let mut p = PathBuf::new();
         for n in names.iter().rev() {
-            p.push(n);
+            p.push(&**n);
         }
         Ok(p)
     }
@@ -373,9 +384,10 @@ impl Tree {
         let listing = self.listing(parent)?;
         let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
         let rel = self.path_of(parent)?.join(name);
-        let st = sys::fstatat(self.layers.get(e.layer).fd(), &rel)?;
+        let dir = self.layers.get(e.layer).fd();
+        let st = sys::fstatat(dir, &rel)?;
         let node = self.get_or_insert(parent, e)?;
-        let attr = self.attr_from_stat(&node, e.layer, &rel, st);
+        let attr = self.attr_from_stat_at(&node, e.layer, dir, &rel, st);
         Ok((node, attr))
     }
 
@@ -392,16 +404,18 @@ impl Tree {
                 let n = Arc::new(Node {
                     ino: e.ino,
                     lookups: AtomicU64::new(1),
-                    kids: AtomicU64::new(0),
+                    kids: AtomicU32::new(0),
                     no_xattrs: AtomicBool::new(false),
                     state: RwLock::new(NodeState {
                         parent,
                         name: e.name.clone(),
                         kind: e.kind,
                         layer: e.layer,
-                        dir: (e.kind == FileType::Directory).then(|| DirState {
-                            layers: e.dir_layers.clone(),
-                            listing: None,
+                        dir: (e.kind == FileType::Directory).then(|| {
+                            Box::new(DirState {
+                                layers: e.dir_layers.to_vec(),
+                                listing: None,
+                            })
                         }),
                     }),
                 });
@@ -471,15 +485,28 @@ impl Tree {
         node: &Node,
         layer: LayerIdx,
         rel: &Path,
+        st: libc::stat,
+    ) -> FileAttr {
+        let dir = self.layers.get(layer).fd();
+        self.attr_from_stat_at(node, layer, dir, rel_or_dot(rel), st)
+    }
+
+    /// [`Tree::attr_from_stat`] for a backing file named by `name` relative to `dir` (the
+    /// layer root or one of its directories): xattrs are read without walking the full path.
+    pub fn attr_from_stat_at(
+        &self,
+        node: &Node,
+        layer: LayerIdx,
+        dir: BorrowedFd<'_>,
+        name: &Path,
         mut st: libc::stat,
     ) -> FileAttr {
         let kind_bits = st.st_mode & libc::S_IFMT;
         // Symlinks cannot carry user.* xattrs; others are rare and cheap to skip.
         if (kind_bits == libc::S_IFREG || kind_bits == libc::S_IFDIR) && !self.no_xattrs(node) {
-            let abs = self.layers.get(layer).abs(rel);
             // One listxattr answers both "is there an override" and "are there any xattrs"
             // (the latter lets getxattr of security.*/ACL names from `ls -l` skip the disk).
-            match sys::llistxattr(&abs) {
+            match sys::listxattrat(dir, name) {
                 Ok(names) if names.is_empty() => {
                     if !self.layers.get(layer).upper && node.state.read().layer == layer {
                         node.no_xattrs.store(true, Ordering::Relaxed);
@@ -487,10 +514,10 @@ impl Tree {
                 }
                 Ok(names)
                     if !names
-                        .iter()
-                        .any(|n| n.as_slice() == meta::OVERRIDE_STAT_XATTR.as_bytes()) => {}
+                        .split(|b| *b == 0)
+                        .any(|n| n == meta::OVERRIDE_STAT_XATTR.as_bytes()) => {}
                 _ => {
-                    if let Ok(Some(o)) = meta::read_override(&abs) {
+                    if let Ok(Some(o)) = meta::read_override(&sys::fd_child_path(dir, name)) {
                         o.apply(&mut st);
                     }
                 }
@@ -529,9 +556,20 @@ impl Tree {
 /// and opaque markers in every format. The one definition of a merged directory: the view and
 /// the write path's lower-layer cache both use it.
 pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Listing> {
-    // name -> (index of the visible entry, still open to lower layers)
-    let mut seen: HashMap<OsString, (Option<usize>, bool)> = HashMap::new();
     let mut entries: Vec<DirEntry> = Vec::new();
+    // Per entry: whether lower layers may still add to it (a directory nothing has ended yet).
+    let mut open: Vec<bool> = Vec::new();
+    // Positions in `entries` sorted by name, over the layers merged so far: the lookup for the
+    // layers below and then the listing's own index (no second copy of every name).
+    let mut by_name: Vec<u32> = Vec::new();
+    // Names whited out with nothing above them: hidden in every layer below (sorted).
+    let mut hidden: Vec<Box<OsStr>> = Vec::new();
+    let find = |entries: &[DirEntry], by_name: &[u32], name: &OsStr| {
+        by_name
+            .binary_search_by(|i| entries[*i as usize].name.as_ref().cmp(name))
+            .ok()
+            .map(|p| by_name[p] as usize)
+    };
     for (pos, &li) in layers.iter().enumerate() {
         let layer = all.get(li);
         let dfd = match sys::openat(
@@ -545,62 +583,80 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => continue,
             Err(e) => return Err(e),
         };
-        let raw = sys::read_dir_fd(dfd.as_fd())?;
         let mut opaque = false;
-        let mut whiteouts: Vec<OsString> = Vec::new();
-        for e in raw {
-            let kind = match whiteout::classify(&e.name) {
+        let mut whiteouts: Vec<Box<OsStr>> = Vec::new();
+        let above = entries.len();
+        sys::for_each_dirent(dfd.as_fd(), |name, d_ino, d_type| {
+            let kind = match whiteout::classify(name) {
                 whiteout::NameKind::OpaqueMarker => {
                     opaque = true;
-                    continue;
+                    return Ok(());
                 }
-                whiteout::NameKind::Internal | whiteout::NameKind::Invalid => continue,
+                whiteout::NameKind::Internal | whiteout::NameKind::Invalid => return Ok(()),
                 whiteout::NameKind::Whiteout(t) => {
-                    whiteouts.push(t.to_os_string());
-                    continue;
+                    whiteouts.push(t.into());
+                    return Ok(());
                 }
-                whiteout::NameKind::Plain => match kind_of_dtype(e.d_type) {
+                whiteout::NameKind::Plain => match kind_of_dtype(d_type) {
                     Some(k) => k,
                     None => {
                         // DT_CHR may be a 0/0 whiteout; DT_UNKNOWN needs a stat anyway.
-                        let st = match sys::fstatat(dfd.as_fd(), Path::new(&e.name)) {
+                        let st = match sys::fstatat(dfd.as_fd(), Path::new(name)) {
                             Ok(st) => st,
-                            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
                             Err(err) => return Err(err),
                         };
                         if whiteout::is_whiteout_device(&st) {
-                            whiteouts.push(e.name);
-                            continue;
+                            whiteouts.push(name.into());
+                            return Ok(());
                         }
                         kind_of_mode(st.st_mode)
                     }
                 },
             };
             let is_dir = kind == FileType::Directory;
-            match seen.get_mut(&e.name) {
-                None => {
-                    entries.push(DirEntry {
-                        ino: all.ino_for(li, e.ino),
-                        kind,
-                        layer: li,
-                        dir_layers: if is_dir { vec![li] } else { Vec::new() },
-                        name: e.name.clone(),
-                    });
-                    seen.insert(e.name, (Some(entries.len() - 1), is_dir));
-                }
-                Some((_, false)) => {}
-                Some((idx, open)) => {
+            if above > 0 || !hidden.is_empty() {
+                if let Some(i) = find(&entries, &by_name, name) {
                     // A directory above: a lower directory merges in, anything else ends it.
-                    match (is_dir, *idx) {
-                        (true, Some(i)) => entries[i].dir_layers.push(li),
-                        _ => *open = false,
+                    if open[i] {
+                        if is_dir {
+                            let mut v = std::mem::take(&mut entries[i].dir_layers).into_vec();
+                            v.push(li);
+                            entries[i].dir_layers = v.into_boxed_slice();
+                        } else {
+                            open[i] = false;
+                        }
                     }
+                    return Ok(());
+                }
+                if hidden.binary_search_by(|h| h.as_ref().cmp(name)).is_ok() {
+                    return Ok(());
                 }
             }
-        }
+            entries.push(DirEntry {
+                name: name.into(),
+                ino: all.ino_for(li, d_ino),
+                kind,
+                layer: li,
+                dir_layers: if is_dir {
+                    Box::new([li])
+                } else {
+                    Box::default()
+                },
+            });
+            open.push(is_dir);
+            Ok(())
+        })?;
+        by_name.extend(above as u32..entries.len() as u32);
+        sort_by_name(&entries, &mut by_name);
+        // A whiteout ends its name for the layers below (a same-layer entry stays visible).
         for w in whiteouts {
-            seen.entry(w).or_insert((None, false)).1 = false;
+            match find(&entries, &by_name, &w) {
+                Some(i) => open[i] = false,
+                None => hidden.push(w),
+            }
         }
+        hidden.sort_unstable();
         if opaque || pos + 1 == layers.len() {
             break;
         }
@@ -608,7 +664,8 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
             break;
         }
     }
-    Ok(Listing::new(entries))
+    entries.shrink_to_fit();
+    Ok(Listing { entries, by_name })
 }
 
 #[cfg(test)]
@@ -671,6 +728,41 @@ mod tests {
     }
 
     #[test]
+    fn three_layers_end_hide_and_merge() {
+        let (top, mid, low) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        fs::create_dir_all(top.path().join("d")).unwrap();
+        fs::write(top.path().join("d/t"), "").unwrap();
+        fs::write(top.path().join(".wh.w"), "").unwrap();
+        fs::write(top.path().join("x"), "top").unwrap();
+        fs::write(top.path().join(".wh.x"), "").unwrap();
+        // A file under the directory ends it: the directory below it does not merge in.
+        fs::write(mid.path().join("d"), "").unwrap();
+        fs::write(mid.path().join("w"), "").unwrap();
+        fs::create_dir_all(mid.path().join("e/m")).unwrap();
+        fs::write(mid.path().join("x"), "mid").unwrap();
+        fs::create_dir_all(low.path().join("d/under")).unwrap();
+        fs::write(low.path().join("w"), "").unwrap();
+        fs::create_dir_all(low.path().join("e/l")).unwrap();
+        fs::write(low.path().join("only_low"), "").unwrap();
+        let t = tree(&[top.path(), mid.path(), low.path()]);
+        assert_eq!(names(&t, ROOT_INO), ["d", "e", "only_low", "x"]);
+        let root = t.listing(ROOT_INO).unwrap();
+        assert_eq!(root.get(OsStr::new("e")).unwrap().dir_layers[..], [1, 2]);
+        assert_eq!(root.get(OsStr::new("d")).unwrap().dir_layers[..], [0]);
+        assert_eq!(root.get(OsStr::new("only_low")).unwrap().layer, 2);
+        let (x, attr) = t.lookup(ROOT_INO, OsStr::new("x")).unwrap();
+        assert_eq!((x.state.read().layer, attr.size), (0, 3));
+        let (d, _) = t.lookup(ROOT_INO, OsStr::new("d")).unwrap();
+        assert_eq!(names(&t, d.ino), ["t"]);
+        let (e, _) = t.lookup(ROOT_INO, OsStr::new("e")).unwrap();
+        assert_eq!(names(&t, e.ino), ["l", "m"]);
+    }
+
+    #[test]
     fn no_xattrs_cache_and_override() {
         let low = tempfile::tempdir().unwrap();
         fs::write(low.path().join("plain"), "x").unwrap();
@@ -690,11 +782,11 @@ mod tests {
     #[test]
     fn listing_index_follows_changes() {
         let e = |n: &str, ino| DirEntry {
-            name: n.into(),
+            name: OsStr::new(n).into(),
             ino,
             kind: FileType::RegularFile,
             layer: 0,
-            dir_layers: Vec::new(),
+            dir_layers: Box::default(),
         };
         let mut l = Listing::new(vec![e("c", 1), e("a", 2), e("b", 3)]);
         assert_eq!(l.get(OsStr::new("a")).map(|e| e.ino), Some(2));

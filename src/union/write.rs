@@ -168,15 +168,15 @@ fn add_to_listing(fs: &UnionFs, up: &UpperLayer, parent: u64, name: &OsStr, rel:
     };
     let kind = kind_of_mode(st.st_mode);
     let entry = DirEntry {
-        name: name.to_os_string(),
+        name: name.into(),
         ino: fs.tree.layers.ino_for(0, st.st_ino),
         kind,
         layer: 0,
         // New (or re-created over a whiteout, hence opaque): nothing below shows through.
         dir_layers: if kind == FileType::Directory {
-            vec![0]
+            Box::new([0])
         } else {
-            Vec::new()
+            Box::new([])
         },
     };
     fs.tree.update_listing(parent, |l| l.insert(entry));
@@ -657,7 +657,7 @@ pub(crate) fn rename(
             if let Some(node) = ino.and_then(|i| fs.tree.node(i).ok()) {
                 let mut s = node.state.write();
                 s.parent = p;
-                s.name = n.to_os_string();
+                s.name = n.into();
                 s.layer = 0;
                 if let Some(d) = s.dir.as_mut() {
                     d.layers = vec![0];
