@@ -216,6 +216,16 @@ pub struct Tree {
     pub ids: IdView,
 }
 
+/// The directory state of a new node for listing entry `e` (none for a non-directory).
+fn dir_state(e: &DirEntry) -> Option<Box<DirState>> {
+    (e.kind == FileType::Directory).then(|| {
+        Box::new(DirState {
+            layers: e.dir_layers.to_vec(),
+            listing: None,
+        })
+    })
+}
+
 pub(crate) fn kind_of_mode(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
@@ -396,8 +406,28 @@ impl Tree {
         let parent_node = self.node(parent)?;
         let node = match self.nodes.entry(e.ino) {
             dashmap::Entry::Occupied(o) => {
-                o.get().lookups.fetch_add(1, Ordering::Relaxed);
-                o.get().clone()
+                let n = o.get().clone();
+                n.lookups.fetch_add(1, Ordering::Relaxed);
+                // Let go of the map's shard before other nodes are looked at.
+                drop(o);
+                let same = {
+                    let s = n.state.read();
+                    s.parent == parent && s.name == e.name
+                };
+                if !same && !self.still_there(&n) {
+                    // The number under another name whose old name is gone: a number the
+                    // upper's filesystem gave a new file before the kernel forgot the deleted
+                    // one (another name of a hard link keeps its node as it is).
+                    self.reparent(&n, parent, e.name.clone());
+                    let mut s = n.state.write();
+                    if s.kind != e.kind || s.layer != e.layer {
+                        s.kind = e.kind;
+                        s.layer = e.layer;
+                        s.dir = dir_state(e);
+                        n.no_xattrs.store(false, Ordering::Relaxed);
+                    }
+                }
+                n
             }
             dashmap::Entry::Vacant(v) => {
                 parent_node.kids.fetch_add(1, Ordering::Relaxed);
@@ -411,12 +441,7 @@ impl Tree {
                         name: e.name.clone(),
                         kind: e.kind,
                         layer: e.layer,
-                        dir: (e.kind == FileType::Directory).then(|| {
-                            Box::new(DirState {
-                                layers: e.dir_layers.to_vec(),
-                                listing: None,
-                            })
-                        }),
+                        dir: dir_state(e),
                     }),
                 });
                 v.insert(n.clone());
@@ -424,6 +449,40 @@ impl Tree {
             }
         };
         Ok(node)
+    }
+
+    /// Whether `node`'s own name still leads to a file in its layer.
+    fn still_there(&self, node: &Node) -> bool {
+        let layer = node.state.read().layer;
+        self.path_of(node.ino)
+            .is_ok_and(|rel| sys::fstatat(self.layers.get(layer).fd(), &rel).is_ok())
+    }
+
+    /// Give `node` the name `name` in directory `parent` (rename; a number met again under
+    /// another name), keeping right the child counts that hold parents alive for `path_of`.
+    pub fn reparent(&self, node: &Node, parent: u64, name: Arc<OsStr>) {
+        let old = {
+            let mut s = node.state.write();
+            let old = s.parent;
+            s.parent = parent;
+            s.name = name;
+            old
+        };
+        if old == parent {
+            return;
+        }
+        if let Some(p) = self.nodes.get(&parent) {
+            p.kids.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(p) = self.nodes.get(&old) {
+            let _ = p
+                .kids
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(1))
+                });
+        }
+        // The old parent may have been kept only by this child.
+        self.forget(old, 0);
     }
 
     /// Drop `n` lookups of `ino`; nodes without lookups and children go away (and may release
@@ -777,6 +836,45 @@ mod tests {
         let (forced, attr) = t.lookup(ROOT_INO, OsStr::new("forced")).unwrap();
         assert!(!t.no_xattrs(&forced));
         assert_eq!((attr.uid, attr.gid, attr.perm), (7, 8, 0o600));
+    }
+
+    #[test]
+    fn a_number_met_under_another_name_takes_that_name() {
+        // A deleted file's backing inode number given to a new file before the kernel forgot
+        // the old node: the node must answer for the new name (and parent) from then on.
+        let low = tempfile::tempdir().unwrap();
+        fs::create_dir_all(low.path().join("d1")).unwrap();
+        fs::create_dir_all(low.path().join("d2")).unwrap();
+        let t = tree(&[low.path()]);
+        let (d1, _) = t.lookup(ROOT_INO, OsStr::new("d1")).unwrap();
+        let (d2, _) = t.lookup(ROOT_INO, OsStr::new("d2")).unwrap();
+        let entry = |name: &str, kind| DirEntry {
+            name: OsStr::new(name).into(),
+            ino: 77,
+            kind,
+            layer: 0,
+            dir_layers: Box::default(),
+        };
+        let old = t
+            .get_or_insert(d1.ino, &entry("b", FileType::RegularFile))
+            .unwrap();
+        assert_eq!(t.path_of(old.ino).unwrap(), Path::new("d1/b"));
+        let new = t
+            .get_or_insert(d2.ino, &entry("c", FileType::Symlink))
+            .unwrap();
+        assert!(Arc::ptr_eq(&old, &new));
+        assert_eq!(t.path_of(new.ino).unwrap(), Path::new("d2/c"));
+        assert_eq!(new.state.read().kind, FileType::Symlink);
+        // The child count moved with it: d1 can go, d2 cannot while its child lives.
+        t.forget(d1.ino, 1);
+        assert!(
+            t.node(d1.ino).is_err(),
+            "d1 kept alive by a child it no longer has"
+        );
+        t.forget(d2.ino, 1);
+        assert!(t.node(d2.ino).is_ok(), "d2 dropped while its child lives");
+        t.forget(new.ino, 2);
+        assert!(t.node(d2.ino).is_err());
     }
 
     #[test]

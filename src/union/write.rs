@@ -655,9 +655,8 @@ pub(crate) fn rename(
         let exchange = flags.bits() & sys::RENAME_EXCHANGE != 0;
         let set = |ino: Option<u64>, p: u64, n: &OsStr| {
             if let Some(node) = ino.and_then(|i| fs.tree.node(i).ok()) {
+                fs.tree.reparent(&node, p, n.into());
                 let mut s = node.state.write();
-                s.parent = p;
-                s.name = n.into();
                 s.layer = 0;
                 if let Some(d) = s.dir.as_mut() {
                     d.layers = vec![0];
