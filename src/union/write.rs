@@ -286,14 +286,18 @@ fn kill_privs(
     }
 }
 
+/// Whether writes to an upper file of permissions `perm` may bypass us (passthrough): not
+/// with a quota (we count the bytes), nor for a setuid/setgid file (we clear the bits when an
+/// unprivileged caller writes).
+fn writes_may_bypass(fs: &UnionFs, perm: u32) -> bool {
+    fs.opts.quota.is_none() && privs_to_kill(perm, 0, None) == 0
+}
+
 /// Register an open upper file and answer the kernel (passthrough only when no other backing
 /// file is in use for the inode).
 fn reply_open_upper(fs: &UnionFs, ino: u64, file: File, reply: ReplyOpen) {
-    // Passthrough writes bypass us, so a quota needs them to come through userspace, and so
-    // does a setuid/setgid file (we clear the bits when an unprivileged caller writes).
-    let quota = fs.opts.quota.is_some();
-    let privileged = shown_perm(file.as_fd()).map_or(true, |(p, g)| privs_to_kill(p, g, None) != 0);
-    if quota || privileged || fs.writer.blocks_passthrough(ino) {
+    let bypass = shown_perm(file.as_fd()).is_ok_and(|(p, _)| writes_may_bypass(fs, p));
+    if !bypass || fs.writer.blocks_passthrough(ino) {
         let fh = fs.add_handle(Handle {
             ino,
             file,
@@ -812,13 +816,10 @@ pub(crate) fn create(
     })();
     match res {
         Ok((ino, file, attr)) => {
-            // Passthrough writes bypass us, so a quota needs them to come through userspace.
-            // As in reply_open_upper: quota and setuid/setgid files need writes through us.
-            let id = match fs.opts.quota {
-                None if privs_to_kill(mode & 0o7777, 0, None) == 0 => {
-                    fs.backing_id(ino, || reply.open_backing(file.as_fd()))
-                }
-                _ => None,
+            let id = if writes_may_bypass(fs, mode & 0o7777) {
+                fs.backing_id(ino, || reply.open_backing(file.as_fd()))
+            } else {
+                None
             };
             let fh = FileHandle(fs.add_handle(Handle {
                 ino,
