@@ -778,3 +778,37 @@ fn copied_up_entries_stay_upper_after_the_kernel_forgets_them() {
     assert_eq!((f.uid(), f.gid()), (12, 34), "owner of the copied-up f");
     assert_eq!(fs::read_to_string(g.path.join("g")).unwrap(), "data more");
 }
+
+#[test]
+fn a_hard_link_keeps_working_after_the_name_it_was_found_by_goes() {
+    // The kernel knows a hard-linked file as one inode; stratafs serves it by one of its names.
+    // Unlinking that name must leave the file reachable, writable and current by the other.
+    if !is_root() {
+        return;
+    }
+    let (t, g) = rw_mount(false, &[("a", 0o644, 0)]);
+    let lower = t.path().join("lower");
+    fs::create_dir(lower.join("d")).unwrap_or(());
+    drop(g);
+    fs::hard_link(lower.join("a"), lower.join("d/b")).unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        t.path().join("upper").display(),
+        t.path().join("work").display()
+    );
+    let g = crate::common::mount_stratafs(&opts, &t.path().join("mnt"));
+    let (a, b) = (g.path.join("a"), g.path.join("d/b"));
+    let ino = fs::metadata(&a).unwrap().ino();
+    assert_eq!(fs::metadata(&b).unwrap().ino(), ino);
+    fs::remove_file(&a).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&b)
+        .unwrap()
+        .write_all(b" more")
+        .unwrap();
+    let md = fs::metadata(&b).unwrap();
+    assert_eq!((md.ino(), md.nlink()), (ino, 1));
+    assert_eq!(fs::read_to_string(&b).unwrap(), "data more");
+}

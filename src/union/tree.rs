@@ -136,6 +136,9 @@ pub struct DirState {
     pub listing: Option<Arc<Listing>>,
 }
 
+/// Another name of a node: (parent directory's number, name in it).
+pub type Alias = (u64, Arc<OsStr>);
+
 /// The mutable part of a node (the write path changes it on copy-up, rename, ...).
 #[derive(Debug, Clone)]
 pub struct NodeState {
@@ -146,6 +149,9 @@ pub struct NodeState {
     pub layer: LayerIdx,
     /// Boxed: one pointer for the many nodes that are not directories.
     pub dir: Option<Box<DirState>>,
+    /// Other names (parent, name) the kernel found this file under (hard links); one takes
+    /// over when `name` is unlinked. Boxed: almost every node has none.
+    pub aliases: Option<Box<Vec<Alias>>>,
 }
 
 /// An inode known to the kernel.
@@ -279,6 +285,7 @@ impl Tree {
                     layers: (0..layers.list.len()).collect(),
                     listing: None,
                 })),
+                aliases: None,
             }),
         };
         let nodes = DashMap::new();
@@ -414,7 +421,14 @@ impl Tree {
                     let s = n.state.read();
                     s.parent == parent && s.name == e.name
                 };
-                if !same && !self.still_there(&n) {
+                if !same && self.still_there(&n) {
+                    // Another name of a hard-linked file: remembered for when this one goes.
+                    let mut s = n.state.write();
+                    let known = s.aliases.get_or_insert_with(Box::default);
+                    if !known.iter().any(|(p, m)| *p == parent && *m == e.name) {
+                        known.push((parent, e.name.clone()));
+                    }
+                } else if !same {
                     // The number under another name whose old name is gone: a number the
                     // upper's filesystem gave a new file before the kernel forgot the deleted
                     // one (another name of a hard link keeps its node as it is).
@@ -442,6 +456,7 @@ impl Tree {
                         kind: e.kind,
                         layer: e.layer,
                         dir: dir_state(e),
+                        aliases: None,
                     }),
                 });
                 v.insert(n.clone());
@@ -449,6 +464,34 @@ impl Tree {
             }
         };
         Ok(node)
+    }
+
+    /// After the name `name` in `parent` was unlinked: if `node` went by it, it takes another
+    /// name it is known under that still exists (a hard link), so requests keep finding it.
+    pub fn unlinked(&self, node: &Node, parent: u64, name: &OsStr) {
+        let (by_it, aliases) = {
+            let mut s = node.state.write();
+            if let Some(a) = s.aliases.as_mut() {
+                a.retain(|(p, m)| !(*p == parent && **m == *name));
+            }
+            (s.parent == parent && *s.name == *name, s.aliases.clone())
+        };
+        if !by_it {
+            return;
+        }
+        for (p, m) in aliases.map(|a| *a).unwrap_or_default() {
+            let Ok(rel) = self.path_of(p).map(|d| d.join(&*m)) else {
+                continue;
+            };
+            let layer = node.state.read().layer;
+            if sys::fstatat(self.layers.get(layer).fd(), &rel).is_ok() {
+                self.reparent(node, p, m.clone());
+                if let Some(a) = node.state.write().aliases.as_mut() {
+                    a.retain(|(q, n)| !(*q == p && *n == m));
+                }
+                return;
+            }
+        }
     }
 
     /// Whether `node`'s own name still leads to a file in its layer.

@@ -312,16 +312,25 @@ fn reply_open_upper(fs: &UnionFs, ino: u64, file: File, reply: ReplyOpen) {
 /// Copy `ino` (at `rel`) up; afterwards the tree and the passthrough bookkeeping know.
 fn copy_up_node(fs: &UnionFs, up: &UpperLayer, ino: u64, rel: &Path) -> io::Result<()> {
     let r = up.copy_up(rel)?;
-    if let CopyUp::Copied { peers } = &r {
+    let moved = match &r {
+        CopyUp::Copied { .. } => true,
+        // In the upper already while the node still points below: another name of the same
+        // file (a hard link) was copied up.
+        CopyUp::Already => fs
+            .tree
+            .node(ino)
+            .is_ok_and(|n| !node_in_upper(&n.state.read())),
+    };
+    if moved {
         if fs.has_passthrough(ino) {
             fs.writer.no_passthrough.insert(ino);
         }
         refresh(fs, up, Some(ino), rel);
-        if !peers.is_empty() {
-            // Other names of the inode now live in the upper; their directories' listings
-            // may be cached anywhere.
-            fs.tree.invalidate_all_listings();
-        }
+    }
+    if matches!(&r, CopyUp::Copied { peers } if !peers.is_empty()) {
+        // Other names of the inode now live in the upper; their directories' listings may be
+        // cached anywhere.
+        fs.tree.invalidate_all_listings();
     }
     Ok(())
 }
@@ -576,7 +585,16 @@ fn remove(fs: &UnionFs, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEm
     let res = (|| {
         let rel = fs.tree.path_of(parent.0)?.join(name);
         let st = up.source_of(&rel).and_then(|p| sys::lstat(&p).ok());
+        let gone = child_ino(fs, parent.0, name).and_then(|i| fs.tree.node(i).ok());
         up.remove(&rel, dir)?;
+        if let Some(node) = gone.filter(|_| st.is_some_and(|st| st.st_nlink > 1)) {
+            // A hard link loses one name: the node answers to another from now on, and the
+            // removal copied a lower link group up, so it points at the upper too.
+            fs.tree.unlinked(&node, parent.0, name);
+            if let Ok(now) = fs.tree.path_of(node.ino) {
+                refresh(fs, up, Some(node.ino), &now);
+            }
+        }
         refresh(
             fs,
             up,
