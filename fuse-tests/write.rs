@@ -610,6 +610,12 @@ fn renames_through_the_mount_program_do_not_hang() {
     assert!(!mp.join("etc").exists());
 }
 
+/// Append `data` to the file at `p` (through the mount).
+fn append(p: &Path, data: &[u8]) {
+    let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(data).unwrap();
+}
+
 /// Build lower/ with `files` (name, mode, group) under a fresh directory everyone may traverse, and
 /// mount it read-write: stratafs through the mount program, or kernel overlayfs.
 fn rw_mount(
@@ -690,12 +696,7 @@ fn unprivileged_writes_drop_setuid_and_setgid() {
             st.success(),
             "unprivileged writes failed (kernel: {kernel})"
         );
-        fs::OpenOptions::new()
-            .append(true)
-            .open(g.path.join("r"))
-            .unwrap()
-            .write_all(b"root")
-            .unwrap();
+        append(&g.path.join("r"), b"root");
         files
             .iter()
             .map(|(n, _, _)| {
@@ -767,12 +768,7 @@ fn copied_up_entries_stay_upper_after_the_kernel_forgets_them() {
     // List first, so the root's listing is cached before the copy-ups.
     assert_eq!(fs::read_dir(&g.path).unwrap().count(), 2);
     std::os::unix::fs::chown(g.path.join("f"), Some(12), Some(34)).unwrap();
-    fs::OpenOptions::new()
-        .append(true)
-        .open(g.path.join("g"))
-        .unwrap()
-        .write_all(b" more")
-        .unwrap();
+    append(&g.path.join("g"), b" more");
     fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
     let f = fs::metadata(g.path.join("f")).unwrap();
     assert_eq!((f.uid(), f.gid()), (12, 34), "owner of the copied-up f");
@@ -802,12 +798,7 @@ fn a_hard_link_keeps_working_after_the_name_it_was_found_by_goes() {
     let ino = fs::metadata(&a).unwrap().ino();
     assert_eq!(fs::metadata(&b).unwrap().ino(), ino);
     fs::remove_file(&a).unwrap();
-    fs::OpenOptions::new()
-        .append(true)
-        .open(&b)
-        .unwrap()
-        .write_all(b" more")
-        .unwrap();
+    append(&b, b" more");
     let md = fs::metadata(&b).unwrap();
     assert_eq!((md.ino(), md.nlink()), (ino, 1));
     assert_eq!(fs::read_to_string(&b).unwrap(), "data more");
