@@ -245,11 +245,12 @@ impl Drop for Mounted {
     }
 }
 
+/// Fields drop in order: the mount goes before its temporary directory is deleted.
 struct Side {
+    m: Option<Mounted>,
     _t: tempfile::TempDir,
     upper: PathBuf,
     mnt: PathBuf,
-    m: Option<Mounted>,
 }
 
 fn side(kernel: bool, opts_extra: &str) -> Side {
