@@ -110,14 +110,19 @@ impl Listing {
         }
     }
 
-    /// Remove an entry (write path); later entries move up by one.
+    /// Remove an entry (write path); the last entry takes its place, so `rm -rf` of a huge
+    /// directory costs no shifting of every later entry per name (readdir order is only
+    /// promised per open handle, and each handle keeps the snapshot it started with).
     pub fn remove(&mut self, name: &OsStr) -> Option<DirEntry> {
         let pos = self.find(name).ok()?;
-        let i = self.by_name.remove(pos);
-        for later in self.by_name.iter_mut().filter(|j| **j > i) {
-            *later -= 1;
+        let i = self.by_name.remove(pos) as usize;
+        let last = self.entries.len() - 1;
+        if i != last {
+            if let Ok(moved) = self.find(&self.entries[last].name) {
+                self.by_name[moved] = i as u32;
+            }
         }
-        Some(self.entries.remove(i as usize))
+        Some(self.entries.swap_remove(i))
     }
 }
 
@@ -940,8 +945,28 @@ mod tests {
             .map(|n| l.get(OsStr::new(n)).map(|e| e.ino))
             .collect();
         assert_eq!(got, [Some(2), Some(4), Some(5)]);
+        // Removing c moved the last entry (b) into its place.
         let order: Vec<_> = l.entries().iter().map(|e| e.ino).collect();
-        assert_eq!(order, [2, 5, 4]);
+        assert_eq!(order, [5, 2, 4]);
+        // Many removals in a scattered order: every other name is still found, with its entry.
+        let names: Vec<String> = (0..300)
+            .map(|i| format!("n{}", (i * 7919) % 1000))
+            .collect();
+        let mut big = Listing::new(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| e(n, i as u64))
+                .collect(),
+        );
+        for (i, n) in names.iter().enumerate().filter(|(i, _)| i % 3 != 1) {
+            assert_eq!(big.remove(OsStr::new(n)).map(|e| e.ino), Some(i as u64));
+        }
+        assert_eq!(big.len(), 100);
+        for (i, n) in names.iter().enumerate() {
+            let want = (i % 3 == 1).then_some(i as u64);
+            assert_eq!(big.get(OsStr::new(n)).map(|e| e.ino), want, "{n}");
+        }
     }
 
     #[test]
