@@ -585,9 +585,14 @@ fn remove(fs: &UnionFs, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEm
     let res = (|| {
         let rel = fs.tree.path_of(parent.0)?.join(name);
         let st = up.source_of(&rel).and_then(|p| sys::lstat(&p).ok());
-        let gone = child_ino(fs, parent.0, name).and_then(|i| fs.tree.node(i).ok());
+        // One name of a hard-linked file: its node (looked up only then) needs another name.
+        let linked = !dir && st.is_some_and(|st| st.st_nlink > 1);
+        let gone = linked
+            .then(|| child_ino(fs, parent.0, name))
+            .flatten()
+            .and_then(|i| fs.tree.node(i).ok());
         up.remove(&rel, dir)?;
-        if let Some(node) = gone.filter(|_| st.is_some_and(|st| st.st_nlink > 1)) {
+        if let Some(node) = gone {
             // A hard link loses one name: the node answers to another from now on, and the
             // removal copied a lower link group up, so it points at the upper too.
             fs.tree.unlinked(&node, parent.0, name);
@@ -604,7 +609,7 @@ fn remove(fs: &UnionFs, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEm
         fs.tree.update_listing(parent.0, |l| {
             l.remove(name);
         });
-        if st.is_some_and(|st| !dir && st.st_nlink > 1) {
+        if linked {
             // The other names of a hard-linked file may have moved to the upper.
             fs.tree.invalidate_all_listings();
         }
