@@ -93,6 +93,35 @@ fn check_blocks(path: &Path, upto: u64, seeds: &[u8], holes_ok: bool) -> Result<
     }
 }
 
+#[test]
+fn a_server_leaving_late_does_not_unmount_its_successor() {
+    // Container engines detach mounts lazily and may mount the same layers at the same path at
+    // once. The old server learns of the unmount only when it next runs; when it then leaves it
+    // must not unmount the path (fuser does so by path, which hits the new mount). The old
+    // server is held with SIGSTOP to make "late" certain.
+    let s = Setup::new();
+    fs::write(s.lower.join("kept"), "lower").unwrap();
+    let old = mount_stratafs(&s.opts(), &s.mp);
+    assert!(s.mp.join("kept").exists());
+    let old_pid = s.server_pid();
+    signal(old_pid, libc::SIGSTOP);
+    detach(old);
+    let new = mount_stratafs(&s.opts(), &s.mp);
+    let new_pid = s.server_pid();
+    assert_ne!(old_pid, new_pid);
+    signal(old_pid, libc::SIGCONT);
+    wait_gone(old_pid, "its unmount");
+    assert!(
+        stratafs::union::mount::fuse_mounted(&s.mp),
+        "the new mount is gone"
+    );
+    assert_eq!(fs::read_to_string(s.mp.join("kept")).unwrap(), "lower");
+    fs::write(s.mp.join("new"), "upper").unwrap();
+    assert_eq!(fs::read_to_string(s.upper.join("new")).unwrap(), "upper");
+    drop(new);
+    wait_gone(new_pid, "its unmount");
+}
+
 /// Lower, upper, work and mount point in one temporary directory.
 struct Setup {
     _t: tempfile::TempDir,
@@ -171,9 +200,23 @@ fn change_through_mount(mp: &Path) {
 
 /// SIGKILL the server and wait until it is gone (it is not our child: reaped by init).
 fn kill_server(pid: i32) {
+    signal(pid, libc::SIGKILL);
+    wait_gone(pid, "SIGKILL");
+}
+
+fn signal(pid: i32, sig: i32) {
     // SAFETY: plain kill(2) on a pid we read from the server's pid file.
-    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(r, 0, "kill {pid}: {}", std::io::Error::last_os_error());
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill -{sig} {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Wait until process `pid` has exited (or is a zombie).
+fn wait_gone(pid: i32, what: &str) {
     let t0 = Instant::now();
     loop {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -183,7 +226,7 @@ fn kill_server(pid: i32) {
         }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
-            "server {pid} survived SIGKILL"
+            "server {pid} survived {what}"
         );
         std::thread::sleep(Duration::from_millis(10));
     }

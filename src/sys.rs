@@ -812,6 +812,26 @@ pub fn umount2(path: &Path, flags: i32) -> io::Result<()> {
     check(unsafe { libc::umount2(c.as_ptr(), flags) }).map(drop)
 }
 
+/// Whether the FUSE connection behind `dev` (an fd of `/dev/fuse`) still serves a mount: the
+/// kernel marks a connection it has ended (unmounted, aborted) with POLLERR.
+pub fn fuse_connection_alive(dev: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: dev.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd; zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n >= 0 {
+            return n == 0 || p.revents & (libc::POLLERR | libc::POLLNVAL) == 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
 /// The kernel release as (major, minor), from `uname`.
 pub fn kernel_version() -> Option<(u32, u32)> {
     // SAFETY: zeroed utsname is a valid plain C struct; uname fills it.

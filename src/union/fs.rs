@@ -79,6 +79,8 @@ pub struct UnionFs {
     pub invalidator: Arc<OnceLock<Invalidator>>,
     /// State of the write path (upper layer, quota).
     pub(crate) writer: write::Writer,
+    /// Set by the mount program once mounted: what to do when the session ends.
+    pub session_end: Arc<OnceLock<crate::union::server::SessionEnd>>,
 }
 
 /// Kernel cache invalidations, sent from a worker thread: the kernel may need locks that the
@@ -128,6 +130,7 @@ impl UnionFs {
             backing: DashMap::new(),
             invalidator: Arc::new(OnceLock::new()),
             writer: write::Writer::default(),
+            session_end: Arc::new(OnceLock::new()),
         }
     }
 
@@ -280,6 +283,12 @@ fn want(config: &mut KernelConfig, flag: InitFlags) -> bool {
 }
 
 impl Filesystem for UnionFs {
+    fn destroy(&mut self) {
+        if let Some(end) = self.session_end.get() {
+            end.finish();
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         for f in [
             // Always READDIRPLUS, never the "auto" mode: in auto the kernel asks for attributes

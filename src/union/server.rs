@@ -179,6 +179,7 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
     let tree = Tree::new(layers, ids).ctx(|| "building the merged view")?;
     let fs = UnionFs::new(tree, o.clone());
     let invalidator = fs.invalidator.clone();
+    let session_end = fs.session_end.clone();
     let cfg = session_config(args);
     let mut session = fuser::Session::new(fs, mp, &cfg).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && o.allow_other {
@@ -192,6 +193,13 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
         crate::union::fs::Invalidator::start(session.notifier())
             .ctx(|| "starting the invalidation worker")?,
     );
+    let _ = session_end.set(SessionEnd {
+        mountpoint: mp.clone(),
+        connection: session
+            .as_fd()
+            .try_clone_to_owned()
+            .ctx(|| "duplicating the FUSE device")?,
+    });
     if let Some(p) = &o.pidfile {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .ctx(|| format!("writing pid file {}", p.display()))?;
@@ -222,8 +230,35 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
     session
         .run()
         .map_err(|e| mount_err(mp, format!("serving: {e}")))?;
-    tracing::info!(mountpoint = %mp.display(), "unmounted, exiting");
     Ok(())
+}
+
+/// How the server leaves once its session ends.
+///
+/// When the session ends, fuser 0.18 unmounts the mount point *by path*, guarded by a check
+/// meant to skip that when the mount is already gone, a check that always passes (it takes the
+/// dead connection's POLLERR for "still mounted"). After a lazy unmount (`umount -l`, the
+/// MNT_DETACH container engines use) the path may already hold a new mount, often of the same
+/// layers (even the same device and mount ids: the kernel reuses both), and that unmount would
+/// take it down. So the server exits before fuser gets there, unless its own connection still
+/// serves the mount (the session ended on an error).
+#[derive(Debug)]
+pub struct SessionEnd {
+    pub mountpoint: PathBuf,
+    /// A duplicate of the session's `/dev/fuse` descriptor, to ask whether it is still mounted.
+    pub connection: OwnedFd,
+}
+
+impl SessionEnd {
+    /// Called as the session ends (from `destroy`, after the last request).
+    pub fn finish(&self) {
+        if sys::fuse_connection_alive(self.connection.as_fd()) {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), "session ended while mounted, unmounting");
+            return;
+        }
+        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted, exiting");
+        std::process::exit(0);
+    }
 }
 
 /// Parse the mount-program command line (without the program name): `-o OPTS` (repeatable,
