@@ -89,6 +89,8 @@ pub struct UpperLayer {
     /// Whether copy-up still tries reflinks (cleared when the filesystem has none).
     pub(crate) reflink: AtomicBool,
     seq: AtomicU64,
+    /// This process's id, part of staging names (read once: glibc does not cache getpid).
+    pid: u32,
     lowers: Arc<dyn LowerView>,
     /// Usage and limit of the layer.
     pub quota: Quota,
@@ -133,6 +135,7 @@ impl UpperLayer {
             base_lock: Mutex::new(()),
             reflink: AtomicBool::new(true),
             seq: AtomicU64::new(0),
+            pid: std::process::id(),
             lowers,
             quota,
         })
@@ -153,7 +156,7 @@ impl UpperLayer {
     /// A fresh name in the staging directory.
     pub(crate) fn tmp_name(&self) -> OsString {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        OsString::from(format!("{}.{n}", std::process::id()))
+        OsString::from(format!("{}.{n}", self.pid))
     }
 
     /// The on-disk path of `rel` in the upper layer.
@@ -339,10 +342,23 @@ impl UpperLayer {
             return Ok(CopyUp::Already);
         }
         let entry = self.lower_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
+        self.copy_up_entry(rel, &entry)
+    }
+
+    /// [`UpperLayer::copy_up`] of `entry`, which the caller knows to be what the view shows at
+    /// `rel` (the merged tree resolved it): no walk of the upper for whiteouts on the way.
+    pub fn copy_up_entry(&self, rel: &Path, entry: &LowerEntry) -> io::Result<CopyUp> {
+        if rel.as_os_str().is_empty() {
+            return Ok(CopyUp::Already);
+        }
         let st = sys::lstat(&entry.path)?;
         if is_dir(&st) {
             self.ensure_dir(rel)?;
             return Ok(CopyUp::Copied { peers: Vec::new() });
+        }
+        // Another name of a hard-linked file may have brought this one up already.
+        if st.st_nlink > 1 && self.upper_stat(rel).is_some() {
+            return Ok(CopyUp::Already);
         }
         let (parent, _) = split(rel)?;
         self.ensure_dir(parent)?;
@@ -361,7 +377,7 @@ impl UpperLayer {
         }
         let mut peers = Vec::new();
         if is_reg && st.st_nlink > 1 {
-            for peer in self.lowers.hardlink_peers(&entry) {
+            for peer in self.lowers.hardlink_peers(entry) {
                 match self.link_peer(rel, &peer, &st) {
                     Ok(true) => peers.push(peer),
                     Ok(false) => {}
@@ -545,9 +561,13 @@ impl UpperLayer {
     /// Remove the merged entry at `rel` (`rmdir` when `dir`): delete the upper entry and write a
     /// whiteout if a lower layer has the name. A directory must show no entries (`ENOTEMPTY`).
     pub fn remove(&self, rel: &Path, dir: bool) -> io::Result<()> {
+        self.remove_over(rel, dir, self.lower_of(rel))
+    }
+
+    /// [`UpperLayer::remove`] where the caller knows the lower entry the view has at `rel`.
+    pub fn remove_over(&self, rel: &Path, dir: bool, lower: Option<LowerEntry>) -> io::Result<()> {
         let (parent, name) = split(rel)?;
         let upper = self.upper_stat(rel);
-        let lower = self.lower_of(rel);
         let st = match (&upper, &lower) {
             (Some(st), _) => *st,
             (None, Some(e)) => sys::lstat(&e.path)?,

@@ -20,10 +20,11 @@ use fuser::{
 };
 
 use crate::layer::meta::{self, OverrideStat};
+use crate::layer::whiteout;
 use crate::sys::{self, TimeSpec};
 use crate::union::fs::{err, Handle, UnionFs};
-use crate::union::lowers::LowerStack;
-use crate::union::tree::{container_to_host, kind_of_mode, DirEntry, NodeState, ROOT_INO};
+use crate::union::lowers::{LowerEntry, LowerStack};
+use crate::union::tree::{container_to_host, kind_of_mode, DirEntry, Node, NodeState, ROOT_INO};
 use crate::union::upper::{CopyUp, NewAttr, SetAttr, UpperLayer};
 
 fn errno(e: i32) -> io::Error {
@@ -309,9 +310,42 @@ fn reply_open_upper(fs: &UnionFs, ino: u64, file: File, reply: ReplyOpen) {
     fs.reply_opened(ino, file, true, reply)
 }
 
+/// The lower entry backing `node` (at `rel`), as the tree resolved it; `None` when the node
+/// is in the upper.
+fn lower_backing(fs: &UnionFs, node: &Node, rel: &Path) -> Option<LowerEntry> {
+    let layer = fs.tree.layers.get(node.state.read().layer);
+    (!layer.upper).then(|| LowerEntry {
+        layer: layer.path.clone(),
+        path: layer.abs(rel),
+    })
+}
+
+/// The lower entry the view has at `rel` in the merged directory `parent`: none when that
+/// directory merges no lower layer (upper only, or opaque), else what the lower layers show.
+/// The tree knows what the upper hides, which spares a walk of the upper along `rel`.
+fn lower_in_view(fs: &UnionFs, up: &UpperLayer, parent: u64, rel: &Path) -> Option<LowerEntry> {
+    let Ok(node) = fs.tree.node(parent) else {
+        return up.lower_of(rel);
+    };
+    let merges_lower = node
+        .state
+        .read()
+        .dir
+        .as_ref()
+        .is_some_and(|d| d.layers.iter().any(|&l| !fs.tree.layers.get(l).upper));
+    merges_lower.then(|| up.lowers().lower_entry(rel)).flatten()
+}
+
 /// Copy `ino` (at `rel`) up; afterwards the tree and the passthrough bookkeeping know.
 fn copy_up_node(fs: &UnionFs, up: &UpperLayer, ino: u64, rel: &Path) -> io::Result<()> {
-    let r = up.copy_up(rel)?;
+    let node = fs.tree.node(ino)?;
+    if node_in_upper(&node.state.read()) {
+        return Ok(());
+    }
+    let r = match lower_backing(fs, &node, rel) {
+        Some(entry) => up.copy_up_entry(rel, &entry)?,
+        None => up.copy_up(rel)?,
+    };
     let moved = match &r {
         CopyUp::Copied { .. } => true,
         // In the upper already while the node still points below: another name of the same
@@ -584,14 +618,18 @@ fn remove(fs: &UnionFs, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEm
     };
     let res = (|| {
         let rel = fs.tree.path_of(parent.0)?.join(name);
-        let st = up.source_of(&rel).and_then(|p| sys::lstat(&p).ok());
+        let lower = lower_in_view(fs, up, parent.0, &rel);
+        let st = sys::lstat(&up.upath(&rel))
+            .ok()
+            .filter(|st| !whiteout::is_whiteout_device(st))
+            .or_else(|| lower.as_ref().and_then(|e| sys::lstat(&e.path).ok()));
         // One name of a hard-linked file: its node (looked up only then) needs another name.
         let linked = !dir && st.is_some_and(|st| st.st_nlink > 1);
         let gone = linked
             .then(|| child_ino(fs, parent.0, name))
             .flatten()
             .and_then(|i| fs.tree.node(i).ok());
-        up.remove(&rel, dir)?;
+        up.remove_over(&rel, dir, lower)?;
         if let Some(node) = gone {
             // A hard link loses one name: the node answers to another from now on, and the
             // removal copied a lower link group up, so it points at the upper too.
@@ -860,6 +898,9 @@ pub(crate) fn create(
     }
 }
 
+/// FLUSH (sent at every close) has nothing to do here: data goes to the backing file at each
+/// write, and locks stay in the kernel (no FUSE_POSIX_LOCKS). ENOSYS tells the kernel so; it
+/// then stops sending FLUSH, and `close` no longer waits for a round trip.
 pub(crate) fn flush(
     _fs: &UnionFs,
     _req: &Request,
@@ -868,7 +909,7 @@ pub(crate) fn flush(
     _lock_owner: LockOwner,
     reply: ReplyEmpty,
 ) {
-    reply.ok()
+    reply.error(Errno::ENOSYS)
 }
 
 pub(crate) fn fsync(
