@@ -170,8 +170,26 @@ impl UpperLayer {
         (!whiteout::is_whiteout_device(&st)).then_some(st)
     }
 
+    /// Open `rel` of the upper layer, confined to it: no symlink on the way is followed.
+    fn open_in_upper(&self, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let resolve = sys::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+        let flags = flags | libc::O_NOFOLLOW;
+        match sys::openat2(self.root_fd.as_fd(), rel, flags, 0, resolve) {
+            // Kernels before 5.6: the path as it is (the last component is still not followed).
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                sys::openat(self.root_fd.as_fd(), rel, flags, 0)
+            }
+            other => other,
+        }
+    }
+
     fn open_upper_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
-        sys::open_dir(&self.upath(rel))
+        self.open_in_upper(rel, libc::O_RDONLY | libc::O_DIRECTORY)
     }
 
     /// Whether the upper directory `dir` records `name` as deleted (either format).
@@ -423,7 +441,10 @@ impl UpperLayer {
     ) -> io::Result<()> {
         let (parent, name) = split(rel)?;
         self.ensure_dir(parent)?;
-        let had_whiteout = self.whiteout_in(parent, name);
+        // Only a directory cares whether it replaces a deleted name (it must then be opaque);
+        // `place` replaces a whiteout of either format by itself.
+        let had_whiteout =
+            attr.mode & libc::S_IFMT == libc::S_IFDIR && self.whiteout_in(parent, name);
         let tmp = self.tmp_name();
         let sfd = self.staging_fd.as_fd();
         let shape = Shape {
@@ -455,13 +476,20 @@ impl UpperLayer {
     /// `.wh.NAME` marker if there is one.
     fn place(&self, tmp: &OsStr, parent: &Path, name: &OsStr) -> io::Result<()> {
         let pfd = self.open_upper_dir(parent)?;
-        let wh_dev = matches!(sys::fstatat(pfd.as_fd(), Path::new(name)), Ok(st) if whiteout::is_whiteout_device(&st));
-        let flags = if wh_dev { 0 } else { sys::RENAME_NOREPLACE };
-        if let Err(e) = sys::renameat2(self.staging_fd.as_fd(), tmp, pfd.as_fd(), name, flags) {
+        let (sfd, dfd) = (self.staging_fd.as_fd(), pfd.as_fd());
+        let mut placed = sys::renameat2(sfd, tmp, dfd, name, sys::RENAME_NOREPLACE);
+        if matches!(&placed, Err(e) if e.raw_os_error() == Some(libc::EEXIST)) {
+            // Only a whiteout device (kernel format) may be replaced.
+            let wh_dev = matches!(sys::fstatat(dfd, Path::new(name)), Ok(st) if whiteout::is_whiteout_device(&st));
+            if wh_dev {
+                placed = sys::renameat2(sfd, tmp, dfd, name, 0);
+            }
+        }
+        if let Err(e) = placed {
             let _ = self.discard(tmp);
             return Err(e);
         }
-        self.drop_whiteout(pfd.as_fd(), name)
+        self.drop_whiteout(dfd, name)
     }
 
     /// Record that `name` in the upper directory `pfd` is deleted: a hard link to the shared
@@ -746,6 +774,11 @@ impl UpperLayer {
     /// Apply `setattr` changes to the merged entry `rel` (copying it up first).
     pub fn set_attr(&self, rel: &Path, a: &SetAttr) -> io::Result<()> {
         self.copy_up(rel)?;
+        self.apply_attr(rel, a)
+    }
+
+    /// [`UpperLayer::set_attr`] of an entry already in the upper layer.
+    pub fn apply_attr(&self, rel: &Path, a: &SetAttr) -> io::Result<()> {
         let (parent, name) = split(rel)?;
         let path = self.upath(rel);
         let pfd = self.open_upper_dir(parent)?;
@@ -927,10 +960,9 @@ impl UpperLayer {
     /// Open the merged regular file `rel` for writing (copying it up); `flags` as in open(2).
     pub fn open_write(&self, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
         self.copy_up(rel)?;
-        let (parent, name) = split(rel)?;
-        let pfd = self.open_upper_dir(parent)?;
-        let flags = flags & !(libc::O_CREAT | libc::O_EXCL) | libc::O_NOFOLLOW;
-        let fd = sys::openat(pfd.as_fd(), Path::new(name), flags & !libc::O_TRUNC, 0)?;
+        split(rel)?;
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL);
+        let fd = self.open_in_upper(rel, flags & !libc::O_TRUNC)?;
         if flags & libc::O_TRUNC != 0 {
             self.truncate_fd(fd.as_fd(), 0)?;
         }

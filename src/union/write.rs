@@ -275,7 +275,7 @@ fn kill_privs(
     }
     let mode = Some(perm & !kill);
     match fs.tree.path_of(ino) {
-        Ok(rel) => up.set_attr(
+        Ok(rel) => up.apply_attr(
             &rel,
             &SetAttr {
                 mode,
@@ -477,7 +477,7 @@ pub(crate) fn setattr(
             // Through the open file when there is one (it may be unlinked already).
             match fh.and_then(|f| fs.handle(f.0)).filter(|h| h.writable) {
                 Some(h) => up.truncate_fd(h.file.as_fd(), size)?,
-                None => up.set_attr(
+                None => up.apply_attr(
                     &rel,
                     &SetAttr {
                         size: Some(size),
@@ -487,7 +487,7 @@ pub(crate) fn setattr(
             }
         }
         if !rel.as_os_str().is_empty() {
-            up.set_attr(&rel, &a)?;
+            up.apply_attr(&rel, &a)?;
         } else if a.mode.is_some()
             || a.uid.is_some()
             || a.gid.is_some()
