@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -183,25 +183,50 @@ impl Shape {
     }
 }
 
+/// What [`UpperLayer::make_node`] made.
+#[derive(Debug, Default)]
+pub(crate) struct Made {
+    /// The node's type was refused: a device node became an empty file.
+    pub type_refused: bool,
+    /// A regular file comes open for writing (its data goes in through this).
+    pub file: Option<OwnedFd>,
+    /// Owner and permission bits the node has already, where known: `apply_shape` skips a
+    /// chown or chmod that would change nothing.
+    pub has: Option<(u32, u32, u32)>,
+}
+
 impl UpperLayer {
-    /// Create a node of `shape`'s type at `dir/name` (owner and mode not applied yet). Device
-    /// nodes that the backing filesystem refuses become empty files (their type goes to
-    /// `override_stat`); returns whether that happened.
+    /// Create a node of `shape`'s type at `dir/name` (owner and mode not applied yet, times
+    /// now). Device nodes that the backing filesystem refuses become empty files (their type
+    /// goes to `override_stat`).
     pub(crate) fn make_node(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
         shape: &Shape,
         symlink_target: Option<&Path>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Made> {
+        let create_file = |mode: u32| -> io::Result<OwnedFd> {
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+            sys::openat(dir, Path::new(name), flags, mode)
+        };
         match shape.file_type() {
             libc::S_IFDIR => sys::mkdirat(dir, name, 0o700)?,
-            libc::S_IFREG => drop(sys::openat(
-                dir,
-                Path::new(name),
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                0o600,
-            )?),
+            libc::S_IFREG => {
+                // Created with its final permission bits where they are plain ones and leave
+                // the owner read-write (xattrs are still to be copied, which an unprivileged
+                // owner needs write access for; set-id bits only after the chown, which clears
+                // them): for the usual 0644 and 0755 no chmod is left to do.
+                let perm = shape.mode & 0o7777;
+                let plain = perm & 0o7000 == 0 && perm & 0o600 == 0o600;
+                let f = create_file(if plain { perm } else { 0o600 })?;
+                let st = sys::fstat(f.as_fd())?;
+                return Ok(Made {
+                    type_refused: false,
+                    has: Some((st.st_uid, st.st_gid, st.st_mode & 0o7777)),
+                    file: Some(f),
+                });
+            }
             libc::S_IFLNK => {
                 let t = symlink_target.ok_or_else(|| errno(libc::EINVAL))?;
                 sys::symlinkat(t.as_os_str(), dir, name)?
@@ -210,20 +235,18 @@ impl UpperLayer {
                 match sys::mknodat(dir, name, ty | 0o600, shape.rdev) {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                        drop(sys::openat(
-                            dir,
-                            Path::new(name),
-                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                            0o600,
-                        )?);
-                        return Ok(true);
+                        drop(create_file(0o600)?);
+                        return Ok(Made {
+                            type_refused: true,
+                            ..Made::default()
+                        });
                     }
                     Err(e) => return Err(e),
                 }
             }
             _ => return Err(errno(libc::EINVAL)),
         }
-        Ok(false)
+        Ok(Made::default())
     }
 
     /// Give the node at `dir/name` (full path `path`) the owner, mode and times of `shape`.
@@ -236,12 +259,15 @@ impl UpperLayer {
         path: &Path,
         shape: &Shape,
         existing: Option<OverrideStat>,
-        type_refused: bool,
+        made: &Made,
     ) -> io::Result<()> {
         let is_link = shape.file_type() == libc::S_IFLNK;
         let perm = shape.mode & 0o7777;
-        let mut need_override = type_refused;
-        if existing.is_none() {
+        let mut need_override = made.type_refused;
+        let owned = made
+            .has
+            .is_some_and(|(uid, gid, _)| (uid, gid) == (shape.uid, shape.gid));
+        if existing.is_none() && !owned {
             match sys::lchownat(dir, name, shape.uid, shape.gid) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => need_override = true,
@@ -260,7 +286,9 @@ impl UpperLayer {
             } else {
                 perm
             };
-            sys::fchmodat(dir, name, backing)?;
+            if made.has.map(|(_, _, mode)| mode) != Some(backing) {
+                sys::fchmodat(dir, name, backing)?;
+            }
         }
         if need_override && !is_link {
             let o = OverrideStat {
@@ -295,14 +323,13 @@ impl UpperLayer {
             } else {
                 None
             };
-            let refused = self.make_node(dir, name, &shape, target.as_deref())?;
-            if shape.file_type() == libc::S_IFREG {
+            let made = self.make_node(dir, name, &shape, target.as_deref())?;
+            if let Some(to) = &made.file {
                 let from = std::fs::File::open(src)?;
-                let to = sys::openat(dir, Path::new(name), libc::O_WRONLY | libc::O_NOFOLLOW, 0)?;
                 copy_data(from.as_fd(), to.as_fd(), st, &self.reflink)?;
             }
             let existing = copy_xattrs(src, &dst)?;
-            self.apply_shape(dir, name, &dst, &shape, existing, refused)
+            self.apply_shape(dir, name, &dst, &shape, existing, &made)
         })();
         if let Err(e) = built {
             let _ = if shape.file_type() == libc::S_IFDIR {

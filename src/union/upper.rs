@@ -457,13 +457,13 @@ impl UpperLayer {
             mtime: TimeSpec::Now,
         };
         let built = (|| {
-            let refused = self.make_node(sfd, &tmp, &shape, symlink_target)?;
+            let made = self.make_node(sfd, &tmp, &shape, symlink_target)?;
             let path = self.staging.join(&tmp);
             if shape.file_type() == libc::S_IFDIR && had_whiteout {
                 let fd = sys::open_dir(&path)?;
                 whiteout::write_opaque(fd.as_fd())?;
             }
-            self.apply_shape(sfd, &tmp, &path, &shape, None, refused)
+            self.apply_shape(sfd, &tmp, &path, &shape, None, &made)
         })();
         if let Err(e) = built {
             let _ = self.discard(&tmp);
