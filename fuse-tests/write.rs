@@ -804,3 +804,78 @@ fn a_hard_link_keeps_working_after_the_name_it_was_found_by_goes() {
     assert_eq!((md.ino(), md.nlink()), (ino, 1));
     assert_eq!(fs::read_to_string(&b).unwrap(), "data more");
 }
+
+#[test]
+fn a_directory_swapped_for_a_symlink_leads_nowhere_outside_the_layer() {
+    // The server turns the kernel's requests into paths from its tree; another request (a
+    // rename and a symlink through the mount) may swap a directory on such a path for a
+    // symlink in the upper before the path is used. Here the swap is made in the upper
+    // directly (the race's outcome, made certain): reads, writes, chmod and setxattr through
+    // the old path must fail or stay in the layer, never reach what the symlink points at.
+    if !is_root() {
+        return;
+    }
+    let (t, g) = rw_mount(false, &[]);
+    let d = g.path.join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("secret"), "inside").unwrap();
+    fs::write(d.join("victim"), "inside").unwrap();
+    // The kernel now knows d/secret and d/victim (the entries stay cached).
+    assert_eq!(fs::read_to_string(d.join("secret")).unwrap(), "inside");
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), "host secret").unwrap();
+    fs::write(outside.join("victim"), "host file").unwrap();
+    fs::set_permissions(
+        outside.join("victim"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let up = t.path().join("upper");
+    fs::rename(up.join("d"), up.join("d.moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, up.join("d")).unwrap();
+
+    let read = fs::read_to_string(d.join("secret"));
+    assert!(
+        !matches!(&read, Ok(s) if s == "host secret"),
+        "read through the swapped directory reached outside: {read:?}"
+    );
+    let _ = fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("victim"))
+        .and_then(|mut f| f.write_all(b" + written"));
+    let _ = fs::set_permissions(
+        d.join("victim"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    );
+    let cpath = CString::new(d.join("victim").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings and buffer.
+    unsafe {
+        libc::setxattr(
+            cpath.as_ptr(),
+            c"user.evil".as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(
+        fs::read_to_string(outside.join("victim")).unwrap(),
+        "host file"
+    );
+    let md = fs::metadata(outside.join("victim")).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o644, "mode of the outside file changed");
+    let cname = CString::new(outside.join("victim").as_os_str().as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid C strings and buffer of the given size.
+    let n = unsafe {
+        libc::getxattr(
+            cname.as_ptr(),
+            c"user.evil".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n < 0, "xattr set on the outside file");
+    drop(g);
+}

@@ -418,6 +418,30 @@ pub fn openat2(
     }
 }
 
+/// Open `rel` below the directory `dir` (`.` when empty) following no symlink on the way and
+/// never leaving `dir` (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a path computed
+/// from the merged tree stays inside its layer even when a directory on it was swapped for a
+/// symlink meanwhile (another request may do that between our look-up and the open). Before
+/// Linux 5.6 (no openat2): plain `openat`, the last component still not followed.
+pub fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let flags = flags | libc::O_NOFOLLOW;
+    match openat2(
+        dir,
+        rel,
+        flags,
+        0,
+        RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => openat(dir, rel, flags, 0),
+        other => other,
+    }
+}
+
 /// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: stay under the starting directory.
 pub const RESOLVE_BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
 

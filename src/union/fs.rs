@@ -159,12 +159,7 @@ impl UnionFs {
     /// Open `ino`'s backing file in its visible layer with `flags`.
     pub fn open_backing_file(&self, ino: u64, flags: i32) -> io::Result<File> {
         let (layer, rel) = self.tree.backing(ino)?;
-        let fd = sys::openat(
-            self.tree.layers.get(layer).fd(),
-            rel_or_dot(&rel),
-            flags | libc::O_NOFOLLOW,
-            0,
-        )?;
+        let fd = sys::open_beneath(self.tree.layers.get(layer).fd(), &rel, flags)?;
         Ok(File::from(fd))
     }
 
@@ -254,13 +249,7 @@ impl UnionFs {
     ) -> io::Result<fuser::FileAttr> {
         let l = self.tree.layers.get(layer);
         let dfd = dirs.entry(layer).or_insert_with(|| {
-            sys::openat(
-                l.fd(),
-                rel_or_dot(rel),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )
-            .ok()
+            sys::open_beneath(l.fd(), rel, libc::O_RDONLY | libc::O_DIRECTORY).ok()
         });
         match dfd {
             Some(fd) => {

@@ -679,15 +679,18 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
     };
     for (pos, &li) in layers.iter().enumerate() {
         let layer = all.get(li);
-        let dfd = match sys::openat(
-            layer.fd(),
-            rel_or_dot(rel),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        ) {
+        let dfd = match sys::open_beneath(layer.fd(), rel, libc::O_RDONLY | libc::O_DIRECTORY) {
             Ok(fd) => fd,
-            // Gone from this layer (only the upper can change under us): skip it.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => continue,
+            // Gone from this layer (only the upper can change under us), or no longer a
+            // directory all the way (ELOOP: a symlink on the way): skip it.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Err(e),
         };
         let mut opaque = false;

@@ -172,20 +172,7 @@ impl UpperLayer {
 
     /// Open `rel` of the upper layer, confined to it: no symlink on the way is followed.
     fn open_in_upper(&self, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel
-        };
-        let resolve = sys::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
-        let flags = flags | libc::O_NOFOLLOW;
-        match sys::openat2(self.root_fd.as_fd(), rel, flags, 0, resolve) {
-            // Kernels before 5.6: the path as it is (the last component is still not followed).
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                sys::openat(self.root_fd.as_fd(), rel, flags, 0)
-            }
-            other => other,
-        }
+        sys::open_beneath(self.root_fd.as_fd(), rel, flags)
     }
 
     fn open_upper_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
@@ -780,8 +767,9 @@ impl UpperLayer {
     /// [`UpperLayer::set_attr`] of an entry already in the upper layer.
     pub fn apply_attr(&self, rel: &Path, a: &SetAttr) -> io::Result<()> {
         let (parent, name) = split(rel)?;
-        let path = self.upath(rel);
         let pfd = self.open_upper_dir(parent)?;
+        // The xattr calls name the entry through the directory opened above (confined).
+        let path = sys::fd_child_path(pfd.as_fd(), Path::new(name));
         let st = sys::fstatat(pfd.as_fd(), Path::new(name))?;
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
         let mut over = if is_link {
@@ -938,7 +926,13 @@ impl UpperLayer {
             return Err(errno(libc::EPERM));
         }
         self.copy_up(rel)?;
-        sys::lsetxattr(&self.upath(rel), name, value)
+        let (parent, leaf) = split(rel)?;
+        let pfd = self.open_upper_dir(parent)?;
+        sys::lsetxattr(
+            &sys::fd_child_path(pfd.as_fd(), Path::new(leaf)),
+            name,
+            value,
+        )
     }
 
     /// Remove an xattr of the merged entry `rel` (copying it up).
@@ -954,7 +948,9 @@ impl UpperLayer {
             return Err(errno(libc::ENODATA));
         }
         self.copy_up(rel)?;
-        sys::lremovexattr(&self.upath(rel), name)
+        let (parent, leaf) = split(rel)?;
+        let pfd = self.open_upper_dir(parent)?;
+        sys::lremovexattr(&sys::fd_child_path(pfd.as_fd(), Path::new(leaf)), name)
     }
 
     /// Open the merged regular file `rel` for writing (copying it up); `flags` as in open(2).
