@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -325,7 +326,10 @@ impl UpperLayer {
             };
             let made = self.make_node(dir, name, &shape, target.as_deref())?;
             if let Some(to) = &made.file {
-                let from = std::fs::File::open(src)?;
+                let from = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(src)?;
                 copy_data(from.as_fd(), to.as_fd(), st, &self.reflink)?;
             }
             let existing = copy_xattrs(src, &dst)?;
@@ -369,7 +373,7 @@ impl UpperLayer {
         name: &OsStr,
         links: &mut HashMap<(u64, u64), std::path::PathBuf>,
     ) -> io::Result<()> {
-        let src = self.source_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
+        let (src, _held) = self.copy_source(rel)?;
         let st = sys::lstat(&src)?;
         let dfd = sys::open_dir(dest_dir)?;
         let dest = dest_dir.join(name);

@@ -235,21 +235,34 @@ impl UpperLayer {
         self.lower_of(rel).map(|e| e.path)
     }
 
+    /// Where to copy the merged entry `rel` from: the upper entry, named through its directory
+    /// opened beneath the upper root (the returned fd keeps that name valid), else the visible
+    /// lower one.
+    pub(crate) fn copy_source(&self, rel: &Path) -> io::Result<(PathBuf, Option<OwnedFd>)> {
+        if self.upper_stat(rel).is_some() {
+            let (parent, name) = split(rel)?;
+            let pfd = self.open_upper_dir(parent)?;
+            return Ok((sys::fd_child_path(pfd.as_fd(), Path::new(name)), Some(pfd)));
+        }
+        let e = self.lower_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
+        Ok((e.path, None))
+    }
+
     /// The names the merged directory `rel` shows.
     pub fn merged_children(&self, rel: &Path) -> io::Result<Vec<OsString>> {
         let mut names = Vec::new();
         let mut hidden = std::collections::HashSet::new();
         let mut opaque = false;
-        let up = self.upath(rel);
-        if matches!(sys::lstat(&up), Ok(st) if is_dir(&st)) {
-            opaque = whiteout::has_opaque_xattr(&up);
-            for e in std::fs::read_dir(&up)? {
-                let e = e?;
-                let name = e.file_name();
+        // Read through a directory opened beneath the upper root (a symlink swapped in on the
+        // way is refused, not followed).
+        if let Ok(dfd) = self.open_upper_dir(rel) {
+            opaque = whiteout::fd_has_opaque_xattr(dfd.as_fd());
+            for e in sys::read_dir_fd(dfd.as_fd())? {
+                let name = e.name;
                 match whiteout::classify(&name) {
                     NameKind::Plain => {
-                        if matches!(sys::lstat(&e.path()), Ok(st) if whiteout::is_whiteout_device(&st))
-                        {
+                        let st = sys::fstatat(dfd.as_fd(), Path::new(&name));
+                        if matches!(st, Ok(st) if whiteout::is_whiteout_device(&st)) {
                             hidden.insert(name);
                         } else {
                             names.push(name);
