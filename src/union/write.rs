@@ -20,7 +20,6 @@ use fuser::{
 };
 
 use crate::layer::meta::{self, OverrideStat};
-use crate::layer::whiteout;
 use crate::sys::{self, TimeSpec};
 use crate::union::fs::{err, Handle, UnionFs};
 use crate::union::lowers::{LowerEntry, LowerStack};
@@ -619,9 +618,8 @@ fn remove(fs: &UnionFs, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEm
     let res = (|| {
         let rel = fs.tree.path_of(parent.0)?.join(name);
         let lower = lower_in_view(fs, up, parent.0, &rel);
-        let st = sys::lstat(&up.upath(&rel))
-            .ok()
-            .filter(|st| !whiteout::is_whiteout_device(st))
+        let st = up
+            .upper_stat(&rel)
             .or_else(|| lower.as_ref().and_then(|e| sys::lstat(&e.path).ok()));
         // One name of a hard-linked file: its node (looked up only then) needs another name.
         let linked = !dir && st.is_some_and(|st| st.st_nlink > 1);
