@@ -831,10 +831,45 @@ fn a_directory_swapped_for_a_symlink_leads_nowhere_outside_the_layer() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
+    let host = CString::new(outside.join("secret").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        libc::setxattr(
+            host.as_ptr(),
+            c"user.host".as_ptr(),
+            b"leak".as_ptr().cast(),
+            4,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr on the outside file");
     let up = t.path().join("upper");
     fs::rename(up.join("d"), up.join("d.moved")).unwrap();
     std::os::unix::fs::symlink(&outside, up.join("d")).unwrap();
 
+    // Attribute reads too: the kernel caches no xattrs, so these reach the server.
+    let view = CString::new(d.join("secret").as_os_str().as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid C strings and buffer of the given size.
+    let n = unsafe {
+        libc::getxattr(
+            view.as_ptr(),
+            c"user.host".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(
+        n < 0,
+        "getxattr through the swapped directory read the outside file's xattr"
+    );
+    // SAFETY: as above.
+    let n = unsafe { libc::listxattr(view.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let names = &buf[..n.max(0) as usize];
+    assert!(
+        !names.windows(9).any(|w| w == b"user.host"),
+        "listxattr through the swapped directory listed the outside file's xattrs"
+    );
     let read = fs::read_to_string(d.join("secret"));
     assert!(
         !matches!(&read, Ok(s) if s == "host secret"),

@@ -24,7 +24,7 @@ use fuser::{
 
 use crate::layer::whiteout;
 use crate::sys;
-use crate::union::layers::{rel_or_dot, LayerIdx};
+use crate::union::layers::LayerIdx;
 use crate::union::options::MountOptions;
 use crate::union::prefetch::{Front, Prefetcher};
 use crate::union::tree::{Listing, Tree, ROOT_INO};
@@ -259,8 +259,12 @@ impl UnionFs {
                     .attr_from_stat_at(node, layer, fd.as_fd(), Path::new(name), st))
             }
             None => {
-                let st = sys::fstatat(l.fd(), &rel.join(name))?;
-                Ok(self.tree.attr_from_stat(node, layer, &rel.join(name), st))
+                let path = rel.join(name);
+                let at = l.at(&path)?;
+                let st = sys::fstatat(at.dir(), at.name())?;
+                Ok(self
+                    .tree
+                    .attr_from_stat_at(node, layer, at.dir(), at.name(), st))
             }
         }
     }
@@ -359,7 +363,8 @@ impl Filesystem for UnionFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let res = self.tree.backing(ino.0).and_then(|(layer, rel)| {
-            sys::readlinkat(self.tree.layers.get(layer).fd(), rel_or_dot(&rel))
+            let at = self.tree.layers.get(layer).at(&rel)?;
+            sys::readlinkat(at.dir(), at.name())
         });
         match res {
             Ok(t) => reply.data(t.as_bytes()),
@@ -602,10 +607,9 @@ impl Filesystem for UnionFs {
         if self.tree.node(ino.0).is_ok_and(|n| self.tree.no_xattrs(&n)) {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
-        let res = self
-            .tree
-            .backing(ino.0)
-            .and_then(|(layer, rel)| sys::lgetxattr(&self.tree.layers.get(layer).abs(&rel), name));
+        let res = self.tree.backing(ino.0).and_then(|(layer, rel)| {
+            sys::lgetxattr(&self.tree.layers.get(layer).at(&rel)?.xattr_path(), name)
+        });
         match res {
             Ok(Some(v)) => reply_xattr(reply, size, &v),
             Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
@@ -617,10 +621,9 @@ impl Filesystem for UnionFs {
         if self.tree.node(ino.0).is_ok_and(|n| self.tree.no_xattrs(&n)) {
             return reply_xattr(reply, size, &[]);
         }
-        let res = self
-            .tree
-            .backing(ino.0)
-            .and_then(|(layer, rel)| sys::llistxattr(&self.tree.layers.get(layer).abs(&rel)));
+        let res = self.tree.backing(ino.0).and_then(|(layer, rel)| {
+            sys::llistxattr(&self.tree.layers.get(layer).at(&rel)?.xattr_path())
+        });
         match res {
             Ok(names) => {
                 let mut out = Vec::new();

@@ -28,6 +28,35 @@ impl Layer {
         self.fd.as_fd()
     }
 
+    /// `rel` as a directory and a name to use with `*at` calls. A lower layer never changes
+    /// while mounted, so its root and `rel` serve as they are. In the upper (which requests
+    /// change while others run) the parent directory is opened beneath the root refusing
+    /// symlinks, and the name is one component, so that a directory swapped for a symlink
+    /// meanwhile cannot lead a read outside the layer.
+    pub fn at<'a>(&'a self, rel: &'a Path) -> std::io::Result<At<'a>> {
+        let (parent, name) = match (rel.parent(), rel.file_name()) {
+            (Some(p), Some(n)) if self.upper && !p.as_os_str().is_empty() => (p, n),
+            _ => {
+                let name = if rel.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    rel
+                };
+                return Ok(At {
+                    dir: None,
+                    root: self.fd(),
+                    name,
+                });
+            }
+        };
+        let dir = sys::open_beneath(self.fd(), parent, libc::O_PATH | libc::O_DIRECTORY)?;
+        Ok(At {
+            dir: Some(dir),
+            root: self.fd(),
+            name: Path::new(name),
+        })
+    }
+
     /// Absolute path of `rel` inside this layer.
     pub fn abs(&self, rel: &Path) -> PathBuf {
         if rel.as_os_str().is_empty() {
@@ -35,6 +64,30 @@ impl Layer {
         } else {
             self.path.join(rel)
         }
+    }
+}
+
+/// A path of a layer resolved for `*at` calls: see [`Layer::at`].
+#[derive(Debug)]
+pub struct At<'a> {
+    dir: Option<OwnedFd>,
+    root: BorrowedFd<'a>,
+    name: &'a Path,
+}
+
+impl At<'_> {
+    /// The directory `name` is relative to.
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_ref().map_or(self.root, |d| d.as_fd())
+    }
+
+    pub fn name(&self) -> &Path {
+        self.name
+    }
+
+    /// The entry as a path for the `l*xattr` calls (through `/proc/self/fd`).
+    pub fn xattr_path(&self) -> PathBuf {
+        sys::fd_child_path(self.dir(), self.name)
     }
 }
 

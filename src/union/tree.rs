@@ -20,7 +20,7 @@ use parking_lot::RwLock;
 use crate::driver::IdMap;
 use crate::layer::{meta, whiteout};
 use crate::sys;
-use crate::union::layers::{rel_or_dot, LayerIdx, Layers};
+use crate::union::layers::{LayerIdx, Layers};
 
 /// FUSE inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
@@ -406,10 +406,10 @@ impl Tree {
         let listing = self.listing(parent)?;
         let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
         let rel = self.path_of(parent)?.join(name);
-        let dir = self.layers.get(e.layer).fd();
-        let st = sys::fstatat(dir, &rel)?;
+        let at = self.layers.get(e.layer).at(&rel)?;
+        let st = sys::fstatat(at.dir(), at.name())?;
         let node = self.get_or_insert(parent, e)?;
-        let attr = self.attr_from_stat_at(&node, e.layer, dir, &rel, st);
+        let attr = self.attr_from_stat_at(&node, e.layer, at.dir(), at.name(), st);
         Ok((node, attr))
     }
 
@@ -489,7 +489,8 @@ impl Tree {
                 continue;
             };
             let layer = node.state.read().layer;
-            if sys::fstatat(self.layers.get(layer).fd(), &rel).is_ok() {
+            let at = self.layers.get(layer).at(&rel);
+            if at.is_ok_and(|at| sys::fstatat(at.dir(), at.name()).is_ok()) {
                 self.reparent(node, p, m.clone());
                 if let Some(a) = node.state.write().aliases.as_mut() {
                     a.retain(|(q, n)| !(*q == p && *n == m));
@@ -502,8 +503,10 @@ impl Tree {
     /// Whether `node`'s own name still leads to a file in its layer.
     fn still_there(&self, node: &Node) -> bool {
         let layer = node.state.read().layer;
-        self.path_of(node.ino)
-            .is_ok_and(|rel| sys::fstatat(self.layers.get(layer).fd(), &rel).is_ok())
+        self.path_of(node.ino).is_ok_and(|rel| {
+            let at = self.layers.get(layer).at(&rel);
+            at.is_ok_and(|at| sys::fstatat(at.dir(), at.name()).is_ok())
+        })
     }
 
     /// Give `node` the name `name` in directory `parent` (rename; a number met again under
@@ -576,8 +579,9 @@ impl Tree {
         let node = self.node(ino)?;
         let layer = node.state.read().layer;
         let rel = self.path_of(ino)?;
-        let st = sys::fstatat(self.layers.get(layer).fd(), &rel)?;
-        Ok(self.attr_from_stat(&node, layer, &rel, st))
+        let at = self.layers.get(layer).at(&rel)?;
+        let st = sys::fstatat(at.dir(), at.name())?;
+        Ok(self.attr_from_stat_at(&node, layer, at.dir(), at.name(), st))
     }
 
     /// Whether `node` is known to have no xattrs (only ever true for lower-layer files).
@@ -594,8 +598,11 @@ impl Tree {
         rel: &Path,
         st: libc::stat,
     ) -> FileAttr {
-        let dir = self.layers.get(layer).fd();
-        self.attr_from_stat_at(node, layer, dir, rel_or_dot(rel), st)
+        match self.layers.get(layer).at(rel) {
+            Ok(at) => self.attr_from_stat_at(node, layer, at.dir(), at.name(), st),
+            // No longer reachable by that path (unlinked, or refused): no xattrs to apply.
+            Err(_) => self.file_attr(node, st),
+        }
     }
 
     /// [`Tree::attr_from_stat`] for a backing file named by `name` relative to `dir` (the
@@ -630,6 +637,11 @@ impl Tree {
                 }
             }
         }
+        self.file_attr(node, st)
+    }
+
+    /// The attributes of `node` as `st` gives them (override_stat already applied).
+    fn file_attr(&self, node: &Node, st: libc::stat) -> FileAttr {
         let kind = kind_of_mode(st.st_mode);
         let merged_dir = kind == FileType::Directory
             && node
