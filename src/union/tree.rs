@@ -640,6 +640,20 @@ impl Tree {
         self.file_attr(node, st)
     }
 
+    /// The attributes of `node` from a stat of its backing file and the override_stat in force
+    /// on it (known to the caller, which just read or wrote it).
+    pub fn attr_with_override(
+        &self,
+        node: &Node,
+        mut st: libc::stat,
+        over: Option<meta::OverrideStat>,
+    ) -> FileAttr {
+        if let Some(o) = over {
+            o.apply(&mut st);
+        }
+        self.file_attr(node, st)
+    }
+
     /// The attributes of `node` as `st` gives them (override_stat already applied).
     fn file_attr(&self, node: &Node, st: libc::stat) -> FileAttr {
         let kind = kind_of_mode(st.st_mode);

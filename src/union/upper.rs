@@ -66,6 +66,13 @@ pub struct SetAttr {
     pub mtime: Option<TimeSpec>,
 }
 
+/// An upper entry after [`UpperLayer::apply_attr`]: its stat and the override_stat in force.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub st: libc::stat,
+    pub over: Option<OverrideStat>,
+}
+
 /// What a copy-up did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyUp {
@@ -787,11 +794,12 @@ impl UpperLayer {
     /// Apply `setattr` changes to the merged entry `rel` (copying it up first).
     pub fn set_attr(&self, rel: &Path, a: &SetAttr) -> io::Result<()> {
         self.copy_up(rel)?;
-        self.apply_attr(rel, a)
+        self.apply_attr(rel, a).map(drop)
     }
 
-    /// [`UpperLayer::set_attr`] of an entry already in the upper layer.
-    pub fn apply_attr(&self, rel: &Path, a: &SetAttr) -> io::Result<()> {
+    /// [`UpperLayer::set_attr`] of an entry already in the upper layer; returns what the entry
+    /// is afterwards (for the reply, without a second look-up).
+    pub fn apply_attr(&self, rel: &Path, a: &SetAttr) -> io::Result<Applied> {
         let (parent, name) = split(rel)?;
         let pfd = self.open_upper_dir(parent)?;
         // The xattr calls name the entry through the directory opened above (confined).
@@ -834,9 +842,9 @@ impl UpperLayer {
             }
         }
         if let Some(mode) = a.mode {
-            if let Some(mut o) = over {
+            if let Some(o) = over.as_mut() {
                 o.mode = mode & 0o7777;
-                meta::write_override(&path, &o)?;
+                meta::write_override(&path, o)?;
             } else if !is_link {
                 sys::fchmodat(pfd.as_fd(), name, mode & 0o7777)?;
             }
@@ -858,7 +866,10 @@ impl UpperLayer {
                 a.mtime.unwrap_or(TimeSpec::Omit),
             )?;
         }
-        Ok(())
+        Ok(Applied {
+            st: sys::fstatat(pfd.as_fd(), Path::new(name))?,
+            over,
+        })
     }
 
     /// `ftruncate` with quota accounting.
@@ -979,9 +990,9 @@ impl UpperLayer {
         sys::lremovexattr(&sys::fd_child_path(pfd.as_fd(), Path::new(leaf)), name)
     }
 
-    /// Open the merged regular file `rel` for writing (copying it up); `flags` as in open(2).
+    /// Open the regular file `rel` of the upper layer for writing (the caller copied it up);
+    /// `flags` as in open(2).
     pub fn open_write(&self, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
-        self.copy_up(rel)?;
         split(rel)?;
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL);
         let fd = self.open_in_upper(rel, flags & !libc::O_TRUNC)?;

@@ -274,13 +274,15 @@ fn kill_privs(
     }
     let mode = Some(perm & !kill);
     match fs.tree.path_of(ino) {
-        Ok(rel) => up.apply_attr(
-            &rel,
-            &SetAttr {
-                mode,
-                ..Default::default()
-            },
-        ),
+        Ok(rel) => up
+            .apply_attr(
+                &rel,
+                &SetAttr {
+                    mode,
+                    ..Default::default()
+                },
+            )
+            .map(drop),
         // Unlinked while open: only the file itself is left to change.
         Err(_) => sys::fchmod(fd, perm & !kill),
     }
@@ -476,17 +478,19 @@ pub(crate) fn setattr(
             // Through the open file when there is one (it may be unlinked already).
             match fh.and_then(|f| fs.handle(f.0)).filter(|h| h.writable) {
                 Some(h) => up.truncate_fd(h.file.as_fd(), size)?,
-                None => up.apply_attr(
+                None => drop(up.apply_attr(
                     &rel,
                     &SetAttr {
                         size: Some(size),
                         ..Default::default()
                     },
-                )?,
+                )?),
             }
         }
         if !rel.as_os_str().is_empty() {
-            up.apply_attr(&rel, &a)?;
+            let done = up.apply_attr(&rel, &a)?;
+            let node = fs.tree.node(ino.0)?;
+            return Ok(fs.tree.attr_with_override(&node, done.st, done.over));
         } else if a.mode.is_some()
             || a.uid.is_some()
             || a.gid.is_some()
