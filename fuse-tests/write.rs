@@ -13,6 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use stratafs::sys;
 use stratafs::union::fs::UnionFs;
 use stratafs::union::layers::Layers;
 use stratafs::union::options::MountOptions;
@@ -831,43 +832,20 @@ fn a_directory_swapped_for_a_symlink_leads_nowhere_outside_the_layer() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    let host = CString::new(outside.join("secret").as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        libc::setxattr(
-            host.as_ptr(),
-            c"user.host".as_ptr(),
-            b"leak".as_ptr().cast(),
-            4,
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr on the outside file");
+    crate::common::set_xattr(&outside.join("secret"), "user.host", b"leak");
     let up = t.path().join("upper");
     fs::rename(up.join("d"), up.join("d.moved")).unwrap();
     std::os::unix::fs::symlink(&outside, up.join("d")).unwrap();
 
     // Attribute reads too: the kernel caches no xattrs, so these reach the server.
-    let view = CString::new(d.join("secret").as_os_str().as_bytes()).unwrap();
-    let mut buf = [0u8; 64];
-    // SAFETY: valid C strings and buffer of the given size.
-    let n = unsafe {
-        libc::getxattr(
-            view.as_ptr(),
-            c"user.host".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let leaked = sys::lgetxattr(&d.join("secret"), "user.host");
     assert!(
-        n < 0,
+        !matches!(&leaked, Ok(Some(v)) if v == b"leak"),
         "getxattr through the swapped directory read the outside file's xattr"
     );
-    // SAFETY: as above.
-    let n = unsafe { libc::listxattr(view.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    let names = &buf[..n.max(0) as usize];
+    let names = sys::llistxattr(&d.join("secret")).unwrap_or_default();
     assert!(
-        !names.windows(9).any(|w| w == b"user.host"),
+        !names.iter().any(|n| n == b"user.host"),
         "listxattr through the swapped directory listed the outside file's xattrs"
     );
     let read = fs::read_to_string(d.join("secret"));
@@ -883,34 +861,19 @@ fn a_directory_swapped_for_a_symlink_leads_nowhere_outside_the_layer() {
         d.join("victim"),
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     );
-    let cpath = CString::new(d.join("victim").as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid C strings and buffer.
-    unsafe {
-        libc::setxattr(
-            cpath.as_ptr(),
-            c"user.evil".as_ptr(),
-            b"1".as_ptr().cast(),
-            1,
-            0,
-        )
-    };
+    let _ = sys::lsetxattr(&d.join("victim"), "user.evil", b"1");
     assert_eq!(
         fs::read_to_string(outside.join("victim")).unwrap(),
         "host file"
     );
     let md = fs::metadata(outside.join("victim")).unwrap();
     assert_eq!(md.mode() & 0o777, 0o644, "mode of the outside file changed");
-    let cname = CString::new(outside.join("victim").as_os_str().as_bytes()).unwrap();
-    let mut buf = [0u8; 64];
-    // SAFETY: valid C strings and buffer of the given size.
-    let n = unsafe {
-        libc::getxattr(
-            cname.as_ptr(),
-            c"user.evil".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    assert!(n < 0, "xattr set on the outside file");
+    assert!(
+        matches!(
+            sys::lgetxattr(&outside.join("victim"), "user.evil"),
+            Ok(None)
+        ),
+        "xattr set on the outside file"
+    );
     drop(g);
 }

@@ -442,6 +442,23 @@ pub fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: i32) -> io::Result<O
     }
 }
 
+/// The directory `rel` below `dir`, opened as [`open_beneath`] does; `None` when there is no
+/// directory there (absent, a non-directory, or a symlink on the way).
+pub fn open_dir_if_present(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<Option<OwnedFd>> {
+    match open_beneath(dir, rel, libc::O_RDONLY | libc::O_DIRECTORY) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: stay under the starting directory.
 pub const RESOLVE_BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
 

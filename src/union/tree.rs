@@ -705,19 +705,9 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
     };
     for (pos, &li) in layers.iter().enumerate() {
         let layer = all.get(li);
-        let dfd = match sys::open_beneath(layer.fd(), rel, libc::O_RDONLY | libc::O_DIRECTORY) {
-            Ok(fd) => fd,
-            // Gone from this layer (only the upper can change under us), or no longer a
-            // directory all the way (ELOOP: a symlink on the way): skip it.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e),
+        // Gone from this layer (only the upper can change under us): skip it.
+        let Some(dfd) = sys::open_dir_if_present(layer.fd(), rel)? else {
+            continue;
         };
         let mut opaque = false;
         let mut whiteouts: Vec<Box<OsStr>> = Vec::new();

@@ -262,20 +262,7 @@ impl UpperLayer {
         let mut opaque = false;
         // Read through a directory opened beneath the upper root (a symlink swapped in on the
         // way is refused, not followed).
-        let upper_dir = match self.open_upper_dir(rel) {
-            Ok(fd) => Some(fd),
-            // No directory there in the upper (none, a non-directory, or a symlink on the way).
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                ) =>
-            {
-                None
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(dfd) = upper_dir {
+        if let Some(dfd) = sys::open_dir_if_present(self.root_fd.as_fd(), rel)? {
             opaque = whiteout::fd_has_opaque_xattr(dfd.as_fd());
             for e in sys::read_dir_fd(dfd.as_fd())? {
                 let name = e.name;
