@@ -877,3 +877,33 @@ fn a_directory_swapped_for_a_symlink_leads_nowhere_outside_the_layer() {
     );
     drop(g);
 }
+
+#[test]
+fn readers_and_writers_of_a_quota_file_open_it_together() {
+    // With a quota stratafs serves writes itself (it counts the bytes) while reads could go
+    // straight to the backing file; the kernel fails (EIO) an open of one kind while one of
+    // the other is open, so readers of such files are served too.
+    if !is_root() {
+        return;
+    }
+    let s = side(false, ",quota=1048576");
+    let f = s.mnt.join("log");
+    let mut w = fs::File::create(&f).unwrap();
+    w.write_all(b"line\n").unwrap();
+    assert_eq!(
+        fs::read(&f).expect("reader while a writer is open"),
+        b"line\n"
+    );
+    drop(w);
+    let mut r = fs::File::open(&f).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut w| w.write_all(b"more\n"))
+        .expect("writer while a reader is open");
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut r, &mut got).unwrap();
+    assert_eq!(got, "line\nmore\n");
+    drop(r);
+    drop(s.m);
+}

@@ -192,9 +192,19 @@ impl UnionFs {
         }
     }
 
-    /// Reply to an open of `file` for `ino`, through passthrough when the kernel allows it.
-    pub fn reply_opened(&self, ino: u64, file: File, writable: bool, reply: ReplyOpen) {
-        let id = self.backing_id(ino, || reply.open_backing(file.as_fd()));
+    /// Reply to an open of `file` for `ino`, through passthrough when `passthrough_ok` and the
+    /// kernel allows it.
+    pub fn reply_opened(
+        &self,
+        ino: u64,
+        file: File,
+        writable: bool,
+        passthrough_ok: bool,
+        reply: ReplyOpen,
+    ) {
+        let id = passthrough_ok
+            .then(|| self.backing_id(ino, || reply.open_backing(file.as_fd())))
+            .flatten();
         let fh = self.add_handle(Handle {
             ino,
             file,
@@ -378,7 +388,10 @@ impl Filesystem for UnionFs {
             return write::open_writable(self, req, ino, flags, reply);
         }
         match self.open_backing_file(ino.0, libc::O_RDONLY) {
-            Ok(file) => self.reply_opened(ino.0, file, false, reply),
+            Ok(file) => {
+                let pass = write::reads_may_pass(self, ino.0, &file);
+                self.reply_opened(ino.0, file, false, pass, reply)
+            }
             Err(e) => reply.error(err(e)),
         }
     }

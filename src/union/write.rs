@@ -295,6 +295,21 @@ fn writes_may_bypass(fs: &UnionFs, perm: u32) -> bool {
     fs.opts.quota.is_none() && privs_to_kill(perm, 0, None) == 0
 }
 
+/// Whether a read-only open of `ino` (backing file `file`) may use passthrough. A file of the
+/// upper whose writes we serve ourselves (quota, set-id bits) is read through us as well: the
+/// kernel keeps an inode either in passthrough or in served mode and fails (EIO) an open of the
+/// other kind while one is open, so a passthrough reader would shut its writers out.
+pub(crate) fn reads_may_pass(fs: &UnionFs, ino: u64, file: &File) -> bool {
+    let in_upper = fs
+        .tree
+        .node(ino)
+        .is_ok_and(|n| fs.tree.layers.get(n.state.read().layer).upper);
+    if !in_upper {
+        return true;
+    }
+    fs.opts.quota.is_none() && shown_perm(file.as_fd()).is_ok_and(|(p, _)| writes_may_bypass(fs, p))
+}
+
 /// Register an open upper file and answer the kernel (passthrough only when no other backing
 /// file is in use for the inode).
 fn reply_open_upper(fs: &UnionFs, ino: u64, file: File, reply: ReplyOpen) {
@@ -308,7 +323,7 @@ fn reply_open_upper(fs: &UnionFs, ino: u64, file: File, reply: ReplyOpen) {
         });
         return reply.opened(FileHandle(fh), FopenFlags::empty());
     }
-    fs.reply_opened(ino, file, true, reply)
+    fs.reply_opened(ino, file, true, true, reply)
 }
 
 /// The lower entry backing `node` (at `rel`), as the tree resolved it; `None` when the node
