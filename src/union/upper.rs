@@ -73,6 +73,15 @@ pub struct Applied {
     pub over: Option<OverrideStat>,
 }
 
+/// The merged entry at a path: its upper stat (if in the upper), the lower entry the view has
+/// there (if any), and the stat of the visible one.
+#[derive(Debug, Clone)]
+pub struct Present {
+    pub upper: Option<libc::stat>,
+    pub lower: Option<LowerEntry>,
+    pub st: libc::stat,
+}
+
 /// What a copy-up did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyUp {
@@ -596,18 +605,25 @@ impl UpperLayer {
     /// Remove the merged entry at `rel` (`rmdir` when `dir`): delete the upper entry and write a
     /// whiteout if a lower layer has the name. A directory must show no entries (`ENOTEMPTY`).
     pub fn remove(&self, rel: &Path, dir: bool) -> io::Result<()> {
-        self.remove_over(rel, dir, self.lower_of(rel))
+        let found = self.present(rel, self.lower_of(rel))?;
+        self.remove_present(rel, dir, found)
     }
 
-    /// [`UpperLayer::remove`] where the caller knows the lower entry the view has at `rel`.
-    pub fn remove_over(&self, rel: &Path, dir: bool, lower: Option<LowerEntry>) -> io::Result<()> {
-        let (parent, name) = split(rel)?;
+    /// What the view has at `rel`, given the lower entry it shows there (`ENOENT`: nothing).
+    pub fn present(&self, rel: &Path, lower: Option<LowerEntry>) -> io::Result<Present> {
         let upper = self.upper_stat(rel);
         let st = match (&upper, &lower) {
             (Some(st), _) => *st,
             (None, Some(e)) => sys::lstat(&e.path)?,
             (None, None) => return Err(errno(libc::ENOENT)),
         };
+        Ok(Present { upper, lower, st })
+    }
+
+    /// [`UpperLayer::remove`] of what the caller found at `rel` with [`UpperLayer::present`].
+    pub fn remove_present(&self, rel: &Path, dir: bool, found: Present) -> io::Result<()> {
+        let (parent, name) = split(rel)?;
+        let Present { upper, lower, st } = found;
         match (dir, is_dir(&st)) {
             (true, false) => return Err(errno(libc::ENOTDIR)),
             (false, true) => return Err(errno(libc::EISDIR)),

@@ -636,17 +636,14 @@ fn remove(fs: &UnionFs, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEm
     };
     let res = (|| {
         let rel = fs.tree.path_of(parent.0)?.join(name);
-        let lower = lower_in_view(fs, up, parent.0, &rel);
-        let st = up
-            .upper_stat(&rel)
-            .or_else(|| lower.as_ref().and_then(|e| sys::lstat(&e.path).ok()));
+        let found = up.present(&rel, lower_in_view(fs, up, parent.0, &rel))?;
         // One name of a hard-linked file: its node (looked up only then) needs another name.
-        let linked = !dir && st.is_some_and(|st| st.st_nlink > 1);
+        let linked = !dir && found.st.st_nlink > 1;
         let gone = linked
             .then(|| child_ino(fs, parent.0, name))
             .flatten()
             .and_then(|i| fs.tree.node(i).ok());
-        up.remove_over(&rel, dir, lower)?;
+        up.remove_present(&rel, dir, found)?;
         if let Some(node) = gone {
             // A hard link loses one name: the node answers to another from now on, and the
             // removal copied a lower link group up, so it points at the upper too.
