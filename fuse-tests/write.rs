@@ -41,6 +41,9 @@ enum Op {
     Look(&'static str),
     /// Write through an fd kept open across an unlink of its name.
     WriteAfterUnlink(&'static str),
+    /// Make the kernel forget unused dentries and inodes (drop_caches): later looks are
+    /// answered from the server's cached listings.
+    Forget,
 }
 
 fn errno_of(e: &std::io::Error) -> String {
@@ -171,6 +174,7 @@ fn run(root: &Path, op: &Op) -> String {
         }
         Op::SetXattr(f, n, v) => res(stratafs::sys::lsetxattr(&p(f), n, v.as_bytes())),
         Op::Look(f) => look(&p(f)),
+        Op::Forget => res(fs::write("/proc/sys/vm/drop_caches", "2")),
         Op::WriteAfterUnlink(f) => {
             let r = fs::OpenOptions::new()
                 .read(true)
@@ -357,6 +361,36 @@ fn basic_writes_copy_up_and_attributes() {
         SetXattr("etc/pw", "trusted.x", "1"),
         SetXattr("full/b", "user.k", "v"),
         Look("full"),
+    ]);
+}
+
+#[test]
+fn copy_ups_below_listed_lower_directories_keep_their_listings_right() {
+    // Directories copied up on the way to a file keep the merged listings they had (only the
+    // path's entries change); what they show must stay what kernel overlayfs shows, also once
+    // the kernel has forgotten its entries and asks again.
+    if !is_root() {
+        return;
+    }
+    differential(&[
+        Look("etc"),
+        Look("etc/deep"),
+        Look("etc/deep/er"),
+        Append("etc/deep/er/f", "+"),
+        Look("etc/deep/er"),
+        Look("etc/deep"),
+        Look("etc"),
+        Write("etc/deep/new", "n"),
+        Unlink("etc/passwd"),
+        Chmod("full/a", 0o600),
+        Look("full"),
+        Forget,
+        Look("etc/deep/er/f"),
+        Look("etc/deep/er"),
+        Look("etc/deep"),
+        Look("etc"),
+        Look("full/a"),
+        Look("full/b"),
     ]);
 }
 

@@ -4,7 +4,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -660,10 +660,43 @@ pub fn read_dir_fd(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
 /// untouched). No allocation per entry; an error from `f` stops the walk.
 pub fn for_each_dirent(
     dir: BorrowedFd<'_>,
-    mut f: impl FnMut(&OsStr, u64, u8) -> io::Result<()>,
+    f: impl FnMut(&OsStr, u64, u8) -> io::Result<()>,
 ) -> io::Result<()> {
     let fd = openat(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    let mut buf = vec![0u8; 64 * 1024];
+    read_dirents(fd.as_fd(), f)
+}
+
+thread_local! {
+    /// The `getdents64` buffer of this thread: a fresh 64 KiB buffer per listing cost a page
+    /// fault per page whenever malloc had given the memory back.
+    static DIRENT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`for_each_dirent`] reading `fd` itself from its current offset: for a directory the caller
+/// has just opened (one `openat` fewer).
+pub fn read_dirents(
+    fd: BorrowedFd<'_>,
+    mut f: impl FnMut(&OsStr, u64, u8) -> io::Result<()>,
+) -> io::Result<()> {
+    DIRENT_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < DIRENT_BUF_LEN {
+                buf.resize(DIRENT_BUF_LEN, 0);
+            }
+            read_dirents_into(fd, &mut buf, &mut f)
+        }
+        // Called from inside another listing's callback: a buffer of its own.
+        Err(_) => read_dirents_into(fd, &mut vec![0u8; DIRENT_BUF_LEN], &mut f),
+    })
+}
+
+const DIRENT_BUF_LEN: usize = 64 * 1024;
+
+fn read_dirents_into(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    f: &mut impl FnMut(&OsStr, u64, u8) -> io::Result<()>,
+) -> io::Result<()> {
     loop {
         // SAFETY: buf is valid for its length; the kernel writes at most that many bytes.
         let n = unsafe {

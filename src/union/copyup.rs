@@ -194,6 +194,19 @@ pub(crate) struct Made {
     /// Owner and permission bits the node has already, where known: `apply_shape` skips a
     /// chown or chmod that would change nothing.
     pub has: Option<(u32, u32, u32)>,
+    /// Inode number of a regular file made (0 otherwise).
+    pub ino: u64,
+}
+
+/// A regular file just copied, still open read-write from its creation: an open that asked
+/// for the copy-up can use it instead of opening the file again by name.
+#[derive(Debug)]
+pub struct OpenCopy {
+    pub file: OwnedFd,
+    /// Permission bits the view shows (override_stat applied).
+    pub perm: u32,
+    /// Inode number in the upper's filesystem.
+    pub ino: u64,
 }
 
 impl UpperLayer {
@@ -208,7 +221,8 @@ impl UpperLayer {
         symlink_target: Option<&Path>,
     ) -> io::Result<Made> {
         let create_file = |mode: u32| -> io::Result<OwnedFd> {
-            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+            // Read-write: the copy may be handed on to a read-write open (see `OpenCopy`).
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
             sys::openat(dir, Path::new(name), flags, mode)
         };
         match shape.file_type() {
@@ -226,6 +240,7 @@ impl UpperLayer {
                     type_refused: false,
                     has: Some((st.st_uid, st.st_gid, st.st_mode & 0o7777)),
                     file: Some(f),
+                    ino: st.st_ino,
                 });
             }
             libc::S_IFLNK => {
@@ -307,7 +322,8 @@ impl UpperLayer {
     }
 
     /// Build a copy of the entry at `src` as `dir/name`: contents, owner, mode, times, xattrs.
-    /// Directories are copied empty. On error nothing is left at `dir/name`.
+    /// Directories are copied empty. On error nothing is left at `dir/name`. A regular file
+    /// comes back open.
     pub(crate) fn copy_node(
         &self,
         src: &Path,
@@ -315,7 +331,7 @@ impl UpperLayer {
         dir: BorrowedFd<'_>,
         dir_path: &Path,
         name: &OsStr,
-    ) -> io::Result<()> {
+    ) -> io::Result<Option<OpenCopy>> {
         let shape = Shape::of(st);
         let dst = dir_path.join(name);
         let built = (|| {
@@ -333,17 +349,21 @@ impl UpperLayer {
                 copy_data(from.as_fd(), to.as_fd(), st, &self.reflink)?;
             }
             let existing = copy_xattrs(src, &dst)?;
-            self.apply_shape(dir, name, &dst, &shape, existing, &made)
+            self.apply_shape(dir, name, &dst, &shape, existing, &made)?;
+            Ok(made.file.map(|file| OpenCopy {
+                file,
+                perm: existing.map_or(shape.mode, |o| o.mode) & 0o7777,
+                ino: made.ino,
+            }))
         })();
-        if let Err(e) = built {
+        if built.is_err() {
             let _ = if shape.file_type() == libc::S_IFDIR {
                 std::fs::remove_dir_all(&dst)
             } else {
                 std::fs::remove_file(&dst)
             };
-            return Err(e);
         }
-        Ok(())
+        built
     }
 
     /// Copy the merged directory `rel` with everything it shows, from whichever layer each entry

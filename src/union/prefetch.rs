@@ -182,7 +182,7 @@ fn run(layers: &Layers, job: Job) {
                 let Some(fd) = open_in(layers, li, &rel) else {
                     continue;
                 };
-                let _ = sys::for_each_dirent(fd.as_fd(), |name: &OsStr, _, _| {
+                let _ = sys::read_dirents(fd.as_fd(), |name: &OsStr, _, _| {
                     let _ = sys::fstatat(fd.as_fd(), Path::new(name));
                     Ok(())
                 });

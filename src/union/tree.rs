@@ -712,7 +712,8 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
         let mut opaque = false;
         let mut whiteouts: Vec<Box<OsStr>> = Vec::new();
         let above = entries.len();
-        sys::for_each_dirent(dfd.as_fd(), |name, d_ino, d_type| {
+        // dfd was just opened: read it directly (its offset is not needed after this).
+        sys::read_dirents(dfd.as_fd(), |name, d_ino, d_type| {
             let kind = match whiteout::classify(name) {
                 whiteout::NameKind::OpaqueMarker => {
                     opaque = true;

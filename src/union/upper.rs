@@ -21,7 +21,7 @@ use crate::layer::meta::{self, OverrideKind, OverrideStat};
 use crate::layer::whiteout::{self, NameKind};
 use crate::sys::{self, TimeSpec};
 
-use super::copyup::Shape;
+use super::copyup::{OpenCopy, Shape};
 use super::lowers::{LowerEntry, LowerView};
 use super::quota::Quota;
 
@@ -319,7 +319,7 @@ impl UpperLayer {
         if !is_dir(&st) {
             return Err(errno(libc::ENOTDIR));
         }
-        match self.place_copy(rel, &entry.path, &st) {
+        match self.place_copy(rel, &entry.path, &st).map(drop) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // Another thread copied it up first.
                 match self.upper_stat(rel) {
@@ -332,11 +332,12 @@ impl UpperLayer {
     }
 
     /// Copy `src` (with stat `st`) into the staging area and rename it to `rel` (which must not
-    /// exist in the upper), keeping the parent directory's times as they were.
-    fn place_copy(&self, rel: &Path, src: &Path, st: &libc::stat) -> io::Result<()> {
+    /// exist in the upper), keeping the parent directory's times as they were. A regular file
+    /// comes back open.
+    fn place_copy(&self, rel: &Path, src: &Path, st: &libc::stat) -> io::Result<Option<OpenCopy>> {
         let (parent, name) = split(rel)?;
         let tmp = self.tmp_name();
-        self.copy_node(src, st, self.staging_fd.as_fd(), &self.staging, &tmp)?;
+        let copy = self.copy_node(src, st, self.staging_fd.as_fd(), &self.staging, &tmp)?;
         let pfd = self.open_upper_dir(parent)?;
         let pst = sys::fstat(pfd.as_fd())?;
         if let Err(e) = sys::renameat2(
@@ -355,7 +356,8 @@ impl UpperLayer {
             sys::set_times_at(pfd.as_fd(), name, shape.atime, shape.mtime)?;
         }
         let p = Shape::of(&pst);
-        sys::set_times_at(pfd.as_fd(), OsStr::new(""), p.atime, p.mtime)
+        sys::set_times_at(pfd.as_fd(), OsStr::new(""), p.atime, p.mtime)?;
+        Ok(copy)
     }
 
     /// Delete a staged entry.
@@ -382,33 +384,43 @@ impl UpperLayer {
     /// [`UpperLayer::copy_up`] of `entry`, which the caller knows to be what the view shows at
     /// `rel` (the merged tree resolved it): no walk of the upper for whiteouts on the way.
     pub fn copy_up_entry(&self, rel: &Path, entry: &LowerEntry) -> io::Result<CopyUp> {
+        self.copy_up_entry_open(rel, entry).map(|(c, _)| c)
+    }
+
+    /// [`UpperLayer::copy_up_entry`], also handing back a regular file it copied still open
+    /// (read-write), so an open that caused the copy-up need not open it again.
+    pub fn copy_up_entry_open(
+        &self,
+        rel: &Path,
+        entry: &LowerEntry,
+    ) -> io::Result<(CopyUp, Option<OpenCopy>)> {
         if rel.as_os_str().is_empty() {
-            return Ok(CopyUp::Already);
+            return Ok((CopyUp::Already, None));
         }
         let st = sys::lstat(&entry.path)?;
         if is_dir(&st) {
             self.ensure_dir(rel)?;
-            return Ok(CopyUp::Copied { peers: Vec::new() });
+            return Ok((CopyUp::Copied { peers: Vec::new() }, None));
         }
         // Another name of a hard-linked file may have brought this one up already.
         if st.st_nlink > 1 && self.upper_stat(rel).is_some() {
-            return Ok(CopyUp::Already);
+            return Ok((CopyUp::Already, None));
         }
         let (parent, _) = split(rel)?;
         self.ensure_dir(parent)?;
         let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let size = if is_reg { st.st_size as u64 } else { 0 };
         self.quota.reserve(size)?;
-        match self.place_copy(rel, &entry.path, &st) {
-            Ok(()) => {}
+        let copy = match self.place_copy(rel, &entry.path, &st) {
+            Ok(copy) => copy,
             Err(e) => {
                 self.quota.release(size);
                 if e.raw_os_error() == Some(libc::EEXIST) && self.upper_stat(rel).is_some() {
-                    return Ok(CopyUp::Already);
+                    return Ok((CopyUp::Already, None));
                 }
                 return Err(e);
             }
-        }
+        };
         let mut peers = Vec::new();
         if is_reg && st.st_nlink > 1 {
             for peer in self.lowers.hardlink_peers(entry) {
@@ -422,7 +434,7 @@ impl UpperLayer {
             }
         }
         tracing::debug!(rel = %rel.display(), peers = peers.len(), "copied up");
-        Ok(CopyUp::Copied { peers })
+        Ok((CopyUp::Copied { peers }, copy))
     }
 
     /// Link the copied-up `rel` as `peer` if `peer` still shows the same lower inode.
@@ -448,13 +460,14 @@ impl UpperLayer {
 
     /// Build a new node in staging with `build`, give it `attr`'s owner and mode, and rename it
     /// to `rel`, which must not exist in the merged view (`EEXIST` if it does in the upper).
-    /// A whiteout at `rel` is replaced; a directory placed over one is made opaque.
+    /// A whiteout at `rel` is replaced; a directory placed over one is made opaque. A regular
+    /// file comes back open read-write.
     fn create_node(
         &self,
         rel: &Path,
         attr: &NewAttr,
         symlink_target: Option<&Path>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Option<OwnedFd>> {
         let (parent, name) = split(rel)?;
         self.ensure_dir(parent)?;
         // Only a directory cares whether it replaces a deleted name (it must then be opaque);
@@ -479,13 +492,16 @@ impl UpperLayer {
                 let fd = sys::open_dir(&path)?;
                 whiteout::write_opaque(fd.as_fd())?;
             }
-            self.apply_shape(sfd, &tmp, &path, &shape, None, &made)
+            self.apply_shape(sfd, &tmp, &path, &shape, None, &made)?;
+            Ok(made.file)
         })();
-        if let Err(e) = built {
-            let _ = self.discard(&tmp);
-            return Err(e);
+        match built {
+            Ok(file) => self.place(&tmp, parent, name).map(|()| file),
+            Err(e) => {
+                let _ = self.discard(&tmp);
+                Err(e)
+            }
         }
-        self.place(&tmp, parent, name)
     }
 
     /// Rename the staged `tmp` to `parent/name`, replacing only a whiteout, then drop a
@@ -539,13 +555,14 @@ impl UpperLayer {
         }
     }
 
-    /// Create an empty regular file at `rel`.
-    pub fn create_file(&self, rel: &Path, attr: &NewAttr) -> io::Result<()> {
+    /// Create an empty regular file at `rel`; it comes back open read-write.
+    pub fn create_file(&self, rel: &Path, attr: &NewAttr) -> io::Result<OwnedFd> {
         let attr = NewAttr {
             mode: libc::S_IFREG | (attr.mode & 0o7777),
             ..*attr
         };
-        self.create_node(rel, &attr, None)
+        self.create_node(rel, &attr, None)?
+            .ok_or_else(|| errno(libc::EIO))
     }
 
     /// Create a directory at `rel` (opaque when it replaces a deleted name).
@@ -554,7 +571,7 @@ impl UpperLayer {
             mode: libc::S_IFDIR | (attr.mode & 0o7777),
             ..*attr
         };
-        self.create_node(rel, &attr, None)
+        self.create_node(rel, &attr, None).map(drop)
     }
 
     /// Create a fifo, socket or device node at `rel` (`attr.mode` carries the type). Without
@@ -562,9 +579,9 @@ impl UpperLayer {
     pub fn mknod(&self, rel: &Path, attr: &NewAttr) -> io::Result<()> {
         match attr.mode & libc::S_IFMT {
             libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK => {
-                self.create_node(rel, attr, None)
+                self.create_node(rel, attr, None).map(drop)
             }
-            libc::S_IFREG | 0 => self.create_file(rel, attr),
+            libc::S_IFREG | 0 => self.create_file(rel, attr).map(drop),
             _ => Err(errno(libc::EINVAL)),
         }
     }
@@ -577,7 +594,7 @@ impl UpperLayer {
             gid,
             rdev: 0,
         };
-        self.create_node(rel, &attr, Some(target))
+        self.create_node(rel, &attr, Some(target)).map(drop)
     }
 
     /// Hard-link the merged entry `src` as `dst` (copying `src` up first).
@@ -807,6 +824,24 @@ impl UpperLayer {
         let pfd = self.open_upper_dir(parent)?;
         // The xattr calls name the entry through the directory opened above (confined).
         let path = sys::fd_child_path(pfd.as_fd(), Path::new(name));
+        if a.uid.is_none() && a.gid.is_none() && a.mode.is_none() && a.size.is_none() {
+            // Times only (`touch`): nothing depends on the entry as it was.
+            if a.atime.is_some() || a.mtime.is_some() {
+                sys::set_times_at(
+                    pfd.as_fd(),
+                    name,
+                    a.atime.unwrap_or(TimeSpec::Omit),
+                    a.mtime.unwrap_or(TimeSpec::Omit),
+                )?;
+            }
+            let st = sys::fstatat(pfd.as_fd(), Path::new(name))?;
+            let over = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                None
+            } else {
+                meta::read_override(&path)?
+            };
+            return Ok(Applied { st, over });
+        }
         let st = sys::fstatat(pfd.as_fd(), Path::new(name))?;
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
         let mut over = if is_link {

@@ -21,6 +21,7 @@ use fuser::{
 
 use crate::layer::meta::{self, OverrideStat};
 use crate::sys::{self, TimeSpec};
+use crate::union::copyup::OpenCopy;
 use crate::union::fs::{err, Handle, UnionFs};
 use crate::union::lowers::{LowerEntry, LowerStack};
 use crate::union::tree::{container_to_host, kind_of_mode, DirEntry, Node, NodeState, ROOT_INO};
@@ -118,6 +119,22 @@ fn owner_for(fs: &UnionFs, req: &Request, parent: u64) -> io::Result<(u32, u32, 
 /// it up to the root that now lives in the upper layer is pointed there. The walk stops at the
 /// first node already in the upper: its ancestors are too (an upper entry's parents always are).
 fn refresh(fs: &UnionFs, up: &UpperLayer, ino: Option<u64>, rel: &Path) {
+    refresh_known(fs, up, ino, rel, None, false)
+}
+
+/// [`refresh`] where the caller may know the upper inode number of `rel` (it just made it).
+/// `copied_path`: the change was a copy-up of `rel`, so the only new upper entries are the
+/// ones on that path, which this walk records in their parents' listings: the cached listing
+/// of a directory that just got its upper copy stays right and is kept (merging it again
+/// from every layer cost a copy-up storm ~10% of its time).
+fn refresh_known(
+    fs: &UnionFs,
+    up: &UpperLayer,
+    ino: Option<u64>,
+    rel: &Path,
+    mut upper_ino: Option<u64>,
+    copied_path: bool,
+) {
     let mut cur = ino;
     let mut path = rel.to_path_buf();
     while let Some(i) = cur {
@@ -125,18 +142,21 @@ fn refresh(fs: &UnionFs, up: &UpperLayer, ino: Option<u64>, rel: &Path) {
         if node_in_upper(&node.state.read()) {
             break;
         }
-        if let Some(st) = up.upper_stat(&path) {
+        let known = upper_ino.take();
+        if let Some(st_ino) = known.or_else(|| up.upper_stat(&path).map(|st| st.st_ino)) {
             let (parent, name) = {
                 let mut s = node.state.write();
                 if s.layer != 0 && i != ROOT_INO {
                     // A copied-up entry keeps its number.
-                    fs.tree.layers.alias_ino(0, st.st_ino, i);
+                    fs.tree.layers.alias_ino(0, st_ino, i);
                 }
                 s.layer = 0;
                 if let Some(d) = s.dir.as_mut() {
                     if d.layers.first() != Some(&0) {
                         d.layers.insert(0, 0);
-                        d.listing = None;
+                        if !copied_path {
+                            d.listing = None;
+                        }
                     }
                 }
                 (s.parent, s.name.clone())
@@ -163,9 +183,14 @@ fn node_in_upper(s: &NodeState) -> bool {
 /// Put the upper entry just made at `rel` (`name` in directory `parent`) into the cached
 /// listing of `parent`, so the next lookup does not merge the directory again.
 fn add_to_listing(fs: &UnionFs, up: &UpperLayer, parent: u64, name: &OsStr, rel: &Path) {
-    let Some(st) = up.upper_stat(rel) else {
-        return fs.tree.invalidate_listing(parent);
-    };
+    match up.upper_stat(rel) {
+        Some(st) => add_stat_to_listing(fs, parent, name, &st),
+        None => fs.tree.invalidate_listing(parent),
+    }
+}
+
+/// [`add_to_listing`] of an entry whose stat the caller has.
+fn add_stat_to_listing(fs: &UnionFs, parent: u64, name: &OsStr, st: &libc::stat) {
     let kind = kind_of_mode(st.st_mode);
     let entry = DirEntry {
         name: name.into(),
@@ -312,8 +337,9 @@ pub(crate) fn reads_may_pass(fs: &UnionFs, ino: u64, file: &File) -> bool {
 
 /// Register an open upper file and answer the kernel (passthrough only when no other backing
 /// file is in use for the inode).
-fn reply_open_upper(fs: &UnionFs, ino: u64, file: File, reply: ReplyOpen) {
-    let bypass = shown_perm(file.as_fd()).is_ok_and(|(p, _)| writes_may_bypass(fs, p));
+fn reply_open_upper(fs: &UnionFs, ino: u64, file: File, perm: Option<u32>, reply: ReplyOpen) {
+    let perm = perm.or_else(|| shown_perm(file.as_fd()).ok().map(|(p, _)| p));
+    let bypass = perm.is_some_and(|p| writes_may_bypass(fs, p));
     if !bypass || fs.writer.blocks_passthrough(ino) {
         let fh = fs.add_handle(Handle {
             ino,
@@ -354,13 +380,23 @@ fn lower_in_view(fs: &UnionFs, up: &UpperLayer, parent: u64, rel: &Path) -> Opti
 
 /// Copy `ino` (at `rel`) up; afterwards the tree and the passthrough bookkeeping know.
 fn copy_up_node(fs: &UnionFs, up: &UpperLayer, ino: u64, rel: &Path) -> io::Result<()> {
+    copy_up_node_open(fs, up, ino, rel).map(drop)
+}
+
+/// [`copy_up_node`], handing back the regular file it copied still open read-write.
+fn copy_up_node_open(
+    fs: &UnionFs,
+    up: &UpperLayer,
+    ino: u64,
+    rel: &Path,
+) -> io::Result<Option<OpenCopy>> {
     let node = fs.tree.node(ino)?;
     if node_in_upper(&node.state.read()) {
-        return Ok(());
+        return Ok(None);
     }
-    let r = match lower_backing(fs, &node, rel) {
-        Some(entry) => up.copy_up_entry(rel, &entry)?,
-        None => up.copy_up(rel)?,
+    let (r, copy) = match lower_backing(fs, &node, rel) {
+        Some(entry) => up.copy_up_entry_open(rel, &entry)?,
+        None => (up.copy_up(rel)?, None),
     };
     let moved = match &r {
         CopyUp::Copied { .. } => true,
@@ -375,14 +411,20 @@ fn copy_up_node(fs: &UnionFs, up: &UpperLayer, ino: u64, rel: &Path) -> io::Resu
         if fs.has_passthrough(ino) {
             fs.writer.no_passthrough.insert(ino);
         }
-        refresh(fs, up, Some(ino), rel);
+        refresh_known(fs, up, Some(ino), rel, copy.as_ref().map(|c| c.ino), true);
     }
     if matches!(&r, CopyUp::Copied { peers } if !peers.is_empty()) {
         // Other names of the inode now live in the upper; their directories' listings may be
         // cached anywhere.
         fs.tree.invalidate_all_listings();
     }
-    Ok(())
+    Ok(copy)
+}
+
+/// Whether a file opened read-write at creation can serve an open with `flags` as it is:
+/// the synchronous and direct modes are fixed at open (and O_SYNC cannot be set later).
+fn reusable_for(flags: i32) -> bool {
+    flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT) == 0
 }
 
 /// Attributes of `ino` from an open handle (its name may be unlinked): `fh`, else any handle
@@ -435,15 +477,25 @@ pub(crate) fn open_writable(
     };
     let res = (|| {
         let rel = fs.tree.path_of(ino.0)?;
-        copy_up_node(fs, up, ino.0, &rel)?;
-        let fd = up.open_write(&rel, flags.0 & !libc::O_APPEND)?;
+        // The copy just made is the file to open (no second open by name, no second look at
+        // its mode).
+        let copy = copy_up_node_open(fs, up, ino.0, &rel)?.filter(|_| reusable_for(flags.0));
+        let (fd, perm) = match copy {
+            Some(c) => {
+                if flags.0 & libc::O_TRUNC != 0 {
+                    up.truncate_fd(c.file.as_fd(), 0)?;
+                }
+                (c.file, Some(c.perm))
+            }
+            None => (up.open_write(&rel, flags.0 & !libc::O_APPEND)?, None),
+        };
         if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
             kill_privs(fs, up, req, ino.0, fd.as_fd())?;
         }
-        Ok::<_, io::Error>(File::from(fd))
+        Ok::<_, io::Error>((File::from(fd), perm))
     })();
     match res {
-        Ok(file) => reply_open_upper(fs, ino.0, file, reply),
+        Ok((file, perm)) => reply_open_upper(fs, ino.0, file, perm, reply),
         Err(e) => reply.error(err(e)),
     }
 }
@@ -859,10 +911,10 @@ pub(crate) fn create(
         Err(e) => return reply.error(e),
     };
     let res = (|| {
-        let rel = match new_name(fs, parent.0, name) {
+        let (rel, made) = match new_name(fs, parent.0, name) {
             Ok(r) => {
                 let (uid, gid, _) = owner_for(fs, req, parent.0)?;
-                up.create_file(
+                let fd = up.create_file(
                     &r,
                     &NewAttr {
                         mode: libc::S_IFREG | (mode & 0o7777 & !umask),
@@ -872,22 +924,37 @@ pub(crate) fn create(
                     },
                 )?;
                 refresh(fs, up, Some(parent.0), r.parent().unwrap_or(Path::new("")));
-                add_to_listing(fs, up, parent.0, name, &r);
-                r
+                let st = sys::fstat(fd.as_fd())?;
+                add_stat_to_listing(fs, parent.0, name, &st);
+                (r, Some((fd, st)))
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                fs.tree.path_of(parent.0)?.join(name)
+                (fs.tree.path_of(parent.0)?.join(name), None)
             }
             Err(e) => return Err(e),
         };
         let (node, _) = fs.tree.lookup(parent.0, name)?;
-        copy_up_node(fs, up, node.ino, &rel)?;
-        let fd = up.open_write(
-            &rel,
-            (flags & !(libc::O_APPEND | libc::O_ACCMODE)) | libc::O_RDWR,
-        )?;
-        let attr = fs.tree.getattr(node.ino)?;
-        Ok::<_, io::Error>((node.ino, File::from(fd), attr))
+        match made.filter(|_| reusable_for(flags)) {
+            // The file just made, still open: its stat and override (none unless the owner
+            // had to go to override_stat) are what the view shows.
+            Some((fd, st)) => {
+                let over = sys::fgetxattr(fd.as_fd(), meta::OVERRIDE_STAT_XATTR)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| OverrideStat::parse(&v));
+                let attr = fs.tree.attr_with_override(&node, st, over);
+                Ok::<_, io::Error>((node.ino, File::from(fd), attr))
+            }
+            None => {
+                copy_up_node(fs, up, node.ino, &rel)?;
+                let fd = up.open_write(
+                    &rel,
+                    (flags & !(libc::O_APPEND | libc::O_ACCMODE)) | libc::O_RDWR,
+                )?;
+                let attr = fs.tree.getattr(node.ino)?;
+                Ok((node.ino, File::from(fd), attr))
+            }
+        }
     })();
     match res {
         Ok((ino, file, attr)) => {
