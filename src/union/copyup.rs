@@ -207,6 +207,8 @@ pub struct OpenCopy {
     pub perm: u32,
     /// Inode number in the upper's filesystem.
     pub ino: u64,
+    /// It has no xattrs at all (override_stat included).
+    pub plain: bool,
 }
 
 impl UpperLayer {
@@ -350,10 +352,17 @@ impl UpperLayer {
             }
             let existing = copy_xattrs(src, &dst)?;
             self.apply_shape(dir, name, &dst, &shape, existing, &made)?;
-            Ok(made.file.map(|file| OpenCopy {
+            let Some(file) = made.file else {
+                return Ok(None);
+            };
+            // Asked of the copy itself: the backing filesystem may have added some (ACLs
+            // inherited, security labels).
+            let plain = sys::flistxattr(file.as_fd())?.is_empty();
+            Ok(Some(OpenCopy {
                 file,
                 perm: existing.map_or(shape.mode, |o| o.mode) & 0o7777,
                 ino: made.ino,
+                plain,
             }))
         })();
         if built.is_err() {

@@ -169,12 +169,41 @@ pub struct Node {
     /// Set once the backing file was seen with no xattrs at all; trusted only while the node
     /// is backed by a lower layer (those never change; a copy-up moves the node to the upper).
     no_xattrs: AtomicBool,
+    /// The same knowledge for a regular file of the upper, which can change: bit 0 says "no
+    /// xattrs", the bits above count changes of its xattrs. A change counts up (clearing bit
+    /// 0) before it is made; a look that found none sets bit 0 only if no change came in
+    /// between, so the bit never outlives a change it raced with.
+    upper_plain: AtomicU64,
     pub state: RwLock<NodeState>,
 }
 
 impl Node {
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// The count of xattr changes so far: take it before looking at the upper file's xattrs.
+    pub fn xattr_epoch(&self) -> u64 {
+        self.upper_plain.load(Ordering::Acquire) >> 1
+    }
+
+    /// The upper file had no xattrs when looked at after [`Node::xattr_epoch`] gave `epoch`.
+    pub fn mark_upper_plain(&self, epoch: u64) {
+        let _ = self.upper_plain.compare_exchange(
+            epoch << 1,
+            (epoch << 1) | 1,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The upper file's xattrs (override_stat included) may change now.
+    pub fn xattrs_changing(&self) {
+        let _ = self
+            .upper_plain
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                Some(((v >> 1) + 1) << 1)
+            });
     }
 }
 
@@ -281,6 +310,7 @@ impl Tree {
             lookups: AtomicU64::new(1),
             kids: AtomicU32::new(0),
             no_xattrs: AtomicBool::new(false),
+            upper_plain: AtomicU64::new(0),
             state: RwLock::new(NodeState {
                 parent: ROOT_INO,
                 name: OsStr::new("").into(),
@@ -413,6 +443,13 @@ impl Tree {
         Ok((node, attr))
     }
 
+    /// [`Tree::lookup`] without the attributes (the caller has a stat of the entry already).
+    pub fn lookup_node(&self, parent: u64, name: &OsStr) -> io::Result<Arc<Node>> {
+        let listing = self.listing(parent)?;
+        let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
+        self.get_or_insert(parent, e)
+    }
+
     /// The node of a listing entry of `parent`, created if needed, with one more lookup.
     pub fn get_or_insert(&self, parent: u64, e: &DirEntry) -> io::Result<Arc<Node>> {
         let parent_node = self.node(parent)?;
@@ -438,6 +475,7 @@ impl Tree {
                     // upper's filesystem gave a new file before the kernel forgot the deleted
                     // one (another name of a hard link keeps its node as it is).
                     self.reparent(&n, parent, e.name.clone());
+                    n.xattrs_changing();
                     let mut s = n.state.write();
                     if s.kind != e.kind || s.layer != e.layer {
                         s.kind = e.kind;
@@ -455,6 +493,7 @@ impl Tree {
                     lookups: AtomicU64::new(1),
                     kids: AtomicU32::new(0),
                     no_xattrs: AtomicBool::new(false),
+                    upper_plain: AtomicU64::new(0),
                     state: RwLock::new(NodeState {
                         parent,
                         name: e.name.clone(),
@@ -584,9 +623,13 @@ impl Tree {
         Ok(self.attr_from_stat_at(&node, layer, at.dir(), at.name(), st))
     }
 
-    /// Whether `node` is known to have no xattrs (only ever true for lower-layer files).
+    /// Whether `node` is known to have no xattrs (override_stat included).
     pub fn no_xattrs(&self, node: &Node) -> bool {
-        node.no_xattrs.load(Ordering::Relaxed) && !self.layers.get(node.state.read().layer).upper
+        if self.layers.get(node.state.read().layer).upper {
+            node.upper_plain.load(Ordering::Acquire) & 1 == 1
+        } else {
+            node.no_xattrs.load(Ordering::Relaxed)
+        }
     }
 
     /// Attributes to show for `node` given a stat of its backing file `rel` in `layer`:
@@ -618,12 +661,17 @@ impl Tree {
         let kind_bits = st.st_mode & libc::S_IFMT;
         // Symlinks cannot carry user.* xattrs; others are rare and cheap to skip.
         if (kind_bits == libc::S_IFREG || kind_bits == libc::S_IFDIR) && !self.no_xattrs(node) {
+            let epoch = node.xattr_epoch();
             // One listxattr answers both "is there an override" and "are there any xattrs"
             // (the latter lets getxattr of security.*/ACL names from `ls -l` skip the disk).
             match sys::listxattrat(dir, name) {
                 Ok(names) if names.is_empty() => {
-                    if !self.layers.get(layer).upper && node.state.read().layer == layer {
-                        node.no_xattrs.store(true, Ordering::Relaxed);
+                    if node.state.read().layer == layer {
+                        if !self.layers.get(layer).upper {
+                            node.no_xattrs.store(true, Ordering::Relaxed);
+                        } else if kind_bits == libc::S_IFREG {
+                            node.mark_upper_plain(epoch);
+                        }
                     }
                 }
                 Ok(names)

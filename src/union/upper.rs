@@ -820,6 +820,12 @@ impl UpperLayer {
     /// [`UpperLayer::set_attr`] of an entry already in the upper layer; returns what the entry
     /// is afterwards (for the reply, without a second look-up).
     pub fn apply_attr(&self, rel: &Path, a: &SetAttr) -> io::Result<Applied> {
+        self.apply_attr_known(rel, a, false)
+    }
+
+    /// [`UpperLayer::apply_attr`]; `plain`: the caller knows the entry has no xattrs, so there
+    /// is no override_stat to read.
+    pub fn apply_attr_known(&self, rel: &Path, a: &SetAttr, plain: bool) -> io::Result<Applied> {
         let (parent, name) = split(rel)?;
         let pfd = self.open_upper_dir(parent)?;
         // The xattr calls name the entry through the directory opened above (confined).
@@ -835,7 +841,7 @@ impl UpperLayer {
                 )?;
             }
             let st = sys::fstatat(pfd.as_fd(), Path::new(name))?;
-            let over = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            let over = if plain || st.st_mode & libc::S_IFMT == libc::S_IFLNK {
                 None
             } else {
                 meta::read_override(&path)?
@@ -844,7 +850,7 @@ impl UpperLayer {
         }
         let st = sys::fstatat(pfd.as_fd(), Path::new(name))?;
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        let mut over = if is_link {
+        let mut over = if is_link || plain {
             None
         } else {
             meta::read_override(&path)?

@@ -394,6 +394,7 @@ fn copy_up_node_open(
     if node_in_upper(&node.state.read()) {
         return Ok(None);
     }
+    let epoch = node.xattr_epoch();
     let (r, copy) = match lower_backing(fs, &node, rel) {
         Some(entry) => up.copy_up_entry_open(rel, &entry)?,
         None => (up.copy_up(rel)?, None),
@@ -412,6 +413,9 @@ fn copy_up_node_open(
             fs.writer.no_passthrough.insert(ino);
         }
         refresh_known(fs, up, Some(ino), rel, copy.as_ref().map(|c| c.ino), true);
+        if copy.as_ref().is_some_and(|c| c.plain) {
+            node.mark_upper_plain(epoch);
+        }
     }
     if matches!(&r, CopyUp::Copied { peers } if !peers.is_empty()) {
         // Other names of the inode now live in the upper; their directories' listings may be
@@ -453,6 +457,7 @@ fn repoint_subtree(fs: &UnionFs, up: &UpperLayer, dir: &Path) {
         }
         if let Some(st) = up.upper_stat(&rel) {
             fs.tree.layers.alias_ino(0, st.st_ino, node.ino);
+            node.xattrs_changing();
             let mut s = node.state.write();
             s.layer = 0;
             if let Some(d) = s.dir.as_mut() {
@@ -555,8 +560,18 @@ pub(crate) fn setattr(
             }
         }
         if !rel.as_os_str().is_empty() {
-            let done = up.apply_attr(&rel, &a)?;
             let node = fs.tree.node(ino.0)?;
+            let plain = fs.tree.no_xattrs(&node);
+            // An owner or mode change may go to override_stat (rootless).
+            let may_write_xattr = a.uid.is_some() || a.gid.is_some() || a.mode.is_some();
+            if may_write_xattr {
+                node.xattrs_changing();
+            }
+            let epoch = node.xattr_epoch();
+            let done = up.apply_attr_known(&rel, &a, plain)?;
+            if plain && may_write_xattr && done.over.is_none() {
+                node.mark_upper_plain(epoch);
+            }
             return Ok(fs.tree.attr_with_override(&node, done.st, done.over));
         } else if a.mode.is_some()
             || a.uid.is_some()
@@ -933,19 +948,30 @@ pub(crate) fn create(
             }
             Err(e) => return Err(e),
         };
-        let (node, _) = fs.tree.lookup(parent.0, name)?;
         match made.filter(|_| reusable_for(flags)) {
             // The file just made, still open: its stat and override (none unless the owner
             // had to go to override_stat) are what the view shows.
             Some((fd, st)) => {
-                let over = sys::fgetxattr(fd.as_fd(), meta::OVERRIDE_STAT_XATTR)
-                    .ok()
-                    .flatten()
-                    .and_then(|v| OverrideStat::parse(&v));
+                let node = fs.tree.lookup_node(parent.0, name)?;
+                let epoch = node.xattr_epoch();
+                // New files usually have no xattrs at all (else: ACLs inherited, security
+                // labels, or the owner kept in override_stat); knowing it spares reading
+                // them at every later setattr and getxattr.
+                let names = sys::flistxattr(fd.as_fd())?;
+                let over = if names.is_empty() {
+                    node.mark_upper_plain(epoch);
+                    None
+                } else {
+                    sys::fgetxattr(fd.as_fd(), meta::OVERRIDE_STAT_XATTR)
+                        .ok()
+                        .flatten()
+                        .and_then(|v| OverrideStat::parse(&v))
+                };
                 let attr = fs.tree.attr_with_override(&node, st, over);
                 Ok::<_, io::Error>((node.ino, File::from(fd), attr))
             }
             None => {
+                let (node, _) = fs.tree.lookup(parent.0, name)?;
                 copy_up_node(fs, up, node.ino, &rel)?;
                 let fd = up.open_write(
                     &rel,
@@ -1054,6 +1080,7 @@ fn xattr_change(
             return change(up, &rel, name);
         }
         copy_up_node(fs, up, ino.0, &rel)?;
+        fs.tree.node(ino.0)?.xattrs_changing();
         change(up, &rel, name)
     })();
     match res {
