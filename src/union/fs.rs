@@ -306,6 +306,9 @@ impl Filesystem for UnionFs {
             // We clear setuid/setgid on writes ourselves (write.rs): without this the kernel
             // asks for security.capability before every write and chown.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            // O_TRUNC comes with OPEN (write.rs truncates): no SETATTR round trip after it,
+            // and a lower file opened to be overwritten is copied up without its old data.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ] {
             want(config, f);
         }

@@ -384,20 +384,27 @@ impl UpperLayer {
     /// [`UpperLayer::copy_up`] of `entry`, which the caller knows to be what the view shows at
     /// `rel` (the merged tree resolved it): no walk of the upper for whiteouts on the way.
     pub fn copy_up_entry(&self, rel: &Path, entry: &LowerEntry) -> io::Result<CopyUp> {
-        self.copy_up_entry_open(rel, entry).map(|(c, _)| c)
+        self.copy_up_entry_open(rel, entry, true).map(|(c, _)| c)
     }
 
     /// [`UpperLayer::copy_up_entry`], also handing back a regular file it copied still open
-    /// (read-write), so an open that caused the copy-up need not open it again.
+    /// (read-write), so an open that caused the copy-up need not open it again. Without
+    /// `with_data` a regular file is copied empty (for an open that truncates it anyway).
     pub fn copy_up_entry_open(
         &self,
         rel: &Path,
         entry: &LowerEntry,
+        with_data: bool,
     ) -> io::Result<(CopyUp, Option<OpenCopy>)> {
         if rel.as_os_str().is_empty() {
             return Ok((CopyUp::Already, None));
         }
-        let st = sys::lstat(&entry.path)?;
+        let mut st = sys::lstat(&entry.path)?;
+        if !with_data && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            // An empty copy: nothing to read, nothing counted against the quota.
+            st.st_size = 0;
+            st.st_blocks = 0;
+        }
         if is_dir(&st) {
             self.ensure_dir(rel)?;
             return Ok((CopyUp::Copied { peers: Vec::new() }, None));

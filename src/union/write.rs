@@ -380,15 +380,17 @@ fn lower_in_view(fs: &UnionFs, up: &UpperLayer, parent: u64, rel: &Path) -> Opti
 
 /// Copy `ino` (at `rel`) up; afterwards the tree and the passthrough bookkeeping know.
 fn copy_up_node(fs: &UnionFs, up: &UpperLayer, ino: u64, rel: &Path) -> io::Result<()> {
-    copy_up_node_open(fs, up, ino, rel).map(drop)
+    copy_up_node_open(fs, up, ino, rel, true).map(drop)
 }
 
-/// [`copy_up_node`], handing back the regular file it copied still open read-write.
+/// [`copy_up_node`], handing back the regular file it copied still open read-write; without
+/// `with_data` a regular lower file is copied empty (the caller truncates it).
 fn copy_up_node_open(
     fs: &UnionFs,
     up: &UpperLayer,
     ino: u64,
     rel: &Path,
+    with_data: bool,
 ) -> io::Result<Option<OpenCopy>> {
     let node = fs.tree.node(ino)?;
     if node_in_upper(&node.state.read()) {
@@ -396,7 +398,7 @@ fn copy_up_node_open(
     }
     let epoch = node.xattr_epoch();
     let (r, copy) = match lower_backing(fs, &node, rel) {
-        Some(entry) => up.copy_up_entry_open(rel, &entry)?,
+        Some(entry) => up.copy_up_entry_open(rel, &entry, with_data)?,
         None => (up.copy_up(rel)?, None),
     };
     let moved = match &r {
@@ -484,7 +486,10 @@ pub(crate) fn open_writable(
         let rel = fs.tree.path_of(ino.0)?;
         // The copy just made is the file to open (no second open by name, no second look at
         // its mode).
-        let copy = copy_up_node_open(fs, up, ino.0, &rel)?.filter(|_| reusable_for(flags.0));
+        // O_TRUNC: the lower data would be thrown away at once, so it is not copied.
+        let truncating = flags.0 & libc::O_TRUNC != 0;
+        let copy =
+            copy_up_node_open(fs, up, ino.0, &rel, !truncating)?.filter(|_| reusable_for(flags.0));
         let (fd, perm) = match copy {
             Some(c) => {
                 if flags.0 & libc::O_TRUNC != 0 {
