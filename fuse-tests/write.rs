@@ -1008,6 +1008,58 @@ fn a_directory_swapped_for_a_symlink_leads_nowhere_outside_the_layer() {
 }
 
 #[test]
+fn a_lower_file_open_for_reading_can_be_opened_for_writing() {
+    // A passthrough reader of a lower file holds it as the inode's backing file; the writer's
+    // open gets the copy-up as a new inode. As with kernel overlayfs the reader keeps reading
+    // the lower file, and opens after the copy-up see the change.
+    if !is_root() {
+        return;
+    }
+    let s = side(false, "");
+    let f = s.mnt.join("etc/passwd");
+    let mut r = fs::File::open(&f).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut w| w.write_all(b"u:x:1:1\n"))
+        .expect("writer while a reader of the lower file is open");
+    assert_eq!(fs::read_to_string(&f).unwrap(), "root:x:0:0\nu:x:1:1\n");
+    let mut old = String::new();
+    std::io::Read::read_to_string(&mut r, &mut old).unwrap();
+    assert_eq!(old, "root:x:0:0\n", "the reader keeps the file it opened");
+    // Another writer while the first reader is still open goes to the same copy.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut w| w.write_all(b"v:x:2:2\n"))
+        .expect("second writer");
+    drop(r);
+    assert_eq!(
+        fs::read_to_string(&f).unwrap(),
+        "root:x:0:0\nu:x:1:1\nv:x:2:2\n"
+    );
+    assert_eq!(
+        fs::read_to_string(s.upper.join("etc/passwd")).unwrap(),
+        "root:x:0:0\nu:x:1:1\nv:x:2:2\n"
+    );
+    let lower = s.upper.parent().unwrap().join("lower/etc/passwd");
+    assert_eq!(
+        fs::read_to_string(lower).unwrap(),
+        "root:x:0:0\n",
+        "lower untouched"
+    );
+    // The same for an open that truncates (`>`), also while a reader is open.
+    let g = s.mnt.join("full/a");
+    let mut r = fs::File::open(&g).unwrap();
+    fs::write(&g, "over").expect("truncating writer while a reader is open");
+    let mut old = String::new();
+    std::io::Read::read_to_string(&mut r, &mut old).unwrap();
+    assert_eq!(old, "a");
+    assert_eq!(fs::read_to_string(&g).unwrap(), "over");
+    drop(s.m);
+}
+
+#[test]
 fn readers_and_writers_of_a_quota_file_open_it_together() {
     // With a quota stratafs serves writes itself (it counts the bytes) while reads could go
     // straight to the backing file; the kernel fails (EIO) an open of one kind while one of

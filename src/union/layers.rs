@@ -181,6 +181,13 @@ impl Layers {
         let dev = self.list[idx].dev_index;
         self.aliases.insert((dev, st_ino), fuse_ino);
     }
+
+    /// Forget an alias of backing inode `st_ino` of layer `idx` (a number the filesystem gave
+    /// a new file after the aliased one was deleted): it shows as its own number again.
+    pub fn unalias_ino(&self, idx: LayerIdx, st_ino: u64) {
+        let dev = self.list[idx].dev_index;
+        self.aliases.remove(&(dev, st_ino));
+    }
 }
 
 /// `rel`, or `.` for the layer root (for `openat`).

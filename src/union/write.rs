@@ -427,6 +427,71 @@ fn copy_up_node_open(
     Ok(copy)
 }
 
+/// A lower file that a passthrough reader holds open is that inode's backing file in the
+/// kernel, which allows no other one while the reader lives: an open for writing cannot be
+/// given the copy on the same inode (the kernel fails it, EIO). So the file is copied up under
+/// a new node number, its name points there, and the open gets ESTALE: the kernel looks the
+/// name up again (LOOKUP_REVAL) and opens the copy as a new inode, while the reader goes on
+/// reading the lower file, as with kernel overlayfs. Returns whether that was done.
+fn copy_up_beside_readers(
+    fs: &UnionFs,
+    up: &UpperLayer,
+    ino: u64,
+    rel: &Path,
+    with_data: bool,
+) -> io::Result<bool> {
+    let node = fs.tree.node(ino)?;
+    let (parent, name, kind) = {
+        let s = node.state.read();
+        (s.parent, s.name.clone(), s.kind)
+    };
+    if ino == ROOT_INO
+        || kind != FileType::RegularFile
+        || !fs.has_passthrough(ino)
+        || node_in_upper(&node.state.read())
+    {
+        return Ok(false);
+    }
+    let Some(entry) = lower_backing(fs, &node, rel) else {
+        return Ok(false);
+    };
+    // Whatever happens next, no open of the old inode may pass through to a backing file
+    // again: the kernel would still use the lower one.
+    fs.writer.no_passthrough.insert(ino);
+    let (r, _) = up.copy_up_entry_open(rel, &entry, with_data)?;
+    if matches!(&r, CopyUp::Copied { peers } if !peers.is_empty()) {
+        fs.tree.invalidate_all_listings();
+    }
+    // Directories copied up on the way.
+    if let Some(dir) = rel.parent() {
+        refresh(fs, up, Some(parent), dir);
+    }
+    let st = up.upper_stat(rel).ok_or_else(|| errno(libc::EIO))?;
+    fs.tree.layers.unalias_ino(0, st.st_ino);
+    let new_ino = fs.tree.layers.ino_for(0, st.st_ino);
+    if new_ino == ino {
+        return Err(errno(libc::EIO));
+    }
+    fs.tree.update_listing(parent, |l| {
+        l.insert(DirEntry {
+            name: name.clone(),
+            ino: new_ino,
+            kind: FileType::RegularFile,
+            layer: 0,
+            dir_layers: Box::new([]),
+        })
+    });
+    // The old node stays for its open files; by name it now finds the copy, so nothing
+    // copies it up again.
+    node.state.write().layer = 0;
+    node.xattrs_changing();
+    if let Some(inval) = fs.invalidator.get() {
+        inval.entry(parent, &name);
+    }
+    tracing::debug!(rel = %rel.display(), old = ino, new = new_ino, "copied up beside open readers");
+    Ok(true)
+}
+
 /// Whether a file opened read-write at creation can serve an open with `flags` as it is:
 /// the synchronous and direct modes are fixed at open (and O_SYNC cannot be set later).
 fn reusable_for(flags: i32) -> bool {
@@ -484,10 +549,13 @@ pub(crate) fn open_writable(
     };
     let res = (|| {
         let rel = fs.tree.path_of(ino.0)?;
-        // The copy just made is the file to open (no second open by name, no second look at
-        // its mode).
         // O_TRUNC: the lower data would be thrown away at once, so it is not copied.
         let truncating = flags.0 & libc::O_TRUNC != 0;
+        if copy_up_beside_readers(fs, up, ino.0, &rel, !truncating)? {
+            return Err(errno(libc::ESTALE));
+        }
+        // The copy just made is the file to open (no second open by name, no second look at
+        // its mode).
         let copy =
             copy_up_node_open(fs, up, ino.0, &rel, !truncating)?.filter(|_| reusable_for(flags.0));
         let (fd, perm) = match copy {
