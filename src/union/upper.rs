@@ -837,68 +837,21 @@ impl UpperLayer {
         let pfd = self.open_upper_dir(parent)?;
         // The xattr calls name the entry through the directory opened above (confined).
         let path = sys::fd_child_path(pfd.as_fd(), Path::new(name));
-        if a.uid.is_none() && a.gid.is_none() && a.mode.is_none() && a.size.is_none() {
-            // Times only (`touch`): nothing depends on the entry as it was.
-            if a.atime.is_some() || a.mtime.is_some() {
-                sys::set_times_at(
-                    pfd.as_fd(),
-                    name,
-                    a.atime.unwrap_or(TimeSpec::Omit),
-                    a.mtime.unwrap_or(TimeSpec::Omit),
-                )?;
-            }
-            let st = sys::fstatat(pfd.as_fd(), Path::new(name))?;
-            let over = if plain || st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                None
+        let read_override = |st: &libc::stat| {
+            if plain || st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                Ok(None)
             } else {
-                meta::read_override(&path)?
-            };
-            return Ok(Applied { st, over });
-        }
-        let st = sys::fstatat(pfd.as_fd(), Path::new(name))?;
-        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        let mut over = if is_link || plain {
-            None
-        } else {
-            meta::read_override(&path)?
+                meta::read_override(&path)
+            }
         };
-        if a.uid.is_some() || a.gid.is_some() {
-            let uid = a.uid.unwrap_or(over.map_or(st.st_uid, |o| o.uid));
-            let gid = a.gid.unwrap_or(over.map_or(st.st_gid, |o| o.gid));
-            let native = if over.is_none() {
-                match sys::lchownat(pfd.as_fd(), name, uid, gid) {
-                    Ok(()) => true,
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) && !is_link => false,
-                    Err(e) => return Err(e),
-                }
-            } else {
-                false
-            };
-            if !native {
-                let mut mode = over.map_or(st.st_mode & 0o7777, |o| o.mode & 0o7777);
-                if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-                    // As chown(2) does for an unprivileged caller.
-                    mode &= !(libc::S_ISUID | libc::S_ISGID);
-                }
-                let o = OverrideStat {
-                    uid,
-                    gid,
-                    mode,
-                    kind: over
-                        .and_then(|o| o.kind)
-                        .or_else(|| OverrideKind::from_mode(st.st_mode, st.st_rdev)),
-                };
-                meta::write_override(&path, &o)?;
-                over = Some(o);
-            }
-        }
-        if let Some(mode) = a.mode {
-            if let Some(o) = over.as_mut() {
-                o.mode = mode & 0o7777;
-                meta::write_override(&path, o)?;
-            } else if !is_link {
-                sys::fchmodat(pfd.as_fd(), name, mode & 0o7777)?;
-            }
+        // Owner and mode changes depend on the entry as it is (and its override); a size or
+        // times change does not, so `touch` looks at the entry only afterwards.
+        let owner_or_mode = a.uid.is_some() || a.gid.is_some() || a.mode.is_some();
+        let mut over = None;
+        if owner_or_mode {
+            let st = sys::fstatat(pfd.as_fd(), Path::new(name))?;
+            over = read_override(&st)?;
+            change_owner_mode(pfd.as_fd(), name, &path, &st, a, &mut over)?;
         }
         if let Some(size) = a.size {
             let f = sys::openat(
@@ -917,10 +870,11 @@ impl UpperLayer {
                 a.mtime.unwrap_or(TimeSpec::Omit),
             )?;
         }
-        Ok(Applied {
-            st: sys::fstatat(pfd.as_fd(), Path::new(name))?,
-            over,
-        })
+        let st = sys::fstatat(pfd.as_fd(), Path::new(name))?;
+        if !owner_or_mode {
+            over = read_override(&st)?;
+        }
+        Ok(Applied { st, over })
     }
 
     /// `ftruncate` with quota accounting.
@@ -1052,6 +1006,58 @@ impl UpperLayer {
         }
         Ok(fd)
     }
+}
+
+/// The owner and mode part of a setattr on `dir/name` (full path `path`, stat `st`, override
+/// `over`): natively where the backing filesystem lets us, else in override_stat.
+fn change_owner_mode(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &OsStr,
+    path: &Path,
+    st: &libc::stat,
+    a: &SetAttr,
+    over: &mut Option<OverrideStat>,
+) -> io::Result<()> {
+    let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+    if a.uid.is_some() || a.gid.is_some() {
+        let uid = a.uid.unwrap_or(over.map_or(st.st_uid, |o| o.uid));
+        let gid = a.gid.unwrap_or(over.map_or(st.st_gid, |o| o.gid));
+        let native = if over.is_none() {
+            match sys::lchownat(dir, name, uid, gid) {
+                Ok(()) => true,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) && !is_link => false,
+                Err(e) => return Err(e),
+            }
+        } else {
+            false
+        };
+        if !native {
+            let mut mode = over.map_or(st.st_mode & 0o7777, |o| o.mode & 0o7777);
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                // As chown(2) does for an unprivileged caller.
+                mode &= !(libc::S_ISUID | libc::S_ISGID);
+            }
+            let o = OverrideStat {
+                uid,
+                gid,
+                mode,
+                kind: over
+                    .and_then(|o| o.kind)
+                    .or_else(|| OverrideKind::from_mode(st.st_mode, st.st_rdev)),
+            };
+            meta::write_override(path, &o)?;
+            *over = Some(o);
+        }
+    }
+    if let Some(mode) = a.mode {
+        if let Some(o) = over.as_mut() {
+            o.mode = mode & 0o7777;
+            meta::write_override(path, o)?;
+        } else if !is_link {
+            sys::fchmodat(dir, name, mode & 0o7777)?;
+        }
+    }
+    Ok(())
 }
 
 /// Bytes the quota counts for a tree about to be deleted.

@@ -452,20 +452,9 @@ fn copy_up_beside_readers(
     {
         return Ok(false);
     }
-    let Some(entry) = lower_backing(fs, &node, rel) else {
-        return Ok(false);
-    };
-    // Whatever happens next, no open of the old inode may pass through to a backing file
-    // again: the kernel would still use the lower one.
-    fs.writer.no_passthrough.insert(ino);
-    let (r, _) = up.copy_up_entry_open(rel, &entry, with_data)?;
-    if matches!(&r, CopyUp::Copied { peers } if !peers.is_empty()) {
-        fs.tree.invalidate_all_listings();
-    }
-    // Directories copied up on the way.
-    if let Some(dir) = rel.parent() {
-        refresh(fs, up, Some(parent), dir);
-    }
+    // The copy-up as usual (it also keeps every later open of the old inode from passing
+    // through: the kernel would still use the lower file), then the copy gets its own number.
+    copy_up_node_open(fs, up, ino, rel, with_data)?;
     let st = up.upper_stat(rel).ok_or_else(|| errno(libc::EIO))?;
     fs.tree.layers.unalias_ino(0, st.st_ino);
     let new_ino = fs.tree.layers.ino_for(0, st.st_ino);
@@ -481,9 +470,8 @@ fn copy_up_beside_readers(
             dir_layers: Box::new([]),
         })
     });
-    // The old node stays for its open files; by name it now finds the copy, so nothing
-    // copies it up again.
-    node.state.write().layer = 0;
+    // The old node stays for its open files (pointed at the copy by the copy-up, so nothing
+    // copies it up again); what it knew of the copy's xattrs is the new node's to learn.
     node.xattrs_changing();
     if let Some(inval) = fs.invalidator.get() {
         inval.entry(parent, &name);
@@ -560,14 +548,14 @@ pub(crate) fn open_writable(
             copy_up_node_open(fs, up, ino.0, &rel, !truncating)?.filter(|_| reusable_for(flags.0));
         let (fd, perm) = match copy {
             Some(c) => {
-                if flags.0 & libc::O_TRUNC != 0 {
+                if truncating {
                     up.truncate_fd(c.file.as_fd(), 0)?;
                 }
                 (c.file, Some(c.perm))
             }
             None => (up.open_write(&rel, flags.0 & !libc::O_APPEND)?, None),
         };
-        if flags.0 & libc::O_TRUNC != 0 && req.uid() != 0 {
+        if truncating && req.uid() != 0 {
             kill_privs(fs, up, req, ino.0, fd.as_fd())?;
         }
         Ok::<_, io::Error>((File::from(fd), perm))
