@@ -192,9 +192,15 @@ fn add_to_listing(fs: &UnionFs, up: &UpperLayer, parent: u64, name: &OsStr, rel:
 /// [`add_to_listing`] of an entry whose stat the caller has.
 fn add_stat_to_listing(fs: &UnionFs, parent: u64, name: &OsStr, st: &libc::stat) {
     let kind = kind_of_mode(st.st_mode);
+    let ino = fs.tree.layers.ino_for(0, st.st_ino);
+    // A node the kernel still holds under this number (a deleted file whose inode number the
+    // filesystem gave the new entry) knows nothing about the new entry's xattrs.
+    if let Ok(n) = fs.tree.node(ino) {
+        n.xattrs_changing();
+    }
     let entry = DirEntry {
         name: name.into(),
-        ino: fs.tree.layers.ino_for(0, st.st_ino),
+        ino,
         kind,
         layer: 0,
         // New (or re-created over a whiteout, hence opaque): nothing below shows through.
