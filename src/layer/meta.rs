@@ -170,6 +170,14 @@ pub fn read_override(path: &Path) -> io::Result<Option<OverrideStat>> {
     Ok(sys::lgetxattr(path, OVERRIDE_STAT_XATTR)?.and_then(|v| OverrideStat::parse(&v)))
 }
 
+/// The override of the open file `fd`; none when it has none or it cannot be read.
+pub fn fd_override(fd: std::os::fd::BorrowedFd<'_>) -> Option<OverrideStat> {
+    sys::fgetxattr(fd, OVERRIDE_STAT_XATTR)
+        .ok()
+        .flatten()
+        .and_then(|v| OverrideStat::parse(&v))
+}
+
 /// Write the override of the file at `path`.
 pub fn write_override(path: &Path, o: &OverrideStat) -> io::Result<()> {
     sys::lsetxattr(path, OVERRIDE_STAT_XATTR, o.to_string().as_bytes())

@@ -19,7 +19,7 @@ use fuser::{
     ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::layer::meta::{self, OverrideStat};
+use crate::layer::meta;
 use crate::sys::{self, TimeSpec};
 use crate::union::copyup::OpenCopy;
 use crate::union::fs::{err, Handle, UnionFs};
@@ -281,10 +281,7 @@ fn in_group(req: &Request, gid: u32) -> bool {
 /// applied).
 fn shown_perm(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     let st = sys::fstat(fd)?;
-    let over = sys::fgetxattr(fd, meta::OVERRIDE_STAT_XATTR)
-        .ok()
-        .flatten()
-        .and_then(|v| OverrideStat::parse(&v));
+    let over = meta::fd_override(fd);
     Ok(over.map_or((st.st_mode & 0o7777, st.st_gid), |o| {
         (o.mode & 0o7777, o.gid)
     }))
@@ -1029,10 +1026,7 @@ pub(crate) fn create(
                     node.mark_upper_plain(epoch);
                     None
                 } else {
-                    sys::fgetxattr(fd.as_fd(), meta::OVERRIDE_STAT_XATTR)
-                        .ok()
-                        .flatten()
-                        .and_then(|v| OverrideStat::parse(&v))
+                    meta::fd_override(fd.as_fd())
                 };
                 let attr = fs.tree.attr_with_override(&node, st, over);
                 Ok::<_, io::Error>((node.ino, File::from(fd), attr))
