@@ -531,6 +531,29 @@ pub fn linkat<A: AsRef<Path> + ?Sized, B: AsRef<Path> + ?Sized>(
     .map(drop)
 }
 
+/// An unnamed regular file in directory `dir` (`O_TMPFILE`, read-write), with mode `mode`.
+pub fn open_unnamed(dir: BorrowedFd<'_>, mode: u32) -> io::Result<OwnedFd> {
+    openat(dir, Path::new("."), libc::O_TMPFILE | libc::O_RDWR, mode)
+}
+
+/// Give the unnamed file `fd` (from [`open_unnamed`]) the name `dir/name` (fails with
+/// `EEXIST` if taken). Through `/proc/self/fd`: `AT_EMPTY_PATH` needs a capability.
+pub fn link_unnamed(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let o = cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    let n = cstr(name)?;
+    // SAFETY: valid C strings and fds.
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            o.as_ptr(),
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
 /// `unlinkat(dir, name, flags)` (`libc::AT_REMOVEDIR` for directories).
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &Path, flags: i32) -> io::Result<()> {
     let c = cstr(name)?;

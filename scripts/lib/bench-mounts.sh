@@ -41,7 +41,7 @@ server_pid() {
 
 peak_rss_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 
-# mount_backend BACKEND ro|rw: a fresh mount over L3:L2:L1 (plus a fresh upper dir for rw).
+# mount_backend BACKEND ro|rw|rw-volatile: a fresh mount over L3:L2:L1 (plus a fresh upper dir for rw).
 mount_backend() {
   local backend=$1 mode=$2 opts t0
   MOUNT_SEQ=$((MOUNT_SEQ + 1))
@@ -50,10 +50,14 @@ mount_backend() {
   SERVER_PID=""
   mkdir -p "$MERGED"
   opts="lowerdir=$L3:$L2:$L1"
-  if [[ $mode == rw ]]; then
+  if [[ $mode == rw* ]]; then
     mkdir -p "$MNT/upper" "$MNT/work"
     opts+=",upperdir=$MNT/upper,workdir=$MNT/work"
   fi
+  # rw-volatile: no flush of copy-ups (kernel overlayfs and stratafs flush each one otherwise;
+  # fuse-overlayfs never does)
+  [[ $mode != rw-volatile ]] || opts+=",volatile"
+
   t0=$EPOCHREALTIME
   if ! backend_mount_cmd "$backend" "$opts" "$MERGED" || ! wait_ready "$MERGED"; then
     unmount_backend

@@ -136,7 +136,9 @@ run_write_section() {
   gib=$(awk -v b="$BIG_BYTES" 'BEGIN { printf "%g", b / 2^30 }')
   row w_untar write s "tar -x rootfs tarball into MERGED/newroot"
   row w_touch write s "touch $(wc -l <"$COPYUP_LIST") lower files (copy-up storm)"
+  row w_touch_v write s "touch $(wc -l <"$COPYUP_LIST") lower files, volatile mounts"
   row w_append write s "append 1 byte to the ${gib} GiB lower file (copy-up)"
+  row w_append_v write s "append 1 byte to the ${gib} GiB lower file, volatile mounts"
   row w_rm write s "rm -rf MERGED/usr/share ($(find "$L1/usr/share" | wc -l) lower entries)"
   row w_dd write s "dd a new ${gib} GiB file, conv=fsync"
   # Rows that make thousands of inodes keep their upper dirs until the row is done (see
@@ -147,9 +149,12 @@ run_write_section() {
   empty_trash
   measure_row w_touch rw pre_none wl_none wl_touch
   empty_trash
+  measure_row w_touch_v rw-volatile pre_none wl_none wl_touch
+  empty_trash
   measure_row w_rm rw pre_none wl_none wl_rm_tree
   DEFER_DELETE=""
   TRASH_SETTLE_SECS=0 empty_trash
   measure_row w_append rw pre_none wl_none wl_append
+  measure_row w_append_v rw-volatile pre_none wl_none wl_append
   measure_row w_dd rw pre_warm_big wl_none wl_dd_new
 }

@@ -196,6 +196,9 @@ pub(crate) struct Made {
     pub has: Option<(u32, u32, u32)>,
     /// Inode number of a regular file made (0 otherwise).
     pub ino: u64,
+    /// The regular file has no name yet (`O_TMPFILE`): it gets `dir/name` once its data is
+    /// in and flushed.
+    pub unnamed: bool,
 }
 
 /// A regular file just copied, still open read-write from its creation: an open that asked
@@ -215,12 +218,15 @@ impl UpperLayer {
     /// Create a node of `shape`'s type at `dir/name` (owner and mode not applied yet, times
     /// now). Device nodes that the backing filesystem refuses become empty files (their type
     /// goes to `override_stat`).
+    /// With `unnamed`, a regular file is made without a name where the filesystem can
+    /// (`O_TMPFILE`; see [`Made::unnamed`]).
     pub(crate) fn make_node(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
         shape: &Shape,
         symlink_target: Option<&Path>,
+        unnamed: bool,
     ) -> io::Result<Made> {
         let create_file = |mode: u32| -> io::Result<OwnedFd> {
             // Read-write: the copy may be handed on to a read-write open (see `OpenCopy`).
@@ -236,13 +242,31 @@ impl UpperLayer {
                 // them): for the usual 0644 and 0755 no chmod is left to do.
                 let perm = shape.mode & 0o7777;
                 let plain = perm & 0o7000 == 0 && perm & 0o600 == 0o600;
-                let f = create_file(if plain { perm } else { 0o600 })?;
+                let mode = if plain { perm } else { 0o600 };
+                let unnamed_file = if unnamed && self.unnamed_files.load(Ordering::Relaxed) {
+                    match sys::open_unnamed(dir, mode) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            tracing::info!(%e, "no unnamed files (O_TMPFILE) here");
+                            self.unnamed_files.store(false, Ordering::Relaxed);
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let is_unnamed = unnamed_file.is_some();
+                let f = match unnamed_file {
+                    Some(f) => f,
+                    None => create_file(mode)?,
+                };
                 let st = sys::fstat(f.as_fd())?;
                 return Ok(Made {
                     type_refused: false,
                     has: Some((st.st_uid, st.st_gid, st.st_mode & 0o7777)),
                     file: Some(f),
                     ino: st.st_ino,
+                    unnamed: is_unnamed,
                 });
             }
             libc::S_IFLNK => {
@@ -342,13 +366,26 @@ impl UpperLayer {
             } else {
                 None
             };
-            let made = self.make_node(dir, name, &shape, target.as_deref())?;
+            // The data must be on disk before the copy takes its name (the rename into the
+            // layer): else a machine crash can leave the name with an empty or partial file
+            // (filesystems delay writing data, not the rename) and the lower contents are gone
+            // from the view. Kernel overlayfs flushes here too. The file is made unnamed and
+            // named once flushed, as kernel overlayfs does: flushing a small file that has a
+            // name took 0.41-0.55 ms on ext4 here, an unnamed one 0.27-0.36 ms.
+            let flush = self.flush_copies && st.st_size > 0;
+            let made = self.make_node(dir, name, &shape, target.as_deref(), flush)?;
             if let Some(to) = &made.file {
                 let from = std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(src)?;
                 copy_data(from.as_fd(), to.as_fd(), st, &self.reflink)?;
+                if flush {
+                    sys::fsync(to.as_fd(), false)?;
+                }
+                if made.unnamed {
+                    sys::link_unnamed(to.as_fd(), dir, name)?;
+                }
             }
             let existing = copy_xattrs(src, &dst)?;
             self.apply_shape(dir, name, &dst, &shape, existing, &made)?;

@@ -104,6 +104,12 @@ pub struct UpperLayer {
     base_lock: Mutex<()>,
     /// Whether copy-up still tries reflinks (cleared when the filesystem has none).
     pub(crate) reflink: AtomicBool,
+    /// Whether a copy's data is flushed to disk before the copy takes its name (off for a
+    /// `volatile` mount).
+    pub(crate) flush_copies: bool,
+    /// Whether copies are made unnamed (`O_TMPFILE`) until flushed (cleared when the
+    /// filesystem cannot).
+    pub(crate) unnamed_files: AtomicBool,
     seq: AtomicU64,
     /// This process's id, part of staging names (read once: glibc does not cache getpid).
     pid: u32,
@@ -142,6 +148,7 @@ impl UpperLayer {
         let link_whiteouts =
             whiteout::make_whiteout_base(staging_fd.as_fd(), OsStr::new(WHITEOUT_BASE)).is_ok();
         let quota = Quota::scan(root, quota_limit)?;
+        let unnamed = unnamed_files_work(staging_fd.as_fd());
         Ok(UpperLayer {
             root: root.to_path_buf(),
             root_fd: sys::open_dir(root)?,
@@ -150,11 +157,20 @@ impl UpperLayer {
             link_whiteouts: AtomicBool::new(link_whiteouts),
             base_lock: Mutex::new(()),
             reflink: AtomicBool::new(true),
+            flush_copies: true,
+            unnamed_files: AtomicBool::new(unnamed),
             seq: AtomicU64::new(0),
             pid: std::process::id(),
             lowers,
             quota,
         })
+    }
+
+    /// For a `volatile` mount: copies are not flushed before they take their names (a
+    /// machine crash may then leave a copied-up file empty; the layer is thrown away anyway).
+    pub fn volatile(mut self) -> UpperLayer {
+        self.flush_copies = false;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -493,7 +509,7 @@ impl UpperLayer {
             mtime: TimeSpec::Now,
         };
         let built = (|| {
-            let made = self.make_node(sfd, &tmp, &shape, symlink_target)?;
+            let made = self.make_node(sfd, &tmp, &shape, symlink_target, false)?;
             let path = self.staging.join(&tmp);
             if shape.file_type() == libc::S_IFDIR && had_whiteout {
                 let fd = sys::open_dir(&path)?;
@@ -1061,6 +1077,19 @@ fn change_owner_mode(
 }
 
 /// Bytes the quota counts for a tree about to be deleted.
+/// Whether unnamed files can be made in the directory `dir` and then named (`O_TMPFILE`, and
+/// `/proc` to name them): tried once with a file that is deleted again.
+fn unnamed_files_work(dir: std::os::fd::BorrowedFd<'_>) -> bool {
+    let probe = OsStr::new(".unnamed-probe");
+    let named =
+        sys::open_unnamed(dir, 0o600).and_then(|f| sys::link_unnamed(f.as_fd(), dir, probe));
+    let _ = sys::unlink_entry(dir, probe, false);
+    if let Err(e) = &named {
+        tracing::info!(%e, "copies are made under a staging name (no unnamed files here)");
+    }
+    named.is_ok()
+}
+
 fn quota_of(path: &Path) -> u64 {
     match sys::lstat(path) {
         Ok(st) if is_dir(&st) => super::quota::usage_of(path).unwrap_or(0),

@@ -61,7 +61,9 @@ fn upper(fs: &UnionFs) -> Result<&UpperLayer, Errno> {
             return Err(libc::EROFS);
         };
         let lowers = Arc::new(LowerStack::over(fs.tree.layers.clone()));
-        UpperLayer::open(up, work, lowers, fs.opts.quota).map_err(|e| {
+        let opened = UpperLayer::open(up, work, lowers, fs.opts.quota);
+        let opened = opened.map(|u| if fs.opts.volatile { u.volatile() } else { u });
+        opened.map_err(|e| {
             tracing::error!(%e, "cannot open the upper layer");
             e.raw_os_error().unwrap_or(libc::EIO)
         })
