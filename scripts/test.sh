@@ -13,6 +13,7 @@ REQUIRED=(
     "fuse-overlayfs:fuse-overlayfs"
     "protoc:protobuf-compiler"
     "setpriv:util-linux"
+    "filefrag:e2fsprogs"
 )
 
 install_missing() {
