@@ -233,6 +233,8 @@ fn build_lower(dir: &Path) {
     fs::create_dir_all(dir.join("full")).unwrap();
     fs::write(dir.join("full/a"), "a").unwrap();
     fs::write(dir.join("full/b"), "b").unwrap();
+    fs::write(dir.join("full/xa"), "with xattrs").unwrap();
+    stratafs::sys::lsetxattr(&dir.join("full/xa"), "user.note", b"kept").unwrap();
     fs::write(dir.join("hl1"), "linked").unwrap();
     fs::hard_link(dir.join("hl1"), dir.join("etc/hl2")).unwrap();
     std::os::unix::fs::symlink("passwd", dir.join("etc/pw")).unwrap();
@@ -453,6 +455,16 @@ fn xattrs_of_new_and_copied_up_files_follow_every_change() {
         Xattrs("n1"),
         Xattrs("etc/passwd"),
         Look("n1"),
+        // A lower file with xattrs, looked up first (what the look-up learnt must not make
+        // its copy-up skip them), copied up by a chmod and by an append.
+        Look("full/xa"),
+        Xattrs("full/xa"),
+        Chmod("full/xa", 0o600),
+        Xattrs("full/xa"),
+        Append("full/xa", "+"),
+        Forget,
+        Xattrs("full/xa"),
+        Look("full/xa"),
     ]);
 }
 

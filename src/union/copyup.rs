@@ -349,7 +349,7 @@ impl UpperLayer {
 
     /// Build a copy of the entry at `src` as `dir/name`: contents, owner, mode, times, xattrs.
     /// Directories are copied empty. On error nothing is left at `dir/name`. A regular file
-    /// comes back open.
+    /// comes back open. `no_xattrs`: the caller knows `src` has none to copy.
     pub(crate) fn copy_node(
         &self,
         src: &Path,
@@ -357,6 +357,7 @@ impl UpperLayer {
         dir: BorrowedFd<'_>,
         dir_path: &Path,
         name: &OsStr,
+        no_xattrs: bool,
     ) -> io::Result<Option<OpenCopy>> {
         let shape = Shape::of(st);
         let dst = dir_path.join(name);
@@ -387,7 +388,11 @@ impl UpperLayer {
                     sys::link_unnamed(to.as_fd(), dir, name)?;
                 }
             }
-            let existing = copy_xattrs(src, &dst)?;
+            let existing = if no_xattrs {
+                None
+            } else {
+                copy_xattrs(src, &dst)?
+            };
             self.apply_shape(dir, name, &dst, &shape, existing, &made)?;
             let Some(file) = made.file else {
                 return Ok(None);
@@ -452,7 +457,7 @@ impl UpperLayer {
         if ty == libc::S_IFREG {
             self.quota.reserve(st.st_size as u64)?;
         }
-        if let Err(e) = self.copy_node(&src, &st, dfd.as_fd(), dest_dir, name) {
+        if let Err(e) = self.copy_node(&src, &st, dfd.as_fd(), dest_dir, name, false) {
             if ty == libc::S_IFREG {
                 self.quota.release(st.st_size as u64);
             }

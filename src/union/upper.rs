@@ -92,6 +92,15 @@ pub enum CopyUp {
     Copied { peers: Vec<PathBuf> },
 }
 
+/// What the caller of a copy-up knows already (each spares a look at the disk).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known {
+    /// The parent directory is in the upper layer.
+    pub parent_in_upper: bool,
+    /// The entry to copy has no xattrs.
+    pub no_xattrs: bool,
+}
+
 /// The upper layer of one mount.
 pub struct UpperLayer {
     root: PathBuf,
@@ -335,7 +344,7 @@ impl UpperLayer {
         if !is_dir(&st) {
             return Err(errno(libc::ENOTDIR));
         }
-        match self.place_copy(rel, &entry.path, &st).map(drop) {
+        match self.place_copy(rel, &entry.path, &st, false).map(drop) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // Another thread copied it up first.
                 match self.upper_stat(rel) {
@@ -350,10 +359,18 @@ impl UpperLayer {
     /// Copy `src` (with stat `st`) into the staging area and rename it to `rel` (which must not
     /// exist in the upper), keeping the parent directory's times as they were. A regular file
     /// comes back open.
-    fn place_copy(&self, rel: &Path, src: &Path, st: &libc::stat) -> io::Result<Option<OpenCopy>> {
+    /// `no_xattrs`: the caller knows `src` has none.
+    fn place_copy(
+        &self,
+        rel: &Path,
+        src: &Path,
+        st: &libc::stat,
+        no_xattrs: bool,
+    ) -> io::Result<Option<OpenCopy>> {
         let (parent, name) = split(rel)?;
         let tmp = self.tmp_name();
-        let copy = self.copy_node(src, st, self.staging_fd.as_fd(), &self.staging, &tmp)?;
+        let sfd = self.staging_fd.as_fd();
+        let copy = self.copy_node(src, st, sfd, &self.staging, &tmp, no_xattrs)?;
         let pfd = self.open_upper_dir(parent)?;
         let pst = sys::fstat(pfd.as_fd())?;
         if let Err(e) = sys::renameat2(
@@ -400,7 +417,8 @@ impl UpperLayer {
     /// [`UpperLayer::copy_up`] of `entry`, which the caller knows to be what the view shows at
     /// `rel` (the merged tree resolved it): no walk of the upper for whiteouts on the way.
     pub fn copy_up_entry(&self, rel: &Path, entry: &LowerEntry) -> io::Result<CopyUp> {
-        self.copy_up_entry_open(rel, entry, true).map(|(c, _)| c)
+        self.copy_up_entry_open(rel, entry, true, Known::default())
+            .map(|(c, _)| c)
     }
 
     /// [`UpperLayer::copy_up_entry`], also handing back a regular file it copied still open
@@ -411,6 +429,7 @@ impl UpperLayer {
         rel: &Path,
         entry: &LowerEntry,
         with_data: bool,
+        known: Known,
     ) -> io::Result<(CopyUp, Option<OpenCopy>)> {
         if rel.as_os_str().is_empty() {
             return Ok((CopyUp::Already, None));
@@ -430,11 +449,13 @@ impl UpperLayer {
             return Ok((CopyUp::Already, None));
         }
         let (parent, _) = split(rel)?;
-        self.ensure_dir(parent)?;
+        if !known.parent_in_upper {
+            self.ensure_dir(parent)?;
+        }
         let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let size = if is_reg { st.st_size as u64 } else { 0 };
         self.quota.reserve(size)?;
-        let copy = match self.place_copy(rel, &entry.path, &st) {
+        let copy = match self.place_copy(rel, &entry.path, &st, known.no_xattrs) {
             Ok(copy) => copy,
             Err(e) => {
                 self.quota.release(size);

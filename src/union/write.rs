@@ -25,7 +25,7 @@ use crate::union::copyup::OpenCopy;
 use crate::union::fs::{err, Handle, UnionFs};
 use crate::union::lowers::{LowerEntry, LowerStack};
 use crate::union::tree::{container_to_host, kind_of_mode, DirEntry, Node, NodeState, ROOT_INO};
-use crate::union::upper::{CopyUp, NewAttr, SetAttr, UpperLayer};
+use crate::union::upper::{CopyUp, Known, NewAttr, SetAttr, UpperLayer};
 
 fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
@@ -402,8 +402,17 @@ fn copy_up_node_open(
         return Ok(None);
     }
     let epoch = node.xattr_epoch();
+    let parent = node.state.read().parent;
+    let known = Known {
+        parent_in_upper: ino != ROOT_INO
+            && fs
+                .tree
+                .node(parent)
+                .is_ok_and(|p| node_in_upper(&p.state.read())),
+        no_xattrs: fs.tree.no_xattrs(&node),
+    };
     let (r, copy) = match lower_backing(fs, &node, rel) {
-        Some(entry) => up.copy_up_entry_open(rel, &entry, with_data)?,
+        Some(entry) => up.copy_up_entry_open(rel, &entry, with_data, known)?,
         None => (up.copy_up(rel)?, None),
     };
     let moved = match &r {
