@@ -526,6 +526,59 @@ fn renames_of_files_and_upper_dirs() {
     ]);
 }
 
+/// Set times through the open file `f` and by `path`; what `f` and `path` show afterwards.
+fn set_times(f: &fs::File, path: &Path, by_fd: i64, by_path: i64) -> String {
+    use std::os::fd::AsRawFd;
+    let ts = |s| {
+        [libc::timespec {
+            tv_sec: s,
+            tv_nsec: 0,
+        }; 2]
+    };
+    let (a, b) = (ts(by_fd), ts(by_path));
+    let c = cpath(path);
+    // SAFETY: an open fd, a valid C string, two timespecs each.
+    let rc = unsafe {
+        (
+            libc::futimens(f.as_raw_fd(), a.as_ptr()),
+            libc::utimensat(libc::AT_FDCWD, c.as_ptr(), b.as_ptr(), 0),
+        )
+    };
+    let open_mtime = f.metadata().map(|m| m.mtime()).unwrap_or(-1);
+    let path_mtime = fs::metadata(path).map(|m| m.mtime()).unwrap_or(-1);
+    format!(
+        "rc {rc:?}, open file {open_mtime}, {} {path_mtime}",
+        path.display()
+    )
+}
+
+#[test]
+fn times_of_a_file_open_for_writing_reach_that_file() {
+    // A times change of a file open for writing goes through the open file (no path
+    // resolution), also after another file took its name.
+    if !is_root() {
+        return;
+    }
+    let run = |root: &Path| {
+        let f = fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("full/a"))
+            .unwrap(); // a copy-up, kept open
+        let mut seen = vec![set_times(&f, &root.join("full/a"), 1111, 2222)];
+        fs::rename(root.join("full/b"), root.join("full/a")).unwrap();
+        seen.push(set_times(&f, &root.join("full/a"), 3333, 4444));
+        let n = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(root.join("new"))
+            .unwrap();
+        seen.push(set_times(&n, &root.join("new"), 5555, 6666));
+        seen.join("; ").replace(&root.display().to_string(), "")
+    };
+    let (k, s) = (side(true, ""), side(false, ""));
+    assert_eq!(run(&s.mnt), run(&k.mnt));
+}
+
 #[test]
 fn hard_links_and_open_unlinked_files() {
     if !is_root() {

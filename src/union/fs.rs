@@ -69,6 +69,9 @@ pub struct UnionFs {
     /// Whether the kernel accepted FUSE passthrough (set in `init`).
     pub passthrough: AtomicBool,
     handles: DashMap<u64, Arc<Handle>>,
+    /// A writable handle of each inode that has one (inode -> handle number): a times change
+    /// goes through it instead of resolving the path again.
+    writers: DashMap<u64, u64>,
     dir_handles: DashMap<u64, Arc<DirHandle>>,
     /// The stat-ahead thread, started on first need (`None`: it could not be started).
     stat_ahead: OnceLock<Option<Prefetcher>>,
@@ -124,6 +127,7 @@ impl UnionFs {
             opts,
             passthrough: AtomicBool::new(false),
             handles: DashMap::new(),
+            writers: DashMap::new(),
             dir_handles: DashMap::new(),
             stat_ahead: OnceLock::new(),
             next_fh: AtomicU64::new(1),
@@ -147,8 +151,17 @@ impl UnionFs {
     /// Register an open file; returns its handle number.
     pub fn add_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if h.writable {
+            self.writers.insert(h.ino, fh);
+        }
         self.handles.insert(fh, Arc::new(h));
         fh
+    }
+
+    /// Some handle open for writing on `ino` (its file is the inode's upper file).
+    pub fn writable_handle(&self, ino: u64) -> Option<Arc<Handle>> {
+        let fh = *self.writers.get(&ino)?;
+        self.handle(fh).filter(|h| h.writable && h.ino == ino)
     }
 
     /// An open file by handle number.
@@ -235,6 +248,9 @@ impl UnionFs {
     /// Drop a handle (and its passthrough reference).
     pub fn remove_handle(&self, fh: u64) -> Option<Arc<Handle>> {
         let (_, h) = self.handles.remove(&fh)?;
+        if h.writable {
+            self.writers.remove_if(&h.ino, |_, f| *f == fh);
+        }
         if h.passthrough {
             self.backing.remove_if_mut(&h.ino, |_, (_, n)| {
                 *n -= 1;

@@ -637,6 +637,9 @@ pub(crate) fn setattr(
         if !rel.as_os_str().is_empty() {
             let node = fs.tree.node(ino.0)?;
             let plain = fs.tree.no_xattrs(&node);
+            if let Some(attr) = set_times_open(fs, &node, &a, fh, plain) {
+                return attr;
+            }
             // An owner or mode change may go to override_stat (rootless).
             let may_write_xattr = a.uid.is_some() || a.gid.is_some() || a.mode.is_some();
             if may_write_xattr {
@@ -662,6 +665,35 @@ pub(crate) fn setattr(
         Ok(attr) => reply.attr(&fs.ttl(), &attr),
         Err(e) => reply.error(err(e)),
     }
+}
+
+/// A change of times only (`touch` of an open file, `futimens`) made through a file open for
+/// writing on the inode, if there is one: its name is not resolved again. `None`: not such a
+/// change, or no such file.
+fn set_times_open(
+    fs: &UnionFs,
+    node: &Node,
+    a: &SetAttr,
+    fh: Option<FileHandle>,
+    plain: bool,
+) -> Option<io::Result<fuser::FileAttr>> {
+    let times_only = a.mode.is_none() && a.uid.is_none() && a.gid.is_none() && a.size.is_none();
+    if !times_only || (a.atime.is_none() && a.mtime.is_none()) {
+        return None;
+    }
+    let h = fh
+        .and_then(|f| fs.handle(f.0))
+        .filter(|h| h.writable && h.ino == node.ino)
+        .or_else(|| fs.writable_handle(node.ino))?;
+    let fd = h.file.as_fd();
+    let done = (|| {
+        let omit = TimeSpec::Omit;
+        sys::futimens(fd, a.atime.unwrap_or(omit), a.mtime.unwrap_or(omit))?;
+        let st = sys::fstat(fd)?;
+        let over = if plain { None } else { meta::fd_override(fd) };
+        Ok(fs.tree.attr_with_override(node, st, over))
+    })();
+    Some(done)
 }
 
 fn set_root_attr(up: &UpperLayer, a: &SetAttr) -> io::Result<()> {
