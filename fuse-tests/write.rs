@@ -1128,6 +1128,60 @@ fn a_directory_swapped_for_a_symlink_leads_nowhere_outside_the_layer() {
 }
 
 #[test]
+fn a_lower_file_changed_while_open_for_reading_can_be_opened_again() {
+    // A chmod, truncate or xattr change copies a lower file up on the same inode while a
+    // passthrough reader holds the lower file as that inode's backing file. Later opens, for
+    // writing and for reading, work (they failed with EIO) and see the copy; the reader keeps
+    // reading the lower file, as with kernel overlayfs.
+    if !is_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let s = side(false, "");
+    let read_rest = |r: &mut fs::File| {
+        let mut v = String::new();
+        std::io::Read::read_to_string(r, &mut v).unwrap();
+        v
+    };
+    let f = s.mnt.join("etc/passwd");
+    let mut r = fs::File::open(&f).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut w| w.write_all(b"u:x:1:1\n"))
+        .expect("open for writing after a chmod, a reader open");
+    assert_eq!(fs::read_to_string(&f).unwrap(), "root:x:0:0\nu:x:1:1\n");
+    assert_eq!(
+        read_rest(&mut r),
+        "root:x:0:0\n",
+        "the reader keeps the lower file"
+    );
+    drop(r);
+    assert_eq!(fs::read_to_string(&f).unwrap(), "root:x:0:0\nu:x:1:1\n");
+
+    let g = s.mnt.join("full/b");
+    let mut r = fs::File::open(&g).unwrap();
+    sys::lsetxattr(&g, "user.k", b"v").unwrap();
+    fs::write(&g, "new b").expect("truncating open after a setxattr, a reader open");
+    assert_eq!(fs::read_to_string(&g).unwrap(), "new b");
+    assert_eq!(read_rest(&mut r), "b");
+
+    let h = s.mnt.join("full/a");
+    let mut r = fs::File::open(&h).unwrap();
+    let c = cpath(&h);
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 0) }, 0);
+    assert_eq!(
+        fs::read_to_string(&h).expect("reading after a truncate"),
+        ""
+    );
+    assert_eq!(read_rest(&mut r), "a");
+    assert_eq!(fs::read_to_string(s.upper.join("full/a")).unwrap(), "");
+    drop(s.m);
+}
+
+#[test]
 fn a_lower_file_open_for_reading_can_be_opened_for_writing() {
     // A passthrough reader of a lower file holds it as the inode's backing file; the writer's
     // open gets the copy-up as a new inode. As with kernel overlayfs the reader keeps reading

@@ -406,6 +406,11 @@ impl Filesystem for UnionFs {
         if f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0 {
             return write::open_writable(self, req, ino, flags, reply);
         }
+        match write::reopen_beside_readers(self, ino.0) {
+            Ok(true) => return reply.error(Errno::ESTALE),
+            Ok(false) => {}
+            Err(e) => return reply.error(err(e)),
+        }
         match self.open_backing_file(ino.0, libc::O_RDONLY) {
             Ok(file) => {
                 let pass = write::reads_may_pass(self, ino.0, &file);

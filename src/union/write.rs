@@ -455,24 +455,76 @@ fn copy_up_beside_readers(
     with_data: bool,
 ) -> io::Result<bool> {
     let node = fs.tree.node(ino)?;
-    let (parent, name, kind) = {
-        let s = node.state.read();
-        (s.parent, s.name.clone(), s.kind)
-    };
-    if ino == ROOT_INO
-        || kind != FileType::RegularFile
-        || !fs.has_passthrough(ino)
-        || node_in_upper(&node.state.read())
-    {
+    if !fs.has_passthrough(ino) || !is_named_file(fs, &node) {
         return Ok(false);
+    }
+    if node_in_upper(&node.state.read()) {
+        // Copied up already: by a chmod, truncate or xattr change made while the readers were
+        // open (which left the lower file the inode's backing file), or not beside readers.
+        return renumber_beside_readers(fs, up, &node, rel);
     }
     // The copy-up as usual (it also keeps every later open of the old inode from passing
     // through: the kernel would still use the lower file), then the copy gets its own number.
     copy_up_node_open(fs, up, ino, rel, with_data)?;
+    renumber_copy(fs, up, &node, rel)?;
+    Ok(true)
+}
+
+/// For an open of `ino`, which is in the upper: if it was copied up while passthrough
+/// readers had the lower file open, the kernel still has that file as the inode's backing file
+/// and fails (EIO) any other open of the inode; the copy then gets a node number of its own and
+/// the caller answers ESTALE (see [`copy_up_beside_readers`]). Returns whether that was done.
+pub(crate) fn reopen_beside_readers(fs: &UnionFs, ino: u64) -> io::Result<bool> {
+    if !fs.writer.blocks_passthrough(ino) || !fs.has_passthrough(ino) {
+        return Ok(false);
+    }
+    let node = fs.tree.node(ino)?;
+    if !is_named_file(fs, &node) || !node_in_upper(&node.state.read()) {
+        return Ok(false);
+    }
+    let up = upper(fs).map_err(|e| errno(e.code()))?;
+    let rel = fs.tree.path_of(ino)?;
+    renumber_beside_readers(fs, up, &node, &rel)
+}
+
+/// A regular file (not the root) that its name in its directory still shows: only then can
+/// the name be pointed at a new node.
+fn is_named_file(fs: &UnionFs, node: &Node) -> bool {
+    let (parent, name, kind) = {
+        let s = node.state.read();
+        (s.parent, s.name.clone(), s.kind)
+    };
+    node.ino != ROOT_INO
+        && kind == FileType::RegularFile
+        && child_ino(fs, parent, &name) == Some(node.ino)
+}
+
+/// [`renumber_copy`] for a node already in the upper, if the kernel still has its lower file
+/// as backing file (it was copied up while passthrough readers were open).
+fn renumber_beside_readers(
+    fs: &UnionFs,
+    up: &UpperLayer,
+    node: &Node,
+    rel: &Path,
+) -> io::Result<bool> {
+    if !fs.writer.blocks_passthrough(node.ino) {
+        return Ok(false);
+    }
+    renumber_copy(fs, up, node, rel)?;
+    Ok(true)
+}
+
+/// Give the upper file of `node` (at `rel`) a node number of its own and point its name there;
+/// the old node stays for the files open on it.
+fn renumber_copy(fs: &UnionFs, up: &UpperLayer, node: &Node, rel: &Path) -> io::Result<()> {
+    let (parent, name) = {
+        let s = node.state.read();
+        (s.parent, s.name.clone())
+    };
     let st = up.upper_stat(rel).ok_or_else(|| errno(libc::EIO))?;
     fs.tree.layers.unalias_ino(0, st.st_ino);
     let new_ino = fs.tree.layers.ino_for(0, st.st_ino);
-    if new_ino == ino {
+    if new_ino == node.ino {
         return Err(errno(libc::EIO));
     }
     fs.tree.update_listing(parent, |l| {
@@ -490,8 +542,8 @@ fn copy_up_beside_readers(
     if let Some(inval) = fs.invalidator.get() {
         inval.entry(parent, &name);
     }
-    tracing::debug!(rel = %rel.display(), old = ino, new = new_ino, "copied up beside open readers");
-    Ok(true)
+    tracing::debug!(rel = %rel.display(), old = node.ino, new = new_ino, "copy renumbered beside open readers");
+    Ok(())
 }
 
 /// Whether a file opened read-write at creation can serve an open with `flags` as it is:
