@@ -184,6 +184,13 @@ pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// `syncfs(fd)`: everything written to the filesystem of `fd` is on disk afterwards.
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: valid fd.
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
+    Ok(())
+}
+
 /// `lremovexattr`, with "absent" (`ENODATA`) reported as `Ok(false)`.
 pub fn lremovexattr_if_present(path: &Path, name: &str) -> io::Result<bool> {
     match super::lremovexattr(path, name) {

@@ -21,7 +21,7 @@ use crate::layer::meta::{self, OverrideKind, OverrideStat};
 use crate::layer::whiteout::{self, NameKind};
 use crate::sys::{self, TimeSpec};
 
-use super::copyup::{OpenCopy, Shape};
+use super::copyup::{CopyHow, OpenCopy, Shape};
 use super::lowers::{LowerEntry, LowerView};
 use super::quota::Quota;
 
@@ -370,7 +370,11 @@ impl UpperLayer {
         let (parent, name) = split(rel)?;
         let tmp = self.tmp_name();
         let sfd = self.staging_fd.as_fd();
-        let copy = self.copy_node(src, st, sfd, &self.staging, &tmp, no_xattrs)?;
+        let how = CopyHow {
+            no_xattrs,
+            flush: true,
+        };
+        let copy = self.copy_node(src, st, sfd, &self.staging, &tmp, how)?;
         let pfd = self.open_upper_dir(parent)?;
         let pst = sys::fstat(pfd.as_fd())?;
         if let Err(e) = sys::renameat2(
