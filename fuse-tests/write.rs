@@ -675,6 +675,23 @@ fn quota_refuses_and_deleting_frees() {
     drop(s.m);
 }
 
+/// A scratch directory with empty `lower/`, `upper/` and `work/`, and the mount options over
+/// them (`extra` appended).
+fn scratch(extra: &str) -> (tempfile::TempDir, String) {
+    let t = tempfile::tempdir().unwrap();
+    let b = t.path();
+    for d in ["lower", "upper", "work"] {
+        fs::create_dir(b.join(d)).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}{extra}",
+        b.join("lower").display(),
+        b.join("upper").display(),
+        b.join("work").display()
+    );
+    (t, opts)
+}
+
 #[test]
 fn overwriting_a_lower_file_copies_none_of_its_old_data() {
     // An open with O_TRUNC (`>`, `cp` over a file) throws the old data away: it is not copied
@@ -682,19 +699,10 @@ fn overwriting_a_lower_file_copies_none_of_its_old_data() {
     if !is_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
+    let (t, opts) = scratch(",quota=65536");
     let b = t.path();
-    for d in ["lower", "upper", "work"] {
-        fs::create_dir(b.join(d)).unwrap();
-    }
     fs::write(b.join("lower/big"), vec![7u8; 100_000]).unwrap();
     fs::write(b.join("lower/big2"), vec![8u8; 100_000]).unwrap();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},quota=65536",
-        b.join("lower").display(),
-        b.join("upper").display(),
-        b.join("work").display()
-    );
     let g = crate::common::mount_stratafs(&opts, &b.join("mnt"));
     fs::write(g.path.join("big"), "small").expect("overwriting the big lower file");
     assert_eq!(fs::read(g.path.join("big")).unwrap(), b"small");
@@ -727,24 +735,16 @@ fn copied_up_data_is_on_disk_before_the_copy_takes_its_name() {
     if !is_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
+    let (t, opts) = scratch("");
     let b = t.path();
-    for d in ["lower/d", "upper", "work"] {
-        fs::create_dir_all(b.join(d)).unwrap();
-    }
     fs::write(b.join("probe"), vec![1u8; 20_000]).unwrap();
     if awaits_writing(&b.join("probe")) != Some(true) {
         eprintln!("skipped: unwritten data cannot be told apart here (no delayed allocation)");
         return;
     }
+    fs::create_dir(b.join("lower/d")).unwrap();
     fs::write(b.join("lower/f"), vec![3u8; 50_000]).unwrap();
     fs::write(b.join("lower/d/g"), vec![4u8; 50_000]).unwrap();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        b.join("lower").display(),
-        b.join("upper").display(),
-        b.join("work").display()
-    );
     let g = crate::common::mount_stratafs(&opts, &b.join("mnt"));
     use std::os::unix::fs::PermissionsExt;
     // A copy-up with the data, nothing written after it.
