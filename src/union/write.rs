@@ -455,13 +455,13 @@ fn copy_up_beside_readers(
     with_data: bool,
 ) -> io::Result<bool> {
     let node = fs.tree.node(ino)?;
+    if node_in_upper(&node.state.read()) {
+        // Copied up already: perhaps by a chmod, truncate or xattr change made while readers
+        // of the lower file were open.
+        return reopen_beside_readers(fs, ino);
+    }
     if !fs.has_passthrough(ino) || !is_named_file(fs, &node) {
         return Ok(false);
-    }
-    if node_in_upper(&node.state.read()) {
-        // Copied up already: by a chmod, truncate or xattr change made while the readers were
-        // open (which left the lower file the inode's backing file), or not beside readers.
-        return renumber_beside_readers(fs, up, &node, rel);
     }
     // The copy-up as usual (it also keeps every later open of the old inode from passing
     // through: the kernel would still use the lower file), then the copy gets its own number.
@@ -484,7 +484,8 @@ pub(crate) fn reopen_beside_readers(fs: &UnionFs, ino: u64) -> io::Result<bool> 
     }
     let up = upper(fs).map_err(|e| errno(e.code()))?;
     let rel = fs.tree.path_of(ino)?;
-    renumber_beside_readers(fs, up, &node, &rel)
+    renumber_copy(fs, up, &node, &rel)?;
+    Ok(true)
 }
 
 /// A regular file (not the root) that its name in its directory still shows: only then can
@@ -497,21 +498,6 @@ fn is_named_file(fs: &UnionFs, node: &Node) -> bool {
     node.ino != ROOT_INO
         && kind == FileType::RegularFile
         && child_ino(fs, parent, &name) == Some(node.ino)
-}
-
-/// [`renumber_copy`] for a node already in the upper, if the kernel still has its lower file
-/// as backing file (it was copied up while passthrough readers were open).
-fn renumber_beside_readers(
-    fs: &UnionFs,
-    up: &UpperLayer,
-    node: &Node,
-    rel: &Path,
-) -> io::Result<bool> {
-    if !fs.writer.blocks_passthrough(node.ino) {
-        return Ok(false);
-    }
-    renumber_copy(fs, up, node, rel)?;
-    Ok(true)
 }
 
 /// Give the upper file of `node` (at `rel`) a node number of its own and point its name there;
