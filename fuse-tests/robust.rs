@@ -375,6 +375,75 @@ fn crash_during_large_copy_up_leaves_old_or_new() {
     assert_eq!(fs::read(s.upper.join("tree/after")).unwrap(), b"after");
 }
 
+/// With one reader thread, start `op` (a copy-up of a large lower file), wait until its copy
+/// is under way, then make requests only the server can answer (a look-up and open of a file
+/// never opened, a new file) and check they were answered while `op` still ran.
+fn served_during(s: &Setup, what: &str, op: impl FnOnce() -> std::io::Result<()> + Send + 'static) {
+    let h = std::thread::spawn(op);
+    let t0 = Instant::now();
+    while !s.copy_in_staging() {
+        assert!(!h.is_finished(), "{what} finished before its copy was seen");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{what}: never saw it start"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let t1 = Instant::now();
+    let other = s.mp.join("tree/sub/b");
+    assert_eq!(fs::read_to_string(&other).unwrap(), "lower b");
+    let new =
+        s.mp.join(format!("tree/new-during-{}", what.replace(' ', "-")));
+    fs::write(&new, "new").unwrap();
+    let waited = t1.elapsed();
+    let still_copying = !h.is_finished();
+    h.join().expect("operation thread panicked").unwrap();
+    eprintln!(
+        "{what}: other requests took {waited:?} ({:?} in all)",
+        t0.elapsed()
+    );
+    assert!(
+        still_copying,
+        "{what}: the other requests were answered only after the copy-up ({waited:?})"
+    );
+}
+
+#[test]
+fn other_requests_are_served_during_a_large_copy_up() {
+    // One reader thread makes it certain: before copy-ups of large files ran off the reader
+    // threads, the mount answered nothing else until the copy was made and flushed.
+    const SIZE: u64 = 256 * MIB;
+    let s = Setup::new();
+    populate(&s);
+    make_pattern_file(&s.lower.join("append.bin"), SIZE, 0x21);
+    make_pattern_file(&s.lower.join("chmod.bin"), SIZE, 0x22);
+    let _g = mount_stratafs(&format!("{},threads=1", s.opts()), &s.mp);
+
+    let target = s.mp.join("append.bin");
+    served_during(&s, "append", move || {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(target)?
+            .write_all(b"Z")
+    });
+    let target = s.mp.join("chmod.bin");
+    served_during(&s, "chmod", move || {
+        fs::set_permissions(target, fs::Permissions::from_mode(0o600))
+    });
+
+    // Both copy-ups completed in full.
+    let up = s.upper.join("append.bin");
+    assert_eq!(fs::metadata(&up).unwrap().len(), SIZE + 1);
+    check_blocks(&up, SIZE, &[0x21], false).unwrap();
+    let up = s.upper.join("chmod.bin");
+    assert_eq!(
+        fs::metadata(&up).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    check_blocks(&up, SIZE + 1, &[0x22], false).unwrap();
+    assert_eq!(fs::metadata(s.mp.join("chmod.bin")).unwrap().len(), SIZE);
+}
+
 #[test]
 fn crash_during_large_write_of_new_file() {
     const SIZE: u64 = 256 * MIB;

@@ -24,11 +24,12 @@ use fuser::{
 
 use crate::layer::whiteout;
 use crate::sys;
+use crate::union::background::Background;
 use crate::union::layers::LayerIdx;
 use crate::union::options::MountOptions;
 use crate::union::prefetch::{Front, Prefetcher};
 use crate::union::tree::{Listing, Tree, ROOT_INO};
-use crate::union::write;
+use crate::union::write::{self, Caller};
 
 /// How long the kernel may cache entries and attributes: every change goes through us, and
 /// lower layers never change while mounted.
@@ -61,9 +62,21 @@ struct DirHandle {
     front: Front,
 }
 
-/// The union filesystem served over FUSE.
+/// The union filesystem served over FUSE: a handle on its shared state, cloned for requests
+/// that finish on a thread of their own (see [`crate::union::background`]).
+#[derive(Debug, Clone)]
+pub struct UnionFs(Arc<ViewState>);
+
+impl std::ops::Deref for UnionFs {
+    type Target = ViewState;
+    fn deref(&self) -> &ViewState {
+        &self.0
+    }
+}
+
+/// What the served view knows: the merged tree, open files, the write path's state.
 #[derive(Debug)]
-pub struct UnionFs {
+pub struct ViewState {
     pub tree: Tree,
     pub opts: MountOptions,
     /// Whether the kernel accepted FUSE passthrough (set in `init`).
@@ -84,6 +97,8 @@ pub struct UnionFs {
     pub(crate) writer: write::Writer,
     /// Set by the mount program once mounted: what to do when the session ends.
     pub session_end: Arc<OnceLock<crate::union::server::SessionEnd>>,
+    /// Requests served off the reader threads.
+    pub(crate) background: Background,
 }
 
 /// Kernel cache invalidations, sent from a worker thread: the kernel may need locks that the
@@ -122,7 +137,7 @@ pub(crate) fn err(e: io::Error) -> Errno {
 
 impl UnionFs {
     pub fn new(tree: Tree, opts: MountOptions) -> UnionFs {
-        UnionFs {
+        UnionFs(Arc::new(ViewState {
             tree,
             opts,
             passthrough: AtomicBool::new(false),
@@ -135,6 +150,18 @@ impl UnionFs {
             invalidator: Arc::new(OnceLock::new()),
             writer: write::Writer::default(),
             session_end: Arc::new(OnceLock::new()),
+            background: Background::default(),
+        }))
+    }
+
+    /// Serve `job` on a thread of its own when it may take `long` (a large copy-up: see
+    /// [`crate::union::background`]), else on this reader thread.
+    fn serve(&self, long: bool, job: impl FnOnce(&UnionFs) + Send + 'static) {
+        if long {
+            let fs = self.clone();
+            self.background.run(move || job(&fs));
+        } else {
+            job(self)
         }
     }
 
@@ -404,7 +431,12 @@ impl Filesystem for UnionFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let f = flags.0;
         if f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0 {
-            return write::open_writable(self, req, ino, flags, reply);
+            let caller = Caller::from(req);
+            // O_TRUNC: nothing is copied.
+            let long = f & libc::O_TRUNC == 0 && write::copies_much(self, ino.0, false);
+            return self.serve(long, move |fs| {
+                write::open_writable(fs, &caller, ino, flags, reply)
+            });
         }
         match write::reopen_beside_readers(self, ino.0) {
             Ok(true) => return reply.error(Errno::ESTALE),
@@ -725,9 +757,13 @@ impl Filesystem for UnionFs {
         flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        write::setattr(
-            self, req, ino, mode, uid, gid, size, atime, mtime, ctime, fh, flags, reply,
-        )
+        let caller = Caller::from(req);
+        let long = size != Some(0) && write::copies_much(self, ino.0, false);
+        self.serve(long, move |fs| {
+            write::setattr(
+                fs, &caller, ino, mode, uid, gid, size, atime, mtime, ctime, fh, flags, reply,
+            )
+        })
     }
 
     fn mknod(
@@ -740,7 +776,16 @@ impl Filesystem for UnionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        write::mknod(self, req, parent, name, mode, umask, rdev, reply)
+        write::mknod(
+            self,
+            &Caller::from(req),
+            parent,
+            name,
+            mode,
+            umask,
+            rdev,
+            reply,
+        )
     }
 
     fn mkdir(
@@ -752,15 +797,15 @@ impl Filesystem for UnionFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        write::mkdir(self, req, parent, name, mode, umask, reply)
+        write::mkdir(self, &Caller::from(req), parent, name, mode, umask, reply)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        write::unlink(self, req, parent, name, reply)
+        write::unlink(self, &Caller::from(req), parent, name, reply)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        write::rmdir(self, req, parent, name, reply)
+        write::rmdir(self, &Caller::from(req), parent, name, reply)
     }
 
     fn symlink(
@@ -771,7 +816,7 @@ impl Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        write::symlink(self, req, parent, link_name, target, reply)
+        write::symlink(self, &Caller::from(req), parent, link_name, target, reply)
     }
 
     fn rename(
@@ -784,7 +829,14 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        write::rename(self, req, parent, name, newparent, newname, flags, reply)
+        let caller = Caller::from(req);
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        let long = write::rename_copies_much(self, parent.0, &name, newparent.0, &newname, flags);
+        self.serve(long, move |fs| {
+            write::rename(
+                fs, &caller, parent, &name, newparent, &newname, flags, reply,
+            )
+        })
     }
 
     fn link(
@@ -795,7 +847,11 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        write::link(self, req, ino, newparent, newname, reply)
+        let (caller, newname) = (Caller::from(req), newname.to_owned());
+        let long = write::copies_much(self, ino.0, false);
+        self.serve(long, move |fs| {
+            write::link(fs, &caller, ino, newparent, &newname, reply)
+        })
     }
 
     fn write(
@@ -812,7 +868,7 @@ impl Filesystem for UnionFs {
     ) {
         write::write(
             self,
-            req,
+            &Caller::from(req),
             ino,
             fh,
             offset,
@@ -834,7 +890,16 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        write::create(self, req, parent, name, mode, umask, flags, reply)
+        write::create(
+            self,
+            &Caller::from(req),
+            parent,
+            name,
+            mode,
+            umask,
+            flags,
+            reply,
+        )
     }
 
     fn flush(
@@ -845,7 +910,7 @@ impl Filesystem for UnionFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        write::flush(self, req, ino, fh, lock_owner, reply)
+        write::flush(self, &Caller::from(req), ino, fh, lock_owner, reply)
     }
 
     fn fsync(
@@ -856,7 +921,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        write::fsync(self, req, ino, fh, datasync, reply)
+        write::fsync(self, &Caller::from(req), ino, fh, datasync, reply)
     }
 
     fn fsyncdir(
@@ -867,7 +932,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        write::fsyncdir(self, req, ino, fh, datasync, reply)
+        write::fsyncdir(self, &Caller::from(req), ino, fh, datasync, reply)
     }
 
     fn setxattr(
@@ -880,11 +945,19 @@ impl Filesystem for UnionFs {
         position: u32,
         reply: ReplyEmpty,
     ) {
-        write::setxattr(self, req, ino, name, value, flags, position, reply)
+        let (caller, name, value) = (Caller::from(req), name.to_owned(), value.to_vec());
+        let long = write::copies_much(self, ino.0, false);
+        self.serve(long, move |fs| {
+            write::setxattr(fs, &caller, ino, &name, &value, flags, position, reply)
+        })
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        write::removexattr(self, req, ino, name, reply)
+        let (caller, name) = (Caller::from(req), name.to_owned());
+        let long = write::copies_much(self, ino.0, false);
+        self.serve(long, move |fs| {
+            write::removexattr(fs, &caller, ino, &name, reply)
+        })
     }
 
     fn fallocate(
@@ -897,7 +970,16 @@ impl Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        write::fallocate(self, req, ino, fh, offset, length, mode, reply)
+        write::fallocate(
+            self,
+            &Caller::from(req),
+            ino,
+            fh,
+            offset,
+            length,
+            mode,
+            reply,
+        )
     }
 
     fn lseek(
@@ -909,7 +991,7 @@ impl Filesystem for UnionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        write::lseek(self, req, ino, fh, offset, whence, reply)
+        write::lseek(self, &Caller::from(req), ino, fh, offset, whence, reply)
     }
 
     fn copy_file_range(
@@ -926,7 +1008,17 @@ impl Filesystem for UnionFs {
         reply: ReplyWrite,
     ) {
         write::copy_file_range(
-            self, req, ino_in, fh_in, offset_in, ino_out, fh_out, offset_out, len, flags, reply,
+            self,
+            &Caller::from(req),
+            ino_in,
+            fh_in,
+            offset_in,
+            ino_out,
+            fh_out,
+            offset_out,
+            len,
+            flags,
+            reply,
         )
     }
 }

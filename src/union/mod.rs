@@ -7,6 +7,7 @@
 //! (materialising lower entries) and `quota`; `lowers` is what the write path asks of the lower
 //! layers.
 
+pub mod background;
 pub mod copyup;
 pub mod fs;
 pub mod layers;

@@ -21,11 +21,43 @@ use fuser::{
 
 use crate::layer::meta;
 use crate::sys::{self, TimeSpec};
+use crate::union::background::LONG_COPY_BYTES;
 use crate::union::copyup::OpenCopy;
 use crate::union::fs::{err, Handle, UnionFs};
 use crate::union::lowers::{LowerEntry, LowerStack};
 use crate::union::tree::{container_to_host, kind_of_mode, DirEntry, Node, NodeState, ROOT_INO};
 use crate::union::upper::{CopyUp, Known, NewAttr, SetAttr, UpperLayer};
+
+/// Who made a request: what the write path needs of fuser's `Request`, in a form that can go
+/// to another thread with the reply.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    uid: u32,
+    gid: u32,
+    pid: u32,
+}
+
+impl Caller {
+    pub(crate) fn uid(&self) -> u32 {
+        self.uid
+    }
+    pub(crate) fn gid(&self) -> u32 {
+        self.gid
+    }
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl From<&Request> for Caller {
+    fn from(r: &Request) -> Caller {
+        Caller {
+            uid: r.uid(),
+            gid: r.gid(),
+            pid: r.pid(),
+        }
+    }
+}
 
 fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
@@ -103,7 +135,7 @@ fn time_spec(t: TimeOrNow) -> TimeSpec {
 }
 
 /// Host ids for a new entry made by `req` in `parent` (setgid directories pass on their group).
-fn owner_for(fs: &UnionFs, req: &Request, parent: u64) -> io::Result<(u32, u32, bool)> {
+fn owner_for(fs: &UnionFs, req: &Caller, parent: u64) -> io::Result<(u32, u32, bool)> {
     let uid =
         container_to_host(&fs.tree.ids.uid_map, req.uid()).ok_or_else(|| errno(libc::EOVERFLOW))?;
     let mut gid =
@@ -175,6 +207,50 @@ fn refresh_known(
         path.pop();
         cur = Some(node.state.read().parent);
     }
+}
+
+/// Whether a change of `ino` starts by copying much data up: a lower regular file of at
+/// least [`LONG_COPY_BYTES`], or (`with_tree`, for a rename) a directory with lower contents,
+/// which a rename copies up whole. Such requests are served off the reader threads.
+pub(crate) fn copies_much(fs: &UnionFs, ino: u64, with_tree: bool) -> bool {
+    let Ok(node) = fs.tree.node(ino) else {
+        return false;
+    };
+    let (kind, copied) = {
+        let s = node.state.read();
+        let all_upper = s.layer == 0 && !s.dir.as_ref().is_some_and(|d| d.layers != [0]);
+        (s.kind, all_upper)
+    };
+    if copied || fs.read_only() {
+        return false;
+    }
+    match kind {
+        // The size alone: a stat, not the attributes (which may read xattrs).
+        FileType::RegularFile => fs.tree.backing(ino).is_ok_and(|(layer, rel)| {
+            let size = |at: crate::union::layers::At<'_>| sys::fstatat(at.dir(), at.name());
+            fs.tree
+                .layers
+                .get(layer)
+                .at(&rel)
+                .and_then(size)
+                .is_ok_and(|st| st.st_size as u64 >= LONG_COPY_BYTES)
+        }),
+        FileType::Directory => with_tree,
+        _ => false,
+    }
+}
+
+/// [`copies_much`] for a rename: of what moves (both names for an exchange).
+pub(crate) fn rename_copies_much(
+    fs: &UnionFs,
+    parent: u64,
+    name: &OsStr,
+    newparent: u64,
+    newname: &OsStr,
+    flags: RenameFlags,
+) -> bool {
+    let much = |p, n| child_ino(fs, p, n).is_some_and(|ino| copies_much(fs, ino, true));
+    much(parent, name) || (flags.bits() & sys::RENAME_EXCHANGE != 0 && much(newparent, newname))
 }
 
 /// Whether a node's entry (and, for a directory, its merged contents) already include the upper.
@@ -256,7 +332,7 @@ fn new_name(fs: &UnionFs, parent: u64, name: &OsStr) -> io::Result<PathBuf> {
 /// caller is not in the file's group (the kernel's rule). The kernel leaves this to us
 /// (`FUSE_HANDLE_KILLPRIV_V2`, which spares a GETXATTR round trip per write). Without a
 /// caller (deciding on passthrough) any setgid counts.
-fn privs_to_kill(perm: u32, gid: u32, caller: Option<&Request>) -> u32 {
+fn privs_to_kill(perm: u32, gid: u32, caller: Option<&Caller>) -> u32 {
     let mut kill = perm & libc::S_ISUID;
     if perm & libc::S_ISGID != 0
         && (perm & libc::S_IXGRP != 0 || !caller.is_some_and(|r| in_group(r, gid)))
@@ -268,7 +344,7 @@ fn privs_to_kill(perm: u32, gid: u32, caller: Option<&Request>) -> u32 {
 
 /// Whether the caller of `req` is in group `gid` (primary, else supplementary: read from
 /// /proc only in this rare case, setgid files without group execute).
-fn in_group(req: &Request, gid: u32) -> bool {
+fn in_group(req: &Caller, gid: u32) -> bool {
     if req.gid() == gid {
         return true;
     }
@@ -293,7 +369,7 @@ fn shown_perm(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u32)> {
 fn kill_privs(
     fs: &UnionFs,
     up: &UpperLayer,
-    req: &Request,
+    req: &Caller,
     ino: u64,
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> io::Result<()> {
@@ -578,7 +654,7 @@ fn repoint_subtree(fs: &UnionFs, up: &UpperLayer, dir: &Path) {
 /// `open` with write access or `O_TRUNC` (read-only opens are served by fs.rs).
 pub(crate) fn open_writable(
     fs: &UnionFs,
-    req: &Request,
+    req: &Caller,
     ino: INodeNo,
     flags: OpenFlags,
     reply: ReplyOpen,
@@ -621,7 +697,7 @@ pub(crate) fn open_writable(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn setattr(
     fs: &UnionFs,
-    req: &Request,
+    req: &Caller,
     ino: INodeNo,
     mode: Option<u32>,
     uid: Option<u32>,
@@ -640,7 +716,8 @@ pub(crate) fn setattr(
     };
     let res = (|| {
         let rel = fs.tree.path_of(ino.0)?;
-        copy_up_node(fs, up, ino.0, &rel)?;
+        // A truncate to zero needs none of the lower data.
+        copy_up_node_open(fs, up, ino.0, &rel, size != Some(0))?;
         let map = |maps, id| container_to_host(maps, id).ok_or_else(|| errno(libc::EINVAL));
         // A truncate by an unprivileged caller drops setuid/setgid, as the kernel would.
         let mode = match (mode, size) {
@@ -760,7 +837,7 @@ fn set_root_attr(up: &UpperLayer, a: &SetAttr) -> io::Result<()> {
 /// Run `make` to create `name` in `parent`, then answer with the new entry.
 fn create_entry(
     fs: &UnionFs,
-    req: &Request,
+    req: &Caller,
     parent: INodeNo,
     name: &OsStr,
     reply: ReplyEntry,
@@ -792,7 +869,7 @@ fn create_entry(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mknod(
     fs: &UnionFs,
-    req: &Request,
+    req: &Caller,
     parent: INodeNo,
     name: &OsStr,
     mode: u32,
@@ -820,7 +897,7 @@ pub(crate) fn mknod(
 
 pub(crate) fn mkdir(
     fs: &UnionFs,
-    req: &Request,
+    req: &Caller,
     parent: INodeNo,
     name: &OsStr,
     mode: u32,
@@ -887,7 +964,7 @@ fn remove(fs: &UnionFs, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEm
 
 pub(crate) fn unlink(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     parent: INodeNo,
     name: &OsStr,
     reply: ReplyEmpty,
@@ -895,19 +972,13 @@ pub(crate) fn unlink(
     remove(fs, parent, name, false, reply)
 }
 
-pub(crate) fn rmdir(
-    fs: &UnionFs,
-    _req: &Request,
-    parent: INodeNo,
-    name: &OsStr,
-    reply: ReplyEmpty,
-) {
+pub(crate) fn rmdir(fs: &UnionFs, _req: &Caller, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
     remove(fs, parent, name, true, reply)
 }
 
 pub(crate) fn symlink(
     fs: &UnionFs,
-    req: &Request,
+    req: &Caller,
     parent: INodeNo,
     link_name: &OsStr,
     target: &Path,
@@ -921,7 +992,7 @@ pub(crate) fn symlink(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rename(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     parent: INodeNo,
     name: &OsStr,
     newparent: INodeNo,
@@ -994,7 +1065,7 @@ pub(crate) fn rename(
 
 pub(crate) fn link(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     ino: INodeNo,
     newparent: INodeNo,
     newname: &OsStr,
@@ -1027,7 +1098,7 @@ pub(crate) fn link(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write(
     fs: &UnionFs,
-    req: &Request,
+    req: &Caller,
     _ino: INodeNo,
     fh: FileHandle,
     offset: u64,
@@ -1058,7 +1129,7 @@ pub(crate) fn write(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create(
     fs: &UnionFs,
-    req: &Request,
+    req: &Caller,
     parent: INodeNo,
     name: &OsStr,
     mode: u32,
@@ -1152,7 +1223,7 @@ pub(crate) fn create(
 /// then stops sending FLUSH, and `close` no longer waits for a round trip.
 pub(crate) fn flush(
     _fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     _ino: INodeNo,
     _fh: FileHandle,
     _lock_owner: LockOwner,
@@ -1163,7 +1234,7 @@ pub(crate) fn flush(
 
 pub(crate) fn fsync(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     _ino: INodeNo,
     fh: FileHandle,
     datasync: bool,
@@ -1183,7 +1254,7 @@ pub(crate) fn fsync(
 
 pub(crate) fn fsyncdir(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     ino: INodeNo,
     _fh: FileHandle,
     datasync: bool,
@@ -1234,7 +1305,7 @@ fn xattr_change(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn setxattr(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     ino: INodeNo,
     name: &OsStr,
     value: &[u8],
@@ -1256,7 +1327,7 @@ pub(crate) fn setxattr(
 
 pub(crate) fn removexattr(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     ino: INodeNo,
     name: &OsStr,
     reply: ReplyEmpty,
@@ -1269,7 +1340,7 @@ pub(crate) fn removexattr(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fallocate(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     _ino: INodeNo,
     fh: FileHandle,
     offset: u64,
@@ -1293,7 +1364,7 @@ pub(crate) fn fallocate(
 /// `SEEK_DATA`/`SEEK_HOLE` (and the others) on the backing file of `fh`.
 pub(crate) fn lseek(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     _ino: INodeNo,
     fh: FileHandle,
     offset: i64,
@@ -1313,7 +1384,7 @@ pub(crate) fn lseek(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_file_range(
     fs: &UnionFs,
-    _req: &Request,
+    _req: &Caller,
     _ino_in: INodeNo,
     fh_in: FileHandle,
     offset_in: u64,
