@@ -46,9 +46,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# write_config MOUNT_PROGRAM [FORCE_MASK]
+# write_config MOUNT_PROGRAM [FORCE_MASK] [MOUNTOPT]
 write_config() {
-    local program=$1 force_mask=${2:-}
+    local program=$1 force_mask=${2:-} mountopt=${3:-nodev}
     rm -rf "$work/storage" "$work/run"
     mkdir -p "$work/storage" "$work/run"
     cat > "$work/storage.conf" <<CONF
@@ -59,7 +59,7 @@ runroot = "$work/run"
 
 [storage.options.overlay]
 mount_program = "$program"
-mountopt = "nodev"
+mountopt = "$mountopt"
 ${force_mask:+force_mask = \"$force_mask\"}
 CONF
     cat > "$work/containers.conf" <<CONF
@@ -154,6 +154,29 @@ run_suite() {
 step "stratafs as mount program"
 write_config "$STRATAFS"
 run_suite stratafs
+
+step "stratafs as mount program, mountopt = \"nodev,volatile\" (reaches stratafs's command line)"
+write_config "$STRATAFS" "" "nodev,volatile"
+podman import -q "$rootfs" localhost/e2e-base >/dev/null
+podman run -d --network=none --name cv localhost/e2e-base sh -c 'echo v > /root/v; sleep 60' >/dev/null
+found=""
+for _ in $(seq 1 100); do
+    # The mount program of this storage, its options holding "volatile".
+    if ps -eo args= | grep -F -- "$work/storage/overlay" | grep -F -- "-o " | grep -qw volatile; then
+        found=1
+        break
+    fi
+    sleep 0.1
+done
+ps -eo args= | grep -F -- "$work/storage/overlay" | grep -v grep | cut -c1-300 || true
+[ -n "$found" ] || fail "containers/storage did not pass volatile to the mount program"
+for _ in $(seq 1 50); do
+    podman diff cv | grep -qx 'A /root/v' && break
+    sleep 0.1
+done
+podman diff cv | grep -qx 'A /root/v' || fail "podman diff on a volatile mount misses A /root/v"
+podman rm -f cv >/dev/null
+podman rmi -a -f >/dev/null
 
 step "stratafs as mount program, with force_mask (ownership kept in override_stat xattrs)"
 # containers/storage cannot put user.* xattrs on device nodes (Linux refuses them there), so the

@@ -20,6 +20,21 @@ wl_append() {
   printf x >>"$1/bigfile"
   [[ $(stat -c %s "$1/bigfile") -eq $((BIG_BYTES + 1)) ]]
 }
+# Requests during a large copy-up: the append starts the copy of the big lower file; 50 ms in,
+# a listing with attributes and a read of files not looked up yet are timed (only they are).
+wl_during_copyup() {
+  local pid t0 t1
+  printf x >>"$1/bigfile" &
+  pid=$!
+  sleep 0.05
+  t0=$EPOCHREALTIME
+  ls -l "$1/usr/bin" >/dev/null
+  cat "$1/etc/passwd" "$1/etc/group" >/dev/null
+  t1=$EPOCHREALTIME
+  wait "$pid"
+  [[ $(stat -c %s "$1/bigfile") -eq $((BIG_BYTES + 1)) ]]
+  echo "$t0 $t1" >"$PART_STAMP"
+}
 wl_rm_tree() {
   rm -rf "${1:?}/usr/share"
   [[ ! -e $1/usr/share ]]
@@ -29,7 +44,7 @@ wl_dd_new() {
   [[ $(stat -c %s "$1/newbig") -eq $BIG_BYTES ]]
 }
 export -f wl_none wl_find wl_ls_big wl_tar_small wl_read_big wl_untar wl_touch wl_append \
-  wl_rm_tree wl_dd_new
+  wl_during_copyup wl_rm_tree wl_dd_new
 
 # ---- before-mount steps (main shell) -----------------------------------------------------------
 pre_none() { :; }
@@ -139,6 +154,7 @@ run_write_section() {
   row w_touch_v write s "touch $(wc -l <"$COPYUP_LIST") lower files, volatile mounts"
   row w_append write s "append 1 byte to the ${gib} GiB lower file (copy-up)"
   row w_append_v write s "append 1 byte to the ${gib} GiB lower file, volatile mounts"
+  row w_during write s "ls -l usr/bin + cat 2 files while the ${gib} GiB append copies up"
   row w_rm write s "rm -rf MERGED/usr/share ($(find "$L1/usr/share" | wc -l) lower entries)"
   row w_dd write s "dd a new ${gib} GiB file, conv=fsync"
   # Rows that make thousands of inodes keep their upper dirs until the row is done (see
@@ -156,5 +172,6 @@ run_write_section() {
   TRASH_SETTLE_SECS=0 empty_trash
   measure_row w_append rw pre_none wl_none wl_append
   measure_row w_append_v rw-volatile pre_none wl_none wl_append
+  measure_row w_during rw pre_none wl_none wl_during_copyup
   measure_row w_dd rw pre_warm_big wl_none wl_dd_new
 }
