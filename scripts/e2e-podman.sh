@@ -25,6 +25,7 @@ step "installing podman and buildah if missing"
 ensure_pkg podman podman
 ensure_pkg buildah buildah
 ensure_pkg fusermount3 fuse3
+ensure_pkg runc runc
 
 STRATAFS=${STRATAFS:-}
 if [ -z "$STRATAFS" ]; then
@@ -69,6 +70,9 @@ netns = "none"
 
 [engine]
 cgroup_manager = "cgroupfs"
+# runc, not Debian's default crun: crun refuses to start on machines with cgroup v1 controllers
+# mounted beside cgroup2 ("cgroups in hybrid mode not supported"), as some of ours have.
+runtime = "runc"
 events_logger = "file"
 events_logfile_path = "$work/events.log"
 CONF
@@ -175,7 +179,7 @@ for _ in $(seq 1 50); do
     sleep 0.1
 done
 podman diff cv | grep -qx 'A /root/v' || fail "podman diff on a volatile mount misses A /root/v"
-podman rm -f cv >/dev/null
+podman rm -f -t 0 cv >/dev/null
 podman rmi -a -f >/dev/null
 
 step "stratafs as mount program, with force_mask (ownership kept in override_stat xattrs)"
