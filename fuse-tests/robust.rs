@@ -375,6 +375,30 @@ fn crash_during_large_copy_up_leaves_old_or_new() {
     assert_eq!(fs::read(s.upper.join("tree/after")).unwrap(), b"after");
 }
 
+#[test]
+fn the_upper_layer_is_on_disk_once_the_server_has_left() {
+    // Kernel overlayfs syncs the upper filesystem when unmounted; the kernel sends a FUSE
+    // server no syncfs, so the server flushes the upper itself before it leaves. Seen through
+    // delayed allocation: data not written yet shows as "delalloc".
+    let s = Setup::new();
+    let g = mount_stratafs(&s.opts(), &s.mp);
+    let pid = s.server_pid();
+    fs::write(s.mp.join("written"), vec![7u8; 200_000]).unwrap();
+    let up = s.upper.join("written");
+    if crate::common::awaits_writing(&up) != Some(true) {
+        eprintln!("skipped: unwritten data cannot be told apart here (no delayed allocation)");
+        return;
+    }
+    drop(g);
+    wait_gone(pid, "its unmount");
+    assert_eq!(fs::read(&up).unwrap(), vec![7u8; 200_000]);
+    assert_eq!(
+        crate::common::awaits_writing(&up),
+        Some(false),
+        "data written before the unmount is not on disk after the server left"
+    );
+}
+
 /// With one reader thread, start `op` (a copy-up of a large lower file), wait until its copy
 /// is under way, then make requests only the server can answer (a look-up and open of a file
 /// never opened, a new file) and check they were answered while `op` still ran.

@@ -716,15 +716,6 @@ fn overwriting_a_lower_file_copies_none_of_its_old_data() {
     assert_eq!(fs::read(g.path.join("big2")).unwrap().len(), 100_000);
 }
 
-/// Whether the data of `path` still waits to be written (delayed allocation: FIEMAP's
-/// "delalloc" extents, as `filefrag -v` lists them); `None` where filefrag is missing or fails.
-fn awaits_writing(path: &Path) -> Option<bool> {
-    let out = Command::new("filefrag").arg("-v").arg(path).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).contains("delalloc"))
-}
-
 #[test]
 fn copied_up_data_is_on_disk_before_the_copy_takes_its_name() {
     // A machine crash must not leave a copied-up file empty under its name: the copy's data is
@@ -738,7 +729,7 @@ fn copied_up_data_is_on_disk_before_the_copy_takes_its_name() {
     let (t, opts) = scratch("");
     let b = t.path();
     fs::write(b.join("probe"), vec![1u8; 20_000]).unwrap();
-    if awaits_writing(&b.join("probe")) != Some(true) {
+    if crate::common::awaits_writing(&b.join("probe")) != Some(true) {
         eprintln!("skipped: unwritten data cannot be told apart here (no delayed allocation)");
         return;
     }
@@ -754,7 +745,7 @@ fn copied_up_data_is_on_disk_before_the_copy_takes_its_name() {
         let copy = b.join("upper").join(copy);
         assert_eq!(fs::read(&copy).unwrap(), vec![byte; 50_000]);
         assert_eq!(
-            awaits_writing(&copy),
+            crate::common::awaits_writing(&copy),
             Some(false),
             "{}: the copy's data is not on disk yet",
             copy.display()

@@ -160,3 +160,12 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     stratafs::sys::lsetxattr(path, name, value)
         .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", path.display()));
 }
+
+/// Whether the data of `path` still waits to be written (delayed allocation: FIEMAP's
+/// "delalloc" extents, as `filefrag -v` lists them); `None` where filefrag is missing or fails.
+pub fn awaits_writing(path: &Path) -> Option<bool> {
+    let out = Command::new("filefrag").arg("-v").arg(path).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).contains("delalloc"))
+}

@@ -176,7 +176,8 @@ impl MountManager {
         Ok(())
     }
 
-    /// Unmount `st`'s mount point and wait briefly for its server to go.
+    /// Unmount `st`'s mount point and wait for its server to go: it flushes the upper layer
+    /// first (as an unmount of kernel overlayfs does), so that is on disk once `put` returns.
     fn stop(&self, id: &str, st: &MountState) -> Result<()> {
         if fuse_mounted(&st.mountpoint) {
             unmount(&st.mountpoint).map_err(|e| Error::Mount {
@@ -184,7 +185,7 @@ impl MountManager {
                 reason: format!("unmounting {}: {e}", st.mountpoint.display()),
             })?;
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while server_alive(st.pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -207,6 +207,12 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
             .as_fd()
             .try_clone_to_owned()
             .ctx(|| "duplicating the FUSE device")?,
+        upper: match (&o.upperdir, o.volatile || o.read_only()) {
+            (Some(up), false) => {
+                Some(sys::open_dir(up).ctx(|| format!("opening {}", up.display()))?)
+            }
+            _ => None,
+        },
     });
     if let Some(p) = &o.pidfile {
         std::fs::write(p, format!("{}\n", std::process::id()))
@@ -235,10 +241,13 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
         f.write_all(b"OK")
             .ctx(|| "telling the parent the mount is ready")?;
     }
-    session
+    let served = session
         .run()
-        .map_err(|e| mount_err(mp, format!("serving: {e}")))?;
-    Ok(())
+        .map_err(|e| mount_err(mp, format!("serving: {e}")));
+    if let Some(end) = session_end.get() {
+        end.flush_upper();
+    }
+    served
 }
 
 /// How the server leaves once its session ends.
@@ -255,6 +264,8 @@ pub struct SessionEnd {
     pub mountpoint: PathBuf,
     /// A duplicate of the session's `/dev/fuse` descriptor, to ask whether it is still mounted.
     pub connection: OwnedFd,
+    /// The upper directory, flushed before the server leaves (`None`: volatile or read-only).
+    pub upper: Option<OwnedFd>,
 }
 
 impl SessionEnd {
@@ -265,7 +276,23 @@ impl SessionEnd {
             return;
         }
         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted, exiting");
+        self.flush_upper();
         std::process::exit(0);
+    }
+
+    /// Write the upper layer's data to disk, as an unmount of kernel overlayfs does (it syncs
+    /// the upper filesystem): the kernel sends a FUSE server no `syncfs` (only virtiofs gets
+    /// one), so without this a file written just before the unmount could still be lost in a
+    /// crash seconds later. The driver's `put` waits for the server to leave.
+    pub fn flush_upper(&self) {
+        let Some(up) = &self.upper else {
+            return;
+        };
+        let t = std::time::Instant::now();
+        match sys::syncfs(up.as_fd()) {
+            Ok(()) => tracing::info!(took = ?t.elapsed(), "upper layer flushed"),
+            Err(e) => tracing::error!(%e, "flushing the upper layer failed"),
+        }
     }
 }
 
