@@ -274,6 +274,22 @@ fn assert_work_clean(s: &Setup) {
     );
 }
 
+/// Poll `ready` until it holds, checking that the operation of `h` is still running then.
+fn wait_under_way<T>(h: &std::thread::JoinHandle<T>, mut ready: impl FnMut() -> bool, what: &str) {
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(
+            !h.is_finished(),
+            "{what} finished before it was seen under way"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{what}: never saw it start"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// Run `op` in a thread, wait for `ready` (polled), SIGKILL the server, and check that the
 /// operation failed (the kill landed while it ran).
 fn kill_during<F, R>(s: &Setup, op: F, mut ready: R, what: &str)
@@ -284,17 +300,7 @@ where
     let pid = s.server_pid();
     let h = std::thread::spawn(op);
     let t0 = Instant::now();
-    while !ready() {
-        assert!(
-            !h.is_finished(),
-            "{what} finished before the kill could land"
-        );
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "{what}: never saw it start"
-        );
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    wait_under_way(&h, &mut ready, what);
     eprintln!("{what}: killing the server after {:?}", t0.elapsed());
     kill_server(pid);
     let res = h.join().expect("operation thread panicked");
@@ -405,14 +411,7 @@ fn the_upper_layer_is_on_disk_once_the_server_has_left() {
 fn served_during(s: &Setup, what: &str, op: impl FnOnce() -> std::io::Result<()> + Send + 'static) {
     let h = std::thread::spawn(op);
     let t0 = Instant::now();
-    while !s.copy_in_staging() {
-        assert!(!h.is_finished(), "{what} finished before its copy was seen");
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "{what}: never saw it start"
-        );
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    wait_under_way(&h, || s.copy_in_staging(), what);
     let t1 = Instant::now();
     let other = s.mp.join("tree/sub/b");
     assert_eq!(fs::read_to_string(&other).unwrap(), "lower b");
