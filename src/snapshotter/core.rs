@@ -7,10 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::{Info, Usage};
 use parking_lot::Mutex;
 
+use super::api::{Info, Mount, Usage};
 use super::meta::{Db, Kind, SnapshotRecord};
 use super::SnapshotError;
 use crate::driver::{CreateOpts, IdMappings};
@@ -19,6 +18,13 @@ use crate::store::{LayerKind, Store};
 use crate::sys::FileLock;
 
 type Result<T, E = SnapshotError> = std::result::Result<T, E>;
+
+/// What an update asks for: the snapshot's name and its new labels (the only mutable field).
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+}
 
 /// The mount type containerd hands to `mount.fuse3`, which runs `stratafs overlay TARGET -o ...`.
 pub const FUSE_MOUNT_TYPE: &str = "fuse3.stratafs";
@@ -285,7 +291,7 @@ impl Core {
 
     /// Update the mutable fields (labels) of a snapshot: all of them when `fieldpaths` is empty,
     /// else `labels` (all labels) and `labels.KEY` (one label; absent or empty deletes it).
-    pub fn update(&self, new: Info, fieldpaths: Option<Vec<String>>) -> Result<Info> {
+    pub fn update(&self, new: Update, fieldpaths: Option<Vec<String>>) -> Result<Info> {
         let mut db = self.db.lock();
         let rec = db
             .snapshots
@@ -421,11 +427,7 @@ fn fuse(options: Vec<String>) -> Mount {
 
 fn info(key: &str, rec: &SnapshotRecord) -> Info {
     Info {
-        kind: match rec.kind {
-            Kind::View => containerd_snapshots::Kind::View,
-            Kind::Active => containerd_snapshots::Kind::Active,
-            Kind::Committed => containerd_snapshots::Kind::Committed,
-        },
+        kind: rec.kind,
         name: key.to_string(),
         parent: rec.parent.clone().unwrap_or_default(),
         labels: rec.labels.clone(),

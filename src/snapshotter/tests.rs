@@ -5,13 +5,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
-use containerd_snapshots::api::snapshots::v1::*;
-use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::tonic::transport::{Channel, Endpoint, Uri};
-use containerd_snapshots::tonic::Code;
+use super::api::snapshots::snapshots_client::SnapshotsClient;
+use super::api::snapshots::*;
+use super::api::Mount;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::Code;
 
 use super::{serve, SnapshotError, FUSE_MOUNT_TYPE};
 use crate::store::Store;
