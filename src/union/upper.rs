@@ -7,6 +7,8 @@
 //! - An entry and its own `.wh.NAME` in the same upper directory: the entry wins. So a
 //!   re-created name is placed first and its whiteout removed after; a deletion writes the
 //!   whiteout first and removes the upper entry after. A crash in between shows the old state.
+//! - A new directory where a whiteout stands (made, or renamed there) is opaque: what the
+//!   deleted lower directory held stays hidden.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -557,19 +559,28 @@ impl UpperLayer {
     fn place(&self, tmp: &OsStr, parent: &Path, name: &OsStr) -> io::Result<()> {
         let pfd = self.open_upper_dir(parent)?;
         let (sfd, dfd) = (self.staging_fd.as_fd(), pfd.as_fd());
-        let mut placed = sys::renameat2(sfd, tmp, dfd, name, sys::RENAME_NOREPLACE);
-        if matches!(&placed, Err(e) if e.raw_os_error() == Some(libc::EEXIST)) {
-            // Only a whiteout device (kernel format) may be replaced.
-            let wh_dev = matches!(sys::fstatat(dfd, Path::new(name)), Ok(st) if whiteout::is_whiteout_device(&st));
-            if wh_dev {
-                placed = sys::renameat2(sfd, tmp, dfd, name, 0);
-            }
-        }
+        let placed = self
+            .free_whiteout_slot(dfd, name)
+            .and_then(|()| sys::renameat2(sfd, tmp, dfd, name, sys::RENAME_NOREPLACE));
         if let Err(e) = placed {
             let _ = self.discard(tmp);
             return Err(e);
         }
         self.drop_whiteout(dfd, name)
+    }
+
+    /// Make the name `name` of the upper directory `pfd` free for a new entry of any type when
+    /// a whiteout device (kernel format) holds it: a directory cannot be renamed over a device,
+    /// so the deletion is recorded as `.wh.NAME` first and the device removed after (no moment
+    /// in between shows the lower entry again). The caller then places its entry with
+    /// `RENAME_NOREPLACE` (or links it) and drops the `.wh.NAME`.
+    fn free_whiteout_slot(&self, pfd: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        if matches!(sys::fstatat(pfd, Path::new(name)), Ok(st) if whiteout::is_whiteout_device(&st))
+        {
+            self.write_whiteout(pfd, name)?;
+            sys::unlink_entry(pfd, name, false)?;
+        }
+        Ok(())
     }
 
     /// Record that `name` in the upper directory `pfd` is deleted: a hard link to the shared
@@ -653,10 +664,7 @@ impl UpperLayer {
         self.ensure_dir(dparent)?;
         let sfd = self.open_upper_dir(sparent)?;
         let dfd = self.open_upper_dir(dparent)?;
-        if matches!(sys::fstatat(dfd.as_fd(), Path::new(dname)), Ok(st) if whiteout::is_whiteout_device(&st))
-        {
-            sys::unlink_entry(dfd.as_fd(), dname, false)?;
-        }
+        self.free_whiteout_slot(dfd.as_fd(), dname)?;
         sys::linkat(sfd.as_fd(), sname, dfd.as_fd(), dname)?;
         self.drop_whiteout(dfd.as_fd(), dname)?;
         Ok(up)
@@ -796,6 +804,9 @@ impl UpperLayer {
         let (dparent, dname) = split(dst)?;
         let src_lower = self.lower_of(src).is_some();
         let dst_lower = self.lower_of(dst).is_some();
+        // A name whose lower entry was deleted: a directory moved there must hide what lies
+        // below it (opaque), as a directory made there does.
+        let dst_deleted = !dst_lower && self.whiteout_in(dparent, dname);
         if flags & sys::RENAME_EXCHANGE != 0 {
             if dst_st.is_none() {
                 return Err(errno(libc::ENOENT));
@@ -819,6 +830,7 @@ impl UpperLayer {
         }
         self.ensure_dir(dparent)?;
         let dfd = self.open_upper_dir(dparent)?;
+        self.free_whiteout_slot(dfd.as_fd(), dname)?;
         // Clear the target: an upper directory being replaced holds only markers.
         if let Some(ust) = self.upper_stat(dst) {
             if is_dir(&ust) {
@@ -849,7 +861,7 @@ impl UpperLayer {
             }
             return Ok(());
         }
-        self.prepare_move(src, dst_lower)?;
+        self.prepare_move(src, dst_lower || dst_deleted)?;
         let sfd = self.open_upper_dir(sparent)?;
         sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, 0)?;
         self.drop_whiteout(dfd.as_fd(), dname)?;
@@ -1043,7 +1055,14 @@ impl UpperLayer {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL);
         let fd = self.open_in_upper(rel, flags & !libc::O_TRUNC)?;
         if flags & libc::O_TRUNC != 0 {
-            self.truncate_fd(fd.as_fd(), 0)?;
+            if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                // Linux truncates for O_RDONLY|O_TRUNC too (the kernel checked that the caller
+                // may write); a read-only descriptor cannot, so through a write-only one.
+                let w = self.open_in_upper(rel, libc::O_WRONLY)?;
+                self.truncate_fd(w.as_fd(), 0)?;
+            } else {
+                self.truncate_fd(fd.as_fd(), 0)?;
+            }
         }
         Ok(fd)
     }
