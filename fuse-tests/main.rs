@@ -6,4 +6,5 @@ mod conformance;
 mod image;
 mod read;
 mod robust;
+mod whiteout_replace;
 mod write;

@@ -3,12 +3,10 @@
 //! `options` parses the mount-program option string, `layers` opens the layer directories and
 //! numbers inodes, `tree` merges them in memory, `fs` serves the tree over FUSE (delegating every
 //! change to `write`), `server` is the background mount program and `mount` the get/put
-//! lifecycle the driver uses. `write` drives `upper` (mutations of the upper layer), `copyup`
-//! (materialising lower entries) and `quota`; `lowers` is what the write path asks of the lower
-//! layers.
+//! lifecycle the driver uses. `write` drives `upper` (mutations of the upper layer, copy-up
+//! included) and `quota`; `lowers` is what the write path asks of the lower layers.
 
 pub mod background;
-pub mod copyup;
 pub mod fs;
 pub mod layers;
 pub mod lowers;
@@ -20,3 +18,7 @@ pub mod server;
 pub mod tree;
 pub mod upper;
 pub(crate) mod write;
+
+// Copy-up lives in `upper` (its creation and copying share one node builder); its old path
+// stays for the write path.
+pub use upper::copyup;
