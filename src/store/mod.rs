@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::{CreateOpts, IdMappings, StorageOpts};
 use crate::error::{Error, IoContext, Result};
-use crate::sys::FileLock;
+use crate::sys::{self, FileLock};
 
 const LAYERS: &str = "layers";
 const TMP: &str = "tmp";
@@ -205,7 +205,7 @@ impl Store {
                 fs::create_dir(d).ctx(|| format!("creating {}", d.display()))?;
             }
             set_mode(&diff, 0o755)?;
-            if (root_uid, root_gid) != current_ids() {
+            if (root_uid, root_gid) != sys::effective_ids() {
                 std::os::unix::fs::chown(&diff, Some(root_uid), Some(root_gid))
                     .ctx(|| format!("giving {} to {root_uid}:{root_gid}", diff.display()))?;
             }
@@ -338,10 +338,7 @@ impl Store {
     pub fn status_lines(&self) -> Vec<(String, String)> {
         vec![
             ("Root Dir".into(), self.home.display().to_string()),
-            (
-                "Backing Filesystem".into(),
-                crate::sys::fs_type_name(&self.home),
-            ),
+            ("Backing Filesystem".into(), sys::fs_type_name(&self.home)),
             (
                 "Layers".into(),
                 self.list()
@@ -430,11 +427,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .ctx(|| format!("setting mode of {}", path.display()))
-}
-
-fn current_ids() -> (u32, u32) {
-    // SAFETY: getuid/getgid never fail.
-    unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
 /// Delete a tree, making directories writable first so that an unprivileged owner can delete
