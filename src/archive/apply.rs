@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use crate::driver::IdMappings;
 use crate::error::{Error, IoContext, Result};
+use crate::layer::idmap::IdMappings;
 use crate::layer::meta::{self, OverrideKind, OverrideStat};
 use crate::layer::whiteout::{self, NameKind};
 use crate::sys;

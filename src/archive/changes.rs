@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::driver::{Change, ChangeKind};
+use super::{Change, ChangeKind};
 use crate::error::{IoContext, Result};
 use crate::layer::whiteout::{self, NameKind};
 use crate::sys;

@@ -23,9 +23,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::driver::{CreateOpts, IdMappings, StorageOpts};
 use crate::error::{Error, IoContext, Result};
+use crate::layer::idmap::IdMappings;
 use crate::sys::{self, FileLock};
+
+pub mod opts;
+pub use opts::StorageOpts;
 
 const LAYERS: &str = "layers";
 const TMP: &str = "tmp";
@@ -39,6 +42,25 @@ const MAX_ID_LEN: usize = 200;
 pub enum LayerKind {
     ReadOnly,
     ReadWrite,
+}
+
+/// One layer as listed by [`Driver::list`](crate::driver::Driver::list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub id: String,
+    pub parent: Option<String>,
+    pub kind: LayerKind,
+    /// Where the layer's merged view is mounted now, if it is.
+    pub mounted_at: Option<PathBuf>,
+}
+
+/// Options given when a layer is created.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOpts {
+    /// SELinux label for the mount (kept and reported, not interpreted).
+    pub mount_label: String,
+    /// Raw storage options (`size=50M`); drivers reject keys they do not know.
+    pub storage_opt: BTreeMap<String, String>,
 }
 
 /// The small record kept beside each layer's files.
@@ -352,11 +374,11 @@ impl Store {
     pub fn layer_infos(
         &self,
         mounted_at: impl Fn(&str) -> Option<PathBuf>,
-    ) -> Result<Vec<crate::driver::LayerInfo>> {
+    ) -> Result<Vec<LayerInfo>> {
         Ok(self
             .list()?
             .into_iter()
-            .map(|r| crate::driver::LayerInfo {
+            .map(|r| LayerInfo {
                 mounted_at: mounted_at(&r.id),
                 id: r.id,
                 parent: r.parent,

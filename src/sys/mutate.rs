@@ -144,7 +144,7 @@ pub fn renameat2(
     Ok(())
 }
 
-/// A time for [`utimensat`]: leave alone, set to now, or set to a value.
+/// A time for [`set_times_at`] and [`futimens`]: leave alone, set to now, or set to a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSpec {
     Omit,
