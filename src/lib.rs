@@ -21,5 +21,8 @@ pub mod store;
 pub mod sys;
 pub mod union;
 
+#[cfg(test)]
+mod layering;
+
 pub use driver::{Change, ChangeKind, CreateOpts, Driver, DriverConfig};
 pub use error::{Error, Result};
