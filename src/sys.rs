@@ -26,6 +26,16 @@ pub fn cstr(p: impl AsRef<OsStr>) -> io::Result<CString> {
     CString::new(p.as_ref().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// `*at` flags for a call on `name` in a directory that follows no final symlink; an empty
+/// `name` means the directory fd itself (`AT_EMPTY_PATH`).
+fn nofollow_flags(name: &OsStr) -> libc::c_int {
+    if name.is_empty() {
+        libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    }
+}
+
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())

@@ -17,28 +17,19 @@ pub struct FileLock {
 impl FileLock {
     /// Block until an exclusive lock on `path` (created if missing) is held.
     pub fn exclusive(path: &Path) -> io::Result<FileLock> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        loop {
-            // SAFETY: valid fd for the file's lifetime.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if r == 0 {
-                return Ok(FileLock { file });
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e);
-            }
-        }
+        // Without LOCK_NB, flock waits instead of answering EWOULDBLOCK.
+        Self::lock(path, libc::LOCK_EX)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EWOULDBLOCK))
     }
 
     /// Take an exclusive lock on `path` (created if missing) without waiting: `None` when
     /// someone else holds it.
     pub fn try_exclusive(path: &Path) -> io::Result<Option<FileLock>> {
+        Self::lock(path, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    /// `flock(op)` on `path` (created if missing, never truncated); `None` for EWOULDBLOCK.
+    fn lock(path: &Path, op: libc::c_int) -> io::Result<Option<FileLock>> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -47,8 +38,7 @@ impl FileLock {
             .open(path)?;
         loop {
             // SAFETY: valid fd for the file's lifetime.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
                 return Ok(Some(FileLock { file }));
             }
             let e = io::Error::last_os_error();

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use super::{check, check_size, cstr, openat};
+use super::{check, check_size, cstr, nofollow_flags, openat};
 
 /// `unlinkat(dir, name, 0)` for non-directories, `AT_REMOVEDIR` when `is_dir`.
 pub fn unlink_entry(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
@@ -180,10 +180,7 @@ pub fn set_times_at(
 ) -> io::Result<()> {
     let c = cstr(name)?;
     let times = [atime.raw(), mtime.raw()];
-    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
-    if name.is_empty() {
-        flags |= libc::AT_EMPTY_PATH;
-    }
+    let flags = nofollow_flags(name);
     // SAFETY: valid fd, C string and a two-element array.
     check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), flags) })?;
     Ok(())
@@ -217,11 +214,7 @@ pub fn lchownat<P: AsRef<Path> + ?Sized>(
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
     let c = cstr(name)?;
-    let flags = if name.as_os_str().is_empty() {
-        libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH
-    } else {
-        libc::AT_SYMLINK_NOFOLLOW
-    };
+    let flags = nofollow_flags(name.as_os_str());
     // SAFETY: valid fd and C string.
     check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, flags) }).map(drop)
 }

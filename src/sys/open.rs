@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use super::{check, check_size, cstr};
+use super::{check, check_size, cstr, nofollow_flags};
 
 /// `openat(dirfd, name, flags | O_CLOEXEC, mode)`.
 pub fn openat(dir: BorrowedFd<'_>, name: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
@@ -163,11 +163,7 @@ pub fn empty_stat() -> libc::stat {
 /// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dir` itself.
 pub fn fstatat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<libc::stat> {
     let c = cstr(name)?;
-    let flags = if name.as_os_str().is_empty() {
-        libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH
-    } else {
-        libc::AT_SYMLINK_NOFOLLOW
-    };
+    let flags = nofollow_flags(name.as_os_str());
     let mut st = empty_stat();
     // SAFETY: c is a valid C string and st a valid stat for the call's duration.
     check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, flags) })?;

@@ -55,20 +55,28 @@ fn absent_is_none(res: io::Result<Vec<u8>>) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// A list of xattr names on a filesystem without xattrs: none.
+fn unsupported_is_empty(res: io::Result<Vec<u8>>) -> io::Result<Vec<u8>> {
+    match res {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+/// The names of a list as the kernel gives it (each NUL-terminated).
+fn split_names(raw: &[u8]) -> Vec<Vec<u8>> {
+    raw.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_vec())
+        .collect()
+}
+
 /// `llistxattr(path)`: the attribute names (empty when xattrs are unsupported).
 pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     let p = cstr(path)?;
     // SAFETY: valid C string and buffer.
     let res = xattr_buf_loop(|buf, len| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) });
-    match res {
-        Ok(raw) => Ok(raw
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.to_vec())
-            .collect()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
+    Ok(split_names(&unsupported_is_empty(res)?))
 }
 
 /// `flistxattr(fd)`: the attribute names (empty when xattrs are unsupported).
@@ -76,15 +84,7 @@ pub fn flistxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     let raw = fd.as_raw_fd();
     // SAFETY: valid fd and buffer.
     let res = xattr_buf_loop(|buf, len| unsafe { libc::flistxattr(raw, buf.cast(), len) });
-    match res {
-        Ok(raw) => Ok(raw
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.to_vec())
-            .collect()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
+    Ok(split_names(&unsupported_is_empty(res)?))
 }
 
 /// `listxattrat(2)` (Linux >= 6.13): the same number on every architecture that has it.
@@ -103,12 +103,7 @@ static LISTXATTRAT_OK: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 /// xattrs are unsupported. Relative to `dir`, so no walk of the full path: `listxattrat` where
 /// the kernel has it, else `llistxattr` through `/proc/self/fd`.
 pub fn listxattrat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<Vec<u8>> {
-    let res = listxattrat_raw(dir, name);
-    match res {
-        Ok(v) => Ok(v),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
+    unsupported_is_empty(listxattrat_raw(dir, name))
 }
 
 fn listxattrat_raw(dir: BorrowedFd<'_>, name: &Path) -> io::Result<Vec<u8>> {
