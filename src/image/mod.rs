@@ -22,7 +22,6 @@ pub mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -31,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::{CreateOpts, IdMappings};
 use crate::error::{Error, IoContext, Result};
-use crate::store::{LayerKind, Store};
+use crate::store::{write_atomic, write_json_atomic, LayerKind, Store};
 use crate::sys::FileLock;
 
 pub use format::{Platform, ResolvedImage, Selector};
@@ -144,25 +143,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let body = serde_json::to_vec_pretty(value).map_err(|e| {
-        Error::io(
-            format!("encoding {}", path.display()),
-            std::io::Error::other(e),
-        )
-    })?;
-    write_atomic(path, &body)
-}
-
-fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).ctx(|| format!("writing {}", tmp.display()))?;
-    f.write_all(body)
-        .and_then(|_| f.sync_all())
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).ctx(|| format!("writing {}", path.display()))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {

@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,7 +26,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::layer::idmap::IdMappings;
 use crate::sys::{self, FileLock};
 
+pub mod durable;
 pub mod opts;
+pub use durable::{sync_dir, write_atomic, write_json_atomic};
 pub use opts::StorageOpts;
 
 const LAYERS: &str = "layers";
@@ -232,15 +233,11 @@ impl Store {
                     .ctx(|| format!("giving {} to {root_uid}:{root_gid}", diff.display()))?;
             }
             write_record(&stage, &record)?;
-            fs::File::open(&stage)
-                .and_then(|f| f.sync_all())
-                .ctx(|| format!("syncing {}", stage.display()))?;
+            sync_dir(&stage)?;
             let dest = self.layer_dir(id);
             fs::rename(&stage, &dest)
                 .ctx(|| format!("moving new layer into {}", dest.display()))?;
-            fs::File::open(self.home.join(LAYERS))
-                .and_then(|f| f.sync_all())
-                .ctx(|| "syncing the layer list")?;
+            sync_dir(&self.home.join(LAYERS))?;
             Ok(())
         })();
         if let Err(e) = built {
@@ -432,17 +429,7 @@ impl Store {
 }
 
 fn write_record(layer_dir: &Path, record: &LayerRecord) -> Result<()> {
-    let tmp = layer_dir.join(".layer.json.tmp");
-    let dest = layer_dir.join(RECORD);
-    let body = serde_json::to_vec_pretty(record).map_err(|e| Error::CorruptLayer {
-        id: record.id.clone(),
-        reason: e.to_string(),
-    })?;
-    let mut f = fs::File::create(&tmp).ctx(|| format!("writing {}", tmp.display()))?;
-    f.write_all(&body)
-        .and_then(|_| f.sync_all())
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &dest).ctx(|| format!("writing {}", dest.display()))
+    write_json_atomic(&layer_dir.join(RECORD), record)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
