@@ -28,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 
+use crate::archive::Change;
 use crate::driver::{CreateOpts, IdMappings};
 use crate::error::{Error, IoContext, Result};
 use crate::store::{write_atomic, write_json_atomic, LayerKind, Store};
@@ -466,6 +467,26 @@ impl ImageStore {
         let raw = fs::read(&p).ctx(|| format!("reading {}", p.display()))?;
         ImageConfiguration::from_reader(&raw[..])
             .map_err(|e| Error::NotAnImage(format!("{}: {e}", p.display())))
+    }
+
+    /// What changes from image `old` to image `new` (`docker diff` of their root filesystems),
+    /// sorted by path. A path both take from the same layer is not compared.
+    pub fn diff(&self, old: &ImageRecord, new: &ImageRecord) -> Result<Vec<Change>> {
+        let (old_dirs, new_dirs) = (self.lower_dirs(old)?, self.lower_dirs(new)?);
+        let diff_ids = |r: &ImageRecord| -> Vec<String> {
+            r.layers.iter().rev().map(|l| l.diff_id.clone()).collect()
+        };
+        let (old_ids, new_ids) = (diff_ids(old), diff_ids(new));
+        diff::compare_chains(
+            &diff::Chain {
+                dirs: &old_dirs,
+                diff_ids: &old_ids,
+            },
+            &diff::Chain {
+                dirs: &new_dirs,
+                diff_ids: &new_ids,
+            },
+        )
     }
 
     /// The layer directories of an image, topmost first (the order `lowerdir=` wants).
