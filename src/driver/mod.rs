@@ -102,3 +102,16 @@ pub struct DriverConfig {
     /// User and group id maps for layers.
     pub id_mappings: IdMappings,
 }
+
+impl DriverConfig {
+    /// For a driver that takes no driver options: an error naming the first one given.
+    pub fn refuse_options(&self, driver: &str) -> Result<()> {
+        match self.options.first() {
+            Some(opt) => Err(Error::InvalidMountOption {
+                option: opt.clone(),
+                reason: format!("the {driver} driver takes no driver options"),
+            }),
+            None => Ok(()),
+        }
+    }
+}

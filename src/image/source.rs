@@ -51,7 +51,8 @@ impl Source {
         }
         let mut file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
         let mut head = [0u8; 4];
-        let n = read_up_to(&mut file, &mut head).ctx(|| format!("reading {}", path.display()))?;
+        let n = decompress::read_up_to(&mut file, &mut head)
+            .ctx(|| format!("reading {}", path.display()))?;
         let (tar_path, spool) = match decompress::detect(&head[..n]) {
             decompress::Compression::None => (path.to_path_buf(), None),
             _ => {
@@ -152,19 +153,6 @@ fn truncated(name: &str) -> Error {
         entry: Some(name.to_string()),
         reason: "archive is truncated".into(),
     }
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// `./a//b/` -> `a/b`; `None` for names that climb out (`..`) or are empty.

@@ -403,14 +403,7 @@ impl Store {
             m.insert("LowerDir".into(), lowers.join(":"));
         }
         m.insert("Kind".into(), format!("{:?}", chain[0].kind));
-        m.insert(
-            "Parents".into(),
-            chain[1..]
-                .iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        m.insert("Parents".into(), parent_ids(&chain));
         if let Some(size) = chain[0].storage_opt.size {
             m.insert("Quota".into(), size.to_string());
         }
@@ -426,6 +419,17 @@ impl Store {
             .join(TMP)
             .join(format!("{id}.{}.{nanos}", std::process::id()))
     }
+}
+
+/// The ids of a layer's parents, nearest first and comma-separated, from its [`Store::chain`]
+/// (the `Parents` fact of `get_metadata`).
+pub fn parent_ids(chain: &[LayerRecord]) -> String {
+    let parents = chain.get(1..).unwrap_or_default();
+    parents
+        .iter()
+        .map(|r| r.id.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn write_record(layer_dir: &Path, record: &LayerRecord) -> Result<()> {
