@@ -318,6 +318,16 @@ fn snapshot(s: &Setup) -> (String, String) {
     )
 }
 
+/// Detach the crashed mount, mount the same layers again and check what every crash test
+/// checks: the work directory is clean and the rest of the tree is as it was `before`.
+fn remount_after_crash(s: &Setup, crashed: MountGuard, before: &(String, String)) -> MountGuard {
+    detach(crashed);
+    let g = mount_stratafs(&s.opts(), &s.mp);
+    assert_work_clean(s);
+    assert_eq!(&snapshot(s), before, "the rest of the tree changed");
+    g
+}
+
 #[test]
 fn crash_during_large_copy_up_leaves_old_or_new() {
     const SIZE: u64 = 512 * MIB;
@@ -341,10 +351,7 @@ fn crash_during_large_copy_up_leaves_old_or_new() {
     );
     // The half-built copy had no name (or only one in staging): the real name has nothing
     // partial (checked below, after the remount cleaned staging).
-    detach(g);
-    let _g = mount_stratafs(&s.opts(), &s.mp);
-    assert_work_clean(&s);
-    assert_eq!(snapshot(&s), before, "the rest of the tree changed");
+    let _g = remount_after_crash(&s, g, &before);
 
     let up = s.upper.join("big.bin");
     let view = fs::metadata(s.mp.join("big.bin")).unwrap().len();
@@ -489,10 +496,7 @@ fn crash_during_large_write_of_new_file() {
         || done.load(Ordering::SeqCst) >= SIZE / 4,
         "write of a 256 MiB new file",
     );
-    detach(g);
-    let _g = mount_stratafs(&s.opts(), &s.mp);
-    assert_work_clean(&s);
-    assert_eq!(snapshot(&s), before, "the rest of the tree changed");
+    let _g = remount_after_crash(&s, g, &before);
 
     // The new file exists (its creation completed) with a prefix of what was written; blocks
     // the multi-threaded server had not reached yet read as zeros, nothing else.
@@ -540,10 +544,7 @@ fn crash_during_overwrite_of_copied_up_file() {
         || done.load(Ordering::SeqCst) >= SIZE / 4,
         "overwrite of a 128 MiB copied-up file",
     );
-    detach(g);
-    let _g = mount_stratafs(&s.opts(), &s.mp);
-    assert_work_clean(&s);
-    assert_eq!(snapshot(&s), before, "the rest of the tree changed");
+    let _g = remount_after_crash(&s, g, &before);
 
     let up = s.upper.join("data.bin");
     assert_eq!(fs::metadata(&up).unwrap().len(), SIZE);
