@@ -152,40 +152,25 @@ fn change_many_files(dir: &Path, count: usize, seed: u64) -> Vec<Change> {
                 break;
             }
             let n = i + j;
-            match j % 3 {
-                0 => {
-                    let name = format!("{d}/file-{n}");
-                    write_file(
-                        &dir.join(&name),
-                        &random_content(64, seed + n as u64),
-                        0o755,
-                    );
-                    changes.push(Change {
-                        path: format!("/{name}"),
-                        kind: ChangeKind::Modify,
-                    });
-                }
-                1 => {
-                    let name = format!("{d}/file-{seed}-{n}");
-                    write_file(
-                        &dir.join(&name),
-                        &random_content(64, seed + n as u64),
-                        0o755,
-                    );
-                    changes.push(Change {
-                        path: format!("/{name}"),
-                        kind: ChangeKind::Add,
-                    });
-                }
-                _ => {
-                    let name = format!("{d}/file-{n}");
-                    fs::remove_file(dir.join(&name)).unwrap();
-                    changes.push(Change {
-                        path: format!("/{name}"),
-                        kind: ChangeKind::Delete,
-                    });
-                }
+            // Every third file is rewritten, one new one is added and one is removed.
+            let (name, kind) = match j % 3 {
+                0 => (format!("{d}/file-{n}"), ChangeKind::Modify),
+                1 => (format!("{d}/file-{seed}-{n}"), ChangeKind::Add),
+                _ => (format!("{d}/file-{n}"), ChangeKind::Delete),
+            };
+            if kind == ChangeKind::Delete {
+                fs::remove_file(dir.join(&name)).unwrap();
+            } else {
+                write_file(
+                    &dir.join(&name),
+                    &random_content(64, seed + n as u64),
+                    0o755,
+                );
             }
+            changes.push(Change {
+                path: format!("/{name}"),
+                kind,
+            });
         }
     }
     changes

@@ -310,6 +310,30 @@ where
     );
 }
 
+/// [`kill_during`] a write of `size` bytes of `byte` to the file `open` gives for `target`
+/// (then fsync), killing once a quarter of it has been written.
+fn kill_during_pattern_write(
+    s: &Setup,
+    target: PathBuf,
+    open: fn(&Path) -> std::io::Result<fs::File>,
+    size: u64,
+    byte: u8,
+    what: &str,
+) {
+    let done = Arc::new(AtomicU64::new(0));
+    let d2 = done.clone();
+    kill_during(
+        s,
+        move || {
+            let mut f = open(&target)?;
+            write_pattern(&mut f, size, byte, &d2)?;
+            f.sync_all()
+        },
+        || done.load(Ordering::SeqCst) >= size / 4,
+        what,
+    );
+}
+
 /// The `tree/` part of the merged view and of the upper layer, for before/after checks.
 fn snapshot(s: &Setup) -> (String, String) {
     (
@@ -483,17 +507,12 @@ fn crash_during_large_write_of_new_file() {
     change_through_mount(&s.mp);
     let before = snapshot(&s);
 
-    let done = Arc::new(AtomicU64::new(0));
-    let d2 = done.clone();
-    let target = s.mp.join("new.bin");
-    kill_during(
+    kill_during_pattern_write(
         &s,
-        move || {
-            let mut f = fs::File::create(target)?;
-            write_pattern(&mut f, SIZE, 0x44, &d2)?;
-            f.sync_all()
-        },
-        || done.load(Ordering::SeqCst) >= SIZE / 4,
+        s.mp.join("new.bin"),
+        |p| fs::File::create(p),
+        SIZE,
+        0x44,
         "write of a 256 MiB new file",
     );
     let _g = remount_after_crash(&s, g, &before);
@@ -531,17 +550,12 @@ fn crash_during_overwrite_of_copied_up_file() {
     assert_eq!(fs::metadata(s.upper.join("data.bin")).unwrap().len(), SIZE);
     let before = snapshot(&s);
 
-    let done = Arc::new(AtomicU64::new(0));
-    let d2 = done.clone();
-    let target = s.mp.join("data.bin");
-    kill_during(
+    kill_during_pattern_write(
         &s,
-        move || {
-            let mut f = fs::OpenOptions::new().write(true).open(target)?;
-            write_pattern(&mut f, SIZE, 0x33, &d2)?;
-            f.sync_all()
-        },
-        || done.load(Ordering::SeqCst) >= SIZE / 4,
+        s.mp.join("data.bin"),
+        |p| fs::OpenOptions::new().write(true).open(p),
+        SIZE,
+        0x33,
         "overwrite of a 128 MiB copied-up file",
     );
     let _g = remount_after_crash(&s, g, &before);

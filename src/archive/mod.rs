@@ -166,3 +166,18 @@ pub fn export_dir(dir: &Path, out: &mut dyn Write, maps: &IdMappings) -> Result<
 
 #[cfg(test)]
 mod tests;
+
+/// A tar of regular files (mode 0644) with these names and contents, for tests.
+#[cfg(test)]
+pub(crate) fn files_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data)
+            .expect("appending to a tar in memory");
+    }
+    b.into_inner().expect("finishing a tar in memory")
+}

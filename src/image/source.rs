@@ -257,18 +257,6 @@ fn index_tar(path: &Path) -> Result<HashMap<String, Member>> {
 mod tests {
     use super::*;
 
-    fn tar_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, data) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
     #[test]
     fn normalizes_member_names() {
         assert_eq!(normalize("./a//b/").as_deref(), Some("a/b"));
@@ -304,7 +292,7 @@ mod tests {
     fn truncated_and_compressed_archives() {
         let d = tempfile::tempdir().unwrap();
         let big = vec![7u8; 5000];
-        let data = tar_with(&[("a", b"1"), ("b", &big)]);
+        let data = crate::archive::files_tar(&[("a", b"1"), ("b", &big)]);
         let p = d.path().join("t.tar");
         std::fs::write(&p, &data[..2048]).unwrap();
         assert!(matches!(
