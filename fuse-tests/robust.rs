@@ -210,14 +210,9 @@ fn kill_server(pid: i32) {
 }
 
 fn signal(pid: i32, sig: i32) {
-    // SAFETY: plain kill(2) on a pid we read from the server's pid file.
-    let r = unsafe { libc::kill(pid, sig) };
-    assert_eq!(
-        r,
-        0,
-        "kill -{sig} {pid}: {}",
-        std::io::Error::last_os_error()
-    );
+    if let Err(e) = stratafs::sys::kill(pid, sig) {
+        panic!("kill -{sig} {pid}: {e}");
+    }
 }
 
 /// Wait until process `pid` has exited (or is a zombie).
