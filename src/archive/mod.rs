@@ -21,7 +21,7 @@ use crate::layer::idmap::IdMappings;
 use crate::store::Store;
 
 pub use apply::ApplyMode;
-pub use changes::lower_lookup;
+pub use changes::{lower_lookup, NodeAttrs};
 
 /// What happened to a path between a parent and a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
