@@ -78,38 +78,39 @@ pub fn dup2(from: BorrowedFd<'_>, to: i32) -> io::Result<()> {
     check(unsafe { libc::dup2(from.as_raw_fd(), to) }).map(drop)
 }
 
-/// Block SIGTERM, SIGINT and SIGHUP in the calling thread (inherited by threads it starts).
-pub fn block_termination_signals() -> io::Result<()> {
-    // SAFETY: sigset operations on a local, zero-initialised set.
+/// The set of SIGTERM, SIGINT and SIGHUP.
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is a plain C struct (all-zero is a valid value), and sigemptyset and
+    // sigaddset only write into the local set, with signal numbers that exist.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::sigaddset(&mut set, s);
         }
-        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
-        }
+        set
     }
-    Ok(())
+}
+
+/// Block SIGTERM, SIGINT and SIGHUP in the calling thread (inherited by threads it starts).
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_signals();
+    // SAFETY: a valid set; no old mask is asked for (null).
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    match r {
+        0 => Ok(()),
+        r => Err(io::Error::from_raw_os_error(r)),
+    }
 }
 
 /// Wait for one of the signals blocked by [`block_termination_signals`]; returns its number.
 pub fn wait_termination_signal() -> io::Result<i32> {
-    // SAFETY: as above; sigwait writes the signal number into `sig`.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        let mut sig: libc::c_int = 0;
-        let r = libc::sigwait(&set, &mut sig);
-        if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
-        }
-        Ok(sig)
+    let set = termination_signals();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: a valid set; sigwait writes the signal number into `sig`.
+    match unsafe { libc::sigwait(&set, &mut sig) } {
+        0 => Ok(sig),
+        r => Err(io::Error::from_raw_os_error(r)),
     }
 }
 
