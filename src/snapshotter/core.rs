@@ -20,6 +20,13 @@ use crate::sys::FileLock;
 
 type Result<T, E = SnapshotError> = std::result::Result<T, E>;
 
+/// The record of snapshot `key`, or NotFound.
+fn snapshot<'a>(db: &'a Db, key: &str) -> Result<&'a SnapshotRecord> {
+    db.snapshots
+        .get(key)
+        .ok_or_else(|| SnapshotError::NotFound(key.to_string()))
+}
+
 /// The mount type containerd hands to `mount.fuse3`, which runs `stratafs overlay TARGET -o ...`.
 pub const FUSE_MOUNT_TYPE: &str = "fuse3.stratafs";
 /// The label prefix containerd uses for a label update of one key (`labels.KEY`).
@@ -108,10 +115,7 @@ impl Core {
         let parent_id = match &parent {
             None => None,
             Some(p) => {
-                let rec = db
-                    .snapshots
-                    .get(p)
-                    .ok_or_else(|| SnapshotError::NotFound(p.clone()))?;
+                let rec = snapshot(&db, p)?;
                 if rec.kind != Kind::Committed {
                     return Err(SnapshotError::InvalidArgument(format!(
                         "parent {p:?} is not a committed snapshot"
@@ -161,10 +165,7 @@ impl Core {
     }
 
     fn mounts_locked(&self, db: &Db, key: &str) -> Result<Vec<Mount>> {
-        let top = db
-            .snapshots
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?;
+        let top = snapshot(db, key)?;
         if top.kind == Kind::Committed {
             return Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {key:?} is committed, not active: it has no mounts"
@@ -205,11 +206,7 @@ impl Core {
             return Err(SnapshotError::InvalidArgument("empty snapshot name".into()));
         }
         let mut db = self.db.lock();
-        let rec = db
-            .snapshots
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?
-            .clone();
+        let rec = snapshot(&db, key)?.clone();
         if rec.kind != Kind::Active {
             return Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {key:?} is not active"
@@ -276,10 +273,7 @@ impl Core {
     /// Info of one snapshot.
     pub fn stat(&self, key: &str) -> Result<Info> {
         let db = self.db.lock();
-        let rec = db
-            .snapshots
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?;
+        let rec = snapshot(&db, key)?;
         Ok(info(key, rec))
     }
 
@@ -287,10 +281,7 @@ impl Core {
     /// else `labels` (all labels) and `labels.KEY` (one label; absent or empty deletes it).
     pub fn update(&self, new: Info, fieldpaths: Option<Vec<String>>) -> Result<Info> {
         let mut db = self.db.lock();
-        let rec = db
-            .snapshots
-            .get(&new.name)
-            .ok_or_else(|| SnapshotError::NotFound(new.name.clone()))?;
+        let rec = snapshot(&db, &new.name)?;
         let mut updated = rec.clone();
         match fieldpaths.filter(|p| !p.is_empty()) {
             None => updated.labels = new.labels.clone(),
@@ -330,10 +321,7 @@ impl Core {
     pub fn usage(&self, key: &str) -> Result<Usage> {
         let dir = {
             let db = self.db.lock();
-            let rec = db
-                .snapshots
-                .get(key)
-                .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?;
+            let rec = snapshot(&db, key)?;
             self.store.diff_dir(&rec.id)
         };
         Ok(disk_usage(&dir)?)
