@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 use super::*;
-use crate::driver::{ChangeKind, CreateOpts};
 use crate::layer::whiteout;
-use crate::store::LayerKind;
+use crate::store::{CreateOpts, LayerKind};
 use crate::sys;
 
 struct Fixture {

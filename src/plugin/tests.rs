@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::archive::files_tar;
 use crate::driver::{Capabilities, Change, ChangeKind, CreateOpts, FileGetter, IdMap};
 
 const BIG: u64 = 64 << 20;
@@ -388,18 +389,6 @@ impl Harness {
     }
 }
 
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, *data).expect("append");
-    }
-    b.into_inner().expect("tar")
-}
-
 fn tar_names(data: &[u8]) -> Vec<String> {
     let mut a = tar::Archive::new(data);
     let mut names: Vec<String> = a
@@ -580,7 +569,7 @@ async fn apply_diff_then_diff_round_trip() {
     let h = Harness::start().await;
     h.init().await;
     h.ok("Create", json!({"ID": "l1"})).await;
-    let tar = tar_of(&[("etc/hostname", b"box\n"), ("bin/sh", b"#!")]);
+    let tar = files_tar(&[("etc/hostname", b"box\n"), ("bin/sh", b"#!")]);
     let (status, body) = h.post("/GraphDriver.ApplyDiff?id=l1&parent=", tar).await;
     assert_eq!(status, StatusCode::OK);
     let v: Value = serde_json::from_slice(&body).expect("json");
@@ -612,7 +601,7 @@ async fn apply_diff_then_diff_round_trip() {
     let (status, body) = h
         .post(
             "/GraphDriver.ApplyDiff?id=l%202&parent=l1",
-            tar_of(&[("x", b"1")]),
+            files_tar(&[("x", b"1")]),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
@@ -634,7 +623,7 @@ async fn apply_diff_errors() {
     assert!(String::from_utf8_lossy(&body).contains("ghost"), "{body:?}");
     // A corrupt archive.
     h.ok("Create", json!({"ID": "l1"})).await;
-    let mut bad = tar_of(&[("a", b"hello")]);
+    let mut bad = files_tar(&[("a", b"hello")]);
     bad[148..156].copy_from_slice(b"9999999\0"); // break the header checksum
     let (_, body) = h.post("/GraphDriver.ApplyDiff?id=l1", bad).await;
     assert!(

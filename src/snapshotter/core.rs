@@ -26,6 +26,13 @@ pub struct Update {
     pub labels: HashMap<String, String>,
 }
 
+/// The record of snapshot `key`, or NotFound.
+fn snapshot<'a>(db: &'a Db, key: &str) -> Result<&'a SnapshotRecord> {
+    db.snapshots
+        .get(key)
+        .ok_or_else(|| SnapshotError::NotFound(key.to_string()))
+}
+
 /// The mount type containerd hands to `mount.fuse3`, which runs `stratafs overlay TARGET -o ...`.
 pub const FUSE_MOUNT_TYPE: &str = "fuse3.stratafs";
 /// The label prefix containerd uses for a label update of one key (`labels.KEY`).
@@ -114,10 +121,7 @@ impl Core {
         let parent_id = match &parent {
             None => None,
             Some(p) => {
-                let rec = db
-                    .snapshots
-                    .get(p)
-                    .ok_or_else(|| SnapshotError::NotFound(p.clone()))?;
+                let rec = snapshot(&db, p)?;
                 if rec.kind != Kind::Committed {
                     return Err(SnapshotError::InvalidArgument(format!(
                         "parent {p:?} is not a committed snapshot"
@@ -167,10 +171,7 @@ impl Core {
     }
 
     fn mounts_locked(&self, db: &Db, key: &str) -> Result<Vec<Mount>> {
-        let top = db
-            .snapshots
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?;
+        let top = snapshot(db, key)?;
         if top.kind == Kind::Committed {
             return Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {key:?} is committed, not active: it has no mounts"
@@ -211,11 +212,7 @@ impl Core {
             return Err(SnapshotError::InvalidArgument("empty snapshot name".into()));
         }
         let mut db = self.db.lock();
-        let rec = db
-            .snapshots
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?
-            .clone();
+        let rec = snapshot(&db, key)?.clone();
         if rec.kind != Kind::Active {
             return Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {key:?} is not active"
@@ -282,10 +279,7 @@ impl Core {
     /// Info of one snapshot.
     pub fn stat(&self, key: &str) -> Result<Info> {
         let db = self.db.lock();
-        let rec = db
-            .snapshots
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?;
+        let rec = snapshot(&db, key)?;
         Ok(info(key, rec))
     }
 
@@ -293,10 +287,7 @@ impl Core {
     /// else `labels` (all labels) and `labels.KEY` (one label; absent or empty deletes it).
     pub fn update(&self, new: Update, fieldpaths: Option<Vec<String>>) -> Result<Info> {
         let mut db = self.db.lock();
-        let rec = db
-            .snapshots
-            .get(&new.name)
-            .ok_or_else(|| SnapshotError::NotFound(new.name.clone()))?;
+        let rec = snapshot(&db, &new.name)?;
         let mut updated = rec.clone();
         match fieldpaths.filter(|p| !p.is_empty()) {
             None => updated.labels = new.labels.clone(),
@@ -336,10 +327,7 @@ impl Core {
     pub fn usage(&self, key: &str) -> Result<Usage> {
         let dir = {
             let db = self.db.lock();
-            let rec = db
-                .snapshots
-                .get(key)
-                .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?;
+            let rec = snapshot(&db, key)?;
             self.store.diff_dir(&rec.id)
         };
         Ok(disk_usage(&dir)?)
