@@ -35,19 +35,20 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// What identifies a pod: the sandbox config is rebuilt from it for CreateContainer (which
+/// What identifies a pod (field names unlike the container's: clap's argument ids are the field
+/// names, shared by flattened structs). The sandbox config is rebuilt from it for CreateContainer (which
 /// wants the same config RunPodSandbox got, as the kubelet sends it).
 #[derive(clap::Args, Clone)]
 struct Pod {
     /// Pod name (metadata.name); the namespace is "default".
-    #[arg(long = "pod-name")]
-    name: String,
+    #[arg(long)]
+    pod_name: String,
     /// Pod UID; defaults to "uid-NAME".
-    #[arg(long = "pod-uid")]
-    uid: Option<String>,
+    #[arg(long)]
+    pod_uid: Option<String>,
     /// Sandbox attempt.
-    #[arg(long = "pod-attempt", default_value_t = 0)]
-    attempt: u32,
+    #[arg(long, default_value_t = 0)]
+    pod_attempt: u32,
     /// Directory for the containers' logs.
     #[arg(long = "log-dir")]
     log_dir: Option<PathBuf>,
@@ -142,10 +143,13 @@ fn pod_config(p: &Pod) -> cri::PodSandboxConfig {
     };
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
-            name: p.name.clone(),
-            uid: p.uid.clone().unwrap_or_else(|| format!("uid-{}", p.name)),
+            name: p.pod_name.clone(),
+            uid: p
+                .pod_uid
+                .clone()
+                .unwrap_or_else(|| format!("uid-{}", p.pod_name)),
             namespace: "default".into(),
-            attempt: p.attempt,
+            attempt: p.pod_attempt,
         }),
         hostname: String::new(),
         log_directory: p
@@ -153,7 +157,7 @@ fn pod_config(p: &Pod) -> cri::PodSandboxConfig {
             .as_ref()
             .map(|d| d.display().to_string())
             .unwrap_or_default(),
-        labels: HashMap::from([("app".to_string(), p.name.clone())]),
+        labels: HashMap::from([("app".to_string(), p.pod_name.clone())]),
         annotations: HashMap::new(),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: p.cgroup_parent.clone().unwrap_or_default(),
