@@ -346,6 +346,16 @@ grep -q WRITER-OK "$T/logs/web/writer_0.log" || fail "writer's log lacks its out
 upper=$(snaps mounts /unused "$CW" | grep -o 'upperdir=[^,]*' | cut -d= -f2)
 [ -f "$upper/written" ] || fail "container write not in its snapshot's upper dir '$upper'"
 
+step "a container with a read-only root filesystem (runc remounts the snapshot's mount read-only)"
+CR=$(cri create --pod "$POD" "${POD_ARGS[@]}" --name readonly --readonly-rootfs --image "$APP" -- sh -c '
+    if touch /should-fail 2>/dev/null; then echo "root is writable"; exit 1; fi
+    test "$(cat /opt/e2e/keep)" = keep && echo RO-OK' | json container_id)
+cri start "$CR" >/dev/null
+st=$(wait_exited "$CR")
+[ "$(echo "$st" | json exit_code)" = 0 ] || fail "read-only container: $st $(cat "$T/logs/web/readonly_0.log" 2>/dev/null)"
+grep -q RO-OK "$T/logs/web/readonly_0.log" || fail "read-only container's log lacks its output"
+cri rm "$CR" >/dev/null
+
 step "ExecSync into a long-running container"
 CL=$(cri create --pod "$POD" "${POD_ARGS[@]}" --name server --image "$APP" -- sleep infinity | json container_id)
 cri start "$CL" >/dev/null
