@@ -135,9 +135,11 @@ cleanup() {
     for pid in $(pgrep -f -- "$T/snapshotter/layers"); do kill -9 "$pid" 2>/dev/null; done
     find /sys/fs/cgroup -depth -type d -path "*$CG_PARENT*" -exec rmdir {} \; 2>/dev/null
     if [ "$rc" != 0 ]; then
-        for f in "$T/containerd.log" "$T/snapshotter.log" "$T/registry.log"; do
+        for f in "$T/containerd.log" "$T/snapshotter.log"; do
             [ -f "$f" ] && { echo "--- tail of $f"; tail -n 40 "$f"; }
         done
+        # The registry logs every probe for a blob it lacks (each push starts with them).
+        [ -f "$T/registry.log" ] && { echo "--- tail of $T/registry.log"; grep -v 'blob unknown' "$T/registry.log" | tail -n 10; }
     fi
     if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $T"; else rm -rf --one-file-system "$T"; fi
     exit "$rc"
