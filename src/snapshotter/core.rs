@@ -35,6 +35,9 @@ fn snapshot<'a>(db: &'a Db, key: &str) -> Result<&'a SnapshotRecord> {
 
 /// The mount type containerd hands to `mount.fuse3`, which runs `stratafs overlay TARGET -o ...`.
 pub const FUSE_MOUNT_TYPE: &str = "fuse3.stratafs";
+/// How containerd's unpacker names the active snapshot a layer is applied into
+/// (`extract-UNIQUE CHAINID`, by `ctr images import`, pulls and the CRI alike).
+const UNPACK_KEY_PREFIX: &str = "extract-";
 /// The label prefix containerd uses for a label update of one key (`labels.KEY`).
 const LABELS_FIELD: &str = "labels";
 /// Longest `lowerdir=` option passed inline. The option travels as one argument through
@@ -193,6 +196,17 @@ impl Core {
             // A view of one layer is that layer, read-only: no FUSE server needed.
             (Kind::View, 1) => bind(lowers[0].clone(), "ro"),
             (Kind::View, _) => fuse(vec![lower_option()?]),
+            // containerd unpacks each image layer into an `extract-` snapshot. Handed an
+            // `overlay` mount, its diff applier writes the layer straight into `upperdir`, as for
+            // its own overlayfs snapshotter (whiteouts as 0/0 devices, opaque directories as
+            // `trusted.overlay.opaque`, both of which stratafs reads), instead of through a FUSE
+            // server started for the one layer. The lower list is inline: containerd reads it
+            // (for the layer's parents) but mounts nothing.
+            (Kind::Active, _) if is_unpack_key(key) => overlay(vec![
+                format!("lowerdir={}", lowers.join(":")),
+                format!("upperdir={own}"),
+                format!("workdir={}", self.store.work_dir(&top.id).display()),
+            ]),
             _ => fuse(vec![
                 lower_option()?,
                 format!("upperdir={own}"),
@@ -393,6 +407,24 @@ fn lowerdir_option(lowers: &[String], file: &Path, max: usize) -> crate::error::
     fs::write(&tmp, body).ctx(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, file).ctx(|| format!("writing {}", file.display()))?;
     Ok(format!("lowerdir_file={}", file.display()))
+}
+
+/// Whether `key` is one containerd unpacks a layer into: its own part (after the proxy's
+/// `namespace/id/`) starts with containerd's unpack prefix, `extract-`.
+fn is_unpack_key(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .unwrap_or(key)
+        .starts_with(UNPACK_KEY_PREFIX)
+}
+
+fn overlay(options: Vec<String>) -> Mount {
+    Mount {
+        r#type: "overlay".into(),
+        source: "overlay".into(),
+        target: String::new(),
+        options,
+    }
 }
 
 fn bind(source: String, access: &str) -> Mount {
