@@ -11,6 +11,7 @@ pub mod image;
 pub mod layer;
 pub mod plugin;
 pub mod snapshotter;
+pub mod socket;
 pub mod store;
 pub mod sys;
 pub mod union;

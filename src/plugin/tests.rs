@@ -35,6 +35,7 @@ struct DirDriver {
     parents: Mutex<BTreeMap<String, Option<String>>>,
     mounts: Mutex<HashMap<String, usize>>,
     cleanups: AtomicUsize,
+    stale_releases: AtomicUsize,
     gate: (Mutex<bool>, Condvar),
     diff_written: AtomicU64,
     apply_read: AtomicU64,
@@ -165,6 +166,10 @@ impl Driver for DirDriver {
     fn cleanup(&self) -> crate::Result<()> {
         self.cleanups.fetch_add(1, Ordering::SeqCst);
         self.mounts.lock().clear();
+        Ok(())
+    }
+    fn release_stale(&self) -> crate::Result<()> {
+        self.stale_releases.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
     fn diff(&self, id: &str, _parent: Option<&str>, out: &mut dyn Write) -> crate::Result<()> {
@@ -446,8 +451,9 @@ async fn activate_init_capabilities_status() {
         );
         assert!(inits[0].id_mappings.gids.is_empty());
     }
-    // Stale mounts of an earlier run are cleaned right after constructing.
-    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 1);
+    // Stale mounts of an earlier run are released right after constructing; live ones kept.
+    assert_eq!(h.driver.stale_releases.load(Ordering::SeqCst), 1);
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 0);
 
     // The fake's diff is deterministic, but it cannot give back an imported tar byte for byte,
     // which is what Docker's flag promises (it would skip tar-split and fail `docker save`).
@@ -460,9 +466,16 @@ async fn activate_init_capabilities_status() {
     let v: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v, json!({"Status": [["Layers", "0"]]}));
 
-    // A second Init (dockerd restarted) releases the old driver and cleans the new one.
+    // A second Init of the same home (dockerd restarted) hands the mounts over to the new
+    // driver: nothing is unmounted, only the dead ones released.
     h.init().await;
-    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 3);
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 0);
+    assert_eq!(h.driver.stale_releases.load(Ordering::SeqCst), 2);
+    // One of another home releases everything the old driver holds.
+    h.ok("Init", json!({"Home": "/var/lib/docker2/stratafs"}))
+        .await;
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 1);
+    assert_eq!(h.driver.stale_releases.load(Ordering::SeqCst), 3);
     h.stop().await;
 }
 
@@ -555,7 +568,7 @@ async fn layer_lifecycle_and_error_paths() {
         json!({"Exists": false})
     );
     h.ok("Cleanup", json!({})).await;
-    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 2);
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 1);
     h.alive().await;
     h.stop().await;
 }
@@ -794,8 +807,9 @@ async fn shutdown_runs_cleanup() {
     h.ok("Create", json!({"ID": "a"})).await;
     h.ok("Get", json!({"ID": "a"})).await;
     let driver = h.stop().await;
-    // Init's cleanup, then the shutdown's.
-    assert_eq!(driver.cleanups.load(Ordering::SeqCst), 2);
+    // Init released only what was stale; the shutdown unmounts everything.
+    assert_eq!(driver.stale_releases.load(Ordering::SeqCst), 1);
+    assert_eq!(driver.cleanups.load(Ordering::SeqCst), 1);
     assert!(driver.mounts.lock().is_empty());
 }
 
@@ -803,26 +817,66 @@ async fn shutdown_runs_cleanup() {
 async fn a_restarted_plugin_resumes_the_last_init() {
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state = state_dir.path().join("run/plugin-init.json");
+    let home = state_dir.path().join("data/stratafs");
+    std::fs::create_dir_all(&home).expect("mkdir");
     let h = Harness::start_with(Some(state.clone())).await;
     let maps = json!([{"container_id": 0, "host_id": 1000, "size": 10}]);
     h.ok(
         "Init",
-        json!({"Home": "/data/stratafs", "UIDMaps": maps, "GIDMaps": maps}),
+        json!({"Home": home, "UIDMaps": maps, "GIDMaps": maps}),
     )
     .await;
     h.stop().await;
     assert!(state.exists());
+    let mode = |p: &Path| {
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(p).expect("stat")) & 0o7777
+    };
+    assert_eq!(mode(&state), 0o600, "state file mode");
+    assert_eq!(
+        mode(state.parent().expect("dir")),
+        0o700,
+        "state directory mode"
+    );
+    // It names who sent the Init (this test, as dockerd).
+    let kept: Value = serde_json::from_slice(&std::fs::read(&state).expect("read")).expect("json");
+    assert_eq!(kept["Dockerd"]["Pid"], json!(std::process::id()));
 
-    // The next run serves at once, without an Init from Docker, and has already cleaned up.
+    // The next run serves at once, without an Init from Docker, and has already released what
+    // was stale (and nothing else).
     let h = Harness::start_with(Some(state.clone())).await;
-    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 1);
+    assert_eq!(h.driver.stale_releases.load(Ordering::SeqCst), 1);
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 0);
     {
         let inits = h.inits.lock();
         assert_eq!(inits.len(), 1);
-        assert_eq!(inits[0].home, Path::new("/data/stratafs"));
+        assert_eq!(inits[0].home, home);
         assert_eq!(inits[0].id_mappings.gids[0].host_id, 1000);
     }
     h.ok("Create", json!({"ID": "a"})).await;
+    h.stop().await;
+
+    // A state file of a dockerd that is gone (same pid, another start) is not resumed.
+    let mut gone = kept.clone();
+    gone["Dockerd"]["Start"] = json!(kept["Dockerd"]["Start"].as_u64().expect("start") + 1);
+    std::fs::write(&state, gone.to_string()).expect("write");
+    let h = Harness::start_with(Some(state.clone())).await;
+    assert!(
+        h.inits.lock().is_empty(),
+        "resumed the Init of a dead dockerd"
+    );
+    h.fails("Exists", json!({"ID": "a"}), "Init").await;
+    h.stop().await;
+
+    // Nor one whose home is gone (a deleted data root): nothing is created for it.
+    let mut deleted = kept.clone();
+    deleted["Home"] = json!(state_dir.path().join("deleted/stratafs"));
+    std::fs::write(&state, deleted.to_string()).expect("write");
+    let h = Harness::start_with(Some(state.clone())).await;
+    assert!(
+        h.inits.lock().is_empty(),
+        "resumed the Init of a deleted home"
+    );
+    assert!(!state_dir.path().join("deleted").exists());
     h.stop().await;
 
     // An unreadable state file is ignored: the plugin waits for Docker's Init.
@@ -843,6 +897,17 @@ async fn bind_replaces_only_stale_sockets() {
     let path = tmp.path().join("a/b/p.sock");
     // Directory created.
     let live = bind(&path).expect("bind");
+    // Root-only: whoever connects commands a storage driver running as root.
+    let mode = |p: &Path| {
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(p).expect("stat")) & 0o7777
+    };
+    assert_eq!(mode(&path), 0o600, "socket mode");
+    assert_eq!(mode(&tmp.path().join("a")), 0o700, "created directory mode");
+    assert_eq!(
+        mode(&tmp.path().join("a/b")),
+        0o700,
+        "created directory mode"
+    );
     // A live socket is not stolen.
     let err = bind(&path).expect_err("bound over a live socket");
     assert!(err.to_string().contains("listening"), "{err}");
