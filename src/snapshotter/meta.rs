@@ -73,7 +73,14 @@ impl Db {
             id: "snapshotter metadata".into(),
             reason: e.to_string(),
         })?;
-        let mut f = fs::File::create(&tmp).ctx(|| format!("writing {}", tmp.display()))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::socket::PRIVATE_FILE)
+            .open(&tmp)
+            .ctx(|| format!("writing {}", tmp.display()))?;
         f.write_all(&body)
             .and_then(|_| f.sync_all())
             .ctx(|| format!("writing {}", tmp.display()))?;
