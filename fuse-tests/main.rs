@@ -5,6 +5,7 @@ mod common;
 mod conformance;
 mod image;
 mod read;
+mod restart;
 mod robust;
 mod whiteout_replace;
 mod write;
