@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::bridge::{BodyReader, ChannelWriter};
 use super::proto::{CapabilitiesJson, ChangeJson, InitRequest, LayerRequest, Reply, MEDIA_TYPE};
-use super::state::{Peer, Saved};
+use super::state::{Peer, Saved, Stale};
 use super::{DriverFactory, InitParams};
 use crate::driver::{CreateOpts, Driver, IdMappings};
 use crate::error::{Error, Result};
@@ -80,11 +80,20 @@ impl Server {
             }
         };
         if let Err(why) = saved.check() {
-            tracing::warn!(
-                path = %path.display(),
-                home = %saved.init.home,
-                "not resuming the saved Init: {why}; waiting for Docker's Init"
-            );
+            // A dockerd that is gone is the usual case after both were stopped; a home that
+            // is gone is a file of some earlier, unrelated dockerd.
+            match why {
+                Stale::DockerdGone(_) => tracing::info!(
+                    path = %path.display(),
+                    home = %saved.init.home,
+                    "not resuming the saved Init: {why}; waiting for Docker's Init"
+                ),
+                Stale::HomeGone(_) => tracing::warn!(
+                    path = %path.display(),
+                    home = %saved.init.home,
+                    "not resuming the saved Init: {why}; waiting for Docker's Init"
+                ),
+            }
             return;
         }
         match saved.dockerd {
