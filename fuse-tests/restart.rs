@@ -1,6 +1,7 @@
-//! The Docker plugin killed (SIGKILL) while a container runs, then started again under the
-//! same dockerd: the new process must answer at once and keep the running container's mount
-//! (same server, same reference count) until dockerd puts it.
+//! The Docker plugin killed (SIGKILL) or stopped (SIGTERM) while a container runs, then
+//! started again under the same dockerd (this test, which sends Init): the new process must
+//! answer at once and keep the running container's mount (same server, same reference count)
+//! until dockerd puts it.
 //!
 //! The "container" is a process in a mount namespace of its own, made while the view was
 //! mounted: like a container's root, its copy of the mount keeps the FUSE connection (and the
@@ -85,7 +86,26 @@ fn alive(pid: i64) -> bool {
 }
 
 #[test]
-fn a_restarted_plugin_serves_at_once_and_keeps_a_running_containers_mount() {
+fn a_killed_plugin_restarted_serves_at_once_and_keeps_a_running_containers_mount() {
+    restart_under_a_running_container("KILL");
+}
+
+#[test]
+fn a_plugin_stopped_under_a_running_dockerd_leaves_its_mounts_to_the_next() {
+    restart_under_a_running_container("TERM");
+}
+
+fn signal(p: &mut Proc, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(p.0.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    p.0.wait().expect("wait");
+}
+
+fn restart_under_a_running_container(sig: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let socket = tmp.path().join("plugins/stratafs.sock");
     let state = tmp.path().join("state/init.json");
@@ -125,9 +145,16 @@ fn a_restarted_plugin_serves_at_once_and_keeps_a_running_containers_mount() {
     assert_eq!(line, "ready\n");
     let holder = Proc(holder);
 
-    // Killed and started again; dockerd sends no new Init.
-    plugin.0.kill().expect("SIGKILL");
-    plugin.0.wait().expect("wait");
+    // Killed or stopped, and started again; dockerd sends no new Init.
+    signal(&mut plugin, sig);
+    assert!(
+        alive(server),
+        "SIG{sig} of the plugin stopped the container's server"
+    );
+    assert!(
+        stratafs::union::mount::fuse_mounted(&dir),
+        "SIG{sig} unmounted the view"
+    );
     let mut plugin = start_plugin(&socket, &state);
     let asked = Instant::now();
     let v = ok(&socket, "Exists", json!({"ID": "ctr"}));
@@ -169,8 +196,5 @@ fn a_restarted_plugin_serves_at_once_and_keeps_a_running_containers_mount() {
         std::thread::sleep(Duration::from_millis(20));
     }
     ok(&socket, "Remove", json!({"ID": "ctr"}));
-    let _ = Command::new("kill")
-        .args(["-TERM", &plugin.0.id().to_string()])
-        .status();
-    let _ = plugin.0.wait();
+    signal(&mut plugin, "TERM");
 }

@@ -102,7 +102,7 @@ fn paths(tmp: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 #[test]
-fn sigterm_cleans_up_and_removes_the_socket() {
+fn sigterm_ends_it_and_removes_the_socket() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (socket, state, home) = paths(tmp.path());
     let mut p = Plugin::start(&socket, &state);

@@ -5,7 +5,8 @@
 //! the plugin left that is dead (mounts whose server died), keeping live mounts of running
 //! containers. `Diff` streams the tar as the
 //! response body and `ApplyDiff` reads the request body as a stream ([`bridge`]). SIGTERM and
-//! SIGINT run `cleanup` and end [`run`].
+//! SIGINT end [`run`], running `cleanup` unless the dockerd that sent `Init` still runs (its
+//! containers' mounts then stay for the next plugin process).
 
 pub mod bridge;
 pub mod proto;
@@ -117,8 +118,9 @@ pub fn bind(socket: &Path) -> Result<UnixListener> {
 /// Where the last Init is kept by default (outside Docker's plugin directory, which Docker scans).
 pub const DEFAULT_STATE_FILE: &str = "/run/stratafs/plugin-init.json";
 
-/// Serve the plugin protocol on `socket` until SIGTERM or SIGINT, then clean up the driver and
-/// remove the socket. With a `state_file`, a restarted plugin resumes the last `Init` at once.
+/// Serve the plugin protocol on `socket` until SIGTERM or SIGINT, then clean up the driver
+/// (unless its dockerd still runs) and remove the socket. With a `state_file`, a restarted
+/// plugin resumes the last `Init` at once.
 pub fn run(
     socket: &Path,
     state_file: Option<PathBuf>,

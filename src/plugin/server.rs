@@ -44,6 +44,8 @@ pub struct Server {
     driver: RwLock<Option<Arc<dyn Driver>>>,
     /// The home of `driver`.
     home: RwLock<Option<PathBuf>>,
+    /// The dockerd that sent the Init of `driver`, when known.
+    dockerd: RwLock<Option<Peer>>,
     /// Where the last successful `Init` request is kept, so that a restarted plugin can serve a
     /// dockerd that is still running (Docker does not call `Init` again on a known plugin).
     state_file: Option<PathBuf>,
@@ -59,6 +61,7 @@ impl Server {
             factory,
             driver: RwLock::new(None),
             home: RwLock::new(None),
+            dockerd: RwLock::new(None),
             state_file,
         })
     }
@@ -125,7 +128,8 @@ impl Server {
     }
 
     /// Serve connections from `listener` until `shutdown` completes, then run the driver's
-    /// `cleanup` (unmount everything). Connections are served concurrently.
+    /// `cleanup` (unmount everything) unless the dockerd that sent Init still runs.
+    /// Connections are served concurrently.
     pub async fn serve(
         self: Arc<Self>,
         listener: UnixListener,
@@ -161,6 +165,18 @@ impl Server {
                         }
                     });
                 }
+            }
+        }
+        // The mounts' servers are processes of their own. While the dockerd that sent Init
+        // runs, its containers' mounts stay for the next plugin process to adopt (a restart
+        // or an upgrade of the plugin); dockerd's own `Cleanup` at its shutdown unmounts them.
+        if let Some(d) = *self.dockerd.read() {
+            if d.alive() {
+                tracing::info!(
+                    dockerd = d.pid,
+                    "shutting down: dockerd still runs, its mounts stay for the next plugin"
+                );
+                return Ok(());
             }
         }
         tracing::info!("shutting down: cleaning up the driver");
@@ -219,7 +235,7 @@ impl Server {
     }
 
     /// Construct the driver for `req`, clean up stale mounts, and remember the request.
-    async fn init_driver(&self, req: InitRequest, dockerd: Option<Peer>) -> Result<()> {
+    pub(super) async fn init_driver(&self, req: InitRequest, dockerd: Option<Peer>) -> Result<()> {
         let id_mappings = IdMappings::new(
             req.uid_maps.clone().unwrap_or_default(),
             req.gid_maps.clone().unwrap_or_default(),
@@ -258,6 +274,7 @@ impl Server {
         let driver = made?;
         *self.driver.write() = Some(driver);
         *self.home.write() = Some(home);
+        *self.dockerd.write() = dockerd;
         if let Err(e) = self.save_state(req, dockerd) {
             tracing::warn!(error = %e, "saving the Init request");
         }

@@ -269,6 +269,7 @@ struct Harness {
     inits: Arc<Mutex<Vec<InitParams>>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<crate::Result<()>>,
+    server: Arc<Server>,
 }
 
 impl Harness {
@@ -300,7 +301,7 @@ impl Harness {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = Server::with_state_file(factory, state_file);
         server.resume().await;
-        let task = tokio::spawn(server.serve(listener, async move {
+        let task = tokio::spawn(server.clone().serve(listener, async move {
             let _ = stopped.await;
         }));
         Harness {
@@ -310,6 +311,7 @@ impl Harness {
             inits,
             stop: Some(stop),
             task,
+            server,
         }
     }
 
@@ -801,14 +803,33 @@ async fn requests_are_served_concurrently() {
 }
 
 #[tokio::test]
-async fn shutdown_runs_cleanup() {
+async fn shutdown_keeps_a_running_dockerds_mounts_and_cleans_up_after_a_gone_one() {
+    // Init from this test process, a dockerd that still runs when the plugin stops: its
+    // containers' mounts stay for the next plugin process.
     let h = Harness::start().await;
     h.init().await;
     h.ok("Create", json!({"ID": "a"})).await;
     h.ok("Get", json!({"ID": "a"})).await;
     let driver = h.stop().await;
-    // Init released only what was stale; the shutdown unmounts everything.
     assert_eq!(driver.stale_releases.load(Ordering::SeqCst), 1);
+    assert_eq!(driver.cleanups.load(Ordering::SeqCst), 0);
+    assert_eq!(driver.mounts.lock().len(), 1);
+
+    // Init from a dockerd that is gone by then: everything is unmounted.
+    let h = Harness::start().await;
+    let me = state::Peer::of(std::process::id() as i32).expect("own pid");
+    let gone = state::Peer {
+        start: me.start + 1,
+        ..me
+    };
+    let req = proto::InitRequest {
+        home: "/var/lib/docker/stratafs".into(),
+        ..Default::default()
+    };
+    h.server.init_driver(req, Some(gone)).await.expect("init");
+    h.ok("Create", json!({"ID": "a"})).await;
+    h.ok("Get", json!({"ID": "a"})).await;
+    let driver = h.stop().await;
     assert_eq!(driver.cleanups.load(Ordering::SeqCst), 1);
     assert!(driver.mounts.lock().is_empty());
 }
