@@ -363,6 +363,22 @@ restart_checks() {
         fail "the first run after the plugin restart took ${TIMES[after-kill]}s"
     expect_output "the running container's root after the restart" E2E-CHECK-OK \
         dk exec c-long sh -c "$CHECK_SCRIPT"
+
+    step "plugin stopped (SIGTERM) while a container runs; restarted under the same dockerd"
+    local mounted
+    mounted=$(stratafs_mounts | wc -l)
+    stop_plugin TERM
+    # dockerd asks the plugin for every container call, so the view is checked on the host.
+    [ "$(stratafs_mounts | wc -l)" = "$mounted" ] ||
+        fail "SIGTERM unmounted a running container's view"
+    start_plugin
+    expect_output "the running container's root after the plugin's restart" E2E-CHECK-OK \
+        dk exec c-long sh -c "$CHECK_SCRIPT"
+    expect_output "same dockerd, plugin restarted" E2E-CHECK-OK \
+        dk run --rm --net=none e2e-changed:1 sh -c "$CHECK_SCRIPT"
+    # docker cp mounts the running container's layer again: the adopted mount is shared.
+    dk cp c-long:/etc/e2e-new "$T/cp-e2e-new"
+    [ "$(cat "$T/cp-e2e-new")" = new ] || fail "docker cp from the running container"
     local stale
     stale=$(stratafs_mounts | awk '{ print $2 }' | while read -r m; do
         stat "$m" >/dev/null 2>&1 || echo "$m"
