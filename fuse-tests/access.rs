@@ -1,6 +1,6 @@
-//! Who may read what through a rootless mount: `stratafs -o lowerdir=DIR` run by an
-//! unprivileged user serves with that user's rights, so the view never shows them anything
-//! they could not read in DIR directly.
+//! Who may read what through a mount: `stratafs -o lowerdir=DIR` run by an unprivileged user
+//! serves with that user's rights, so the view never shows them anything they could not read
+//! in DIR directly; one run by root lets the kernel check each caller's rights.
 //!
 //! Found while writing these: the server, being that user, is refused by the kernel like the
 //! user is; the view is at times stricter than DIR (a name inside an execute-only directory,
@@ -119,6 +119,16 @@ fn assert_no_more_than_direct(lower: &Path, mp: &Path) {
         try_in(mp, "ls"),
         (true, "pub.txt\nrootfile\nsecret\nxonly\n".into())
     );
+}
+
+#[test]
+fn a_root_mount_checks_every_users_rights_as_the_layers_do() {
+    // As root the server reads everything; the kernel checks each caller against the modes
+    // the view reports (default_permissions), so a user reads no more than in the layer.
+    let t = tree();
+    let _g = crate::common::mount_stratafs(&format!("lowerdir={}", t.lower.display()), &t.mp);
+    assert_no_more_than_direct(&t.lower, &t.mp);
+    assert_eq!(try_in(&t.mp, "cat xonly/known"), (true, "known\n".into()));
 }
 
 #[test]
