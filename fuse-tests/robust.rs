@@ -571,20 +571,20 @@ fn crash_during_overwrite_of_copied_up_file() {
 // ---------------------------------------------------------------------------------------------
 // Rootless
 
-const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;
 
-/// Both rootless tests change the mode of /dev/fuse: one at a time.
+/// The rootless tests change the mode of /dev/fuse: one at a time.
 static DEV_FUSE: Mutex<()> = Mutex::new(());
 
 /// /dev/fuse is 0600 on these machines; fusermount3 (run by the unprivileged server) opens it
 /// as the user, so it is made 0666 for the test and its old mode restored afterwards.
-struct DevFuseOpen {
+pub(crate) struct DevFuseOpen {
     old: u32,
     _lock: std::sync::MutexGuard<'static, ()>,
 }
 
 impl DevFuseOpen {
-    fn new() -> DevFuseOpen {
+    pub(crate) fn new() -> DevFuseOpen {
         let lock = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
         let old = fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
         fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
@@ -600,7 +600,7 @@ impl Drop for DevFuseOpen {
 
 /// Run `sh -c script` as uid/gid 65534 with no supplementary groups; `caps` adds ambient
 /// capabilities (e.g. "+mknod").
-fn as_nobody(script: &str, caps: Option<&str>) -> Output {
+pub(crate) fn as_nobody(script: &str, caps: Option<&str>) -> Output {
     let mut c = Command::new("setpriv");
     c.arg(format!("--reuid={NOBODY}"))
         .arg(format!("--regid={NOBODY}"))

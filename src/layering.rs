@@ -10,7 +10,7 @@ const LAYERS: &[&[&str]] = &[
     &["error", "sys"],
     &["layer"],
     &["store"],
-    &["archive", "union"],
+    &["archive", "union", "socket"],
     &["driver"],
     &["image", "plugin", "snapshotter"],
 ];

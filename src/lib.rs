@@ -16,6 +16,7 @@ pub mod image;
 pub mod layer;
 pub mod plugin;
 pub mod snapshotter;
+pub mod socket;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -58,6 +58,12 @@ pub trait Driver: Send + Sync {
     fn get_metadata(&self, id: &str) -> Result<BTreeMap<String, String>>;
     /// Unmount everything this driver mounted.
     fn cleanup(&self) -> Result<()>;
+    /// Release what an earlier process left that nobody can use any more (mounts whose server
+    /// died) and keep what still serves (a running container's mount), for a restarted
+    /// engine or plugin. Drivers that keep nothing across processes have nothing to do.
+    fn release_stale(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Write the changes of `id` against `parent` as an uncompressed OCI layer tar to `out`.
     fn diff(&self, id: &str, parent: Option<&str>, out: &mut dyn Write) -> Result<()>;

@@ -135,6 +135,10 @@ impl Driver for StrataDriver {
         self.mounts.cleanup()
     }
 
+    fn release_stale(&self) -> Result<()> {
+        self.mounts.release_stale()
+    }
+
     fn diff(&self, id: &str, parent: Option<&str>, out: &mut dyn Write) -> Result<()> {
         if self.is_own_parent(id, parent)? {
             return archive::export_layer(&self.store, id, out, &self.id_mappings);

@@ -36,6 +36,7 @@ struct DirDriver {
     parents: Mutex<BTreeMap<String, Option<String>>>,
     mounts: Mutex<HashMap<String, usize>>,
     cleanups: AtomicUsize,
+    stale_releases: AtomicUsize,
     gate: (Mutex<bool>, Condvar),
     diff_written: AtomicU64,
     apply_read: AtomicU64,
@@ -168,6 +169,10 @@ impl Driver for DirDriver {
         self.mounts.lock().clear();
         Ok(())
     }
+    fn release_stale(&self) -> crate::Result<()> {
+        self.stale_releases.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
     fn diff(&self, id: &str, _parent: Option<&str>, out: &mut dyn Write) -> crate::Result<()> {
         let chunk = [0u8; 8192];
         match id {
@@ -265,6 +270,7 @@ struct Harness {
     inits: Arc<Mutex<Vec<InitParams>>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<crate::Result<()>>,
+    server: Arc<Server>,
 }
 
 impl Harness {
@@ -296,7 +302,7 @@ impl Harness {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = Server::with_state_file(factory, state_file);
         server.resume().await;
-        let task = tokio::spawn(server.serve(listener, async move {
+        let task = tokio::spawn(server.clone().serve(listener, async move {
             let _ = stopped.await;
         }));
         Harness {
@@ -306,6 +312,7 @@ impl Harness {
             inits,
             stop: Some(stop),
             task,
+            server,
         }
     }
 
@@ -435,8 +442,9 @@ async fn activate_init_capabilities_status() {
         );
         assert!(inits[0].id_mappings.gids.is_empty());
     }
-    // Stale mounts of an earlier run are cleaned right after constructing.
-    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 1);
+    // Stale mounts of an earlier run are released right after constructing; live ones kept.
+    assert_eq!(h.driver.stale_releases.load(Ordering::SeqCst), 1);
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 0);
 
     // The fake's diff is deterministic, but it cannot give back an imported tar byte for byte,
     // which is what Docker's flag promises (it would skip tar-split and fail `docker save`).
@@ -449,9 +457,16 @@ async fn activate_init_capabilities_status() {
     let v: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v, json!({"Status": [["Layers", "0"]]}));
 
-    // A second Init (dockerd restarted) releases the old driver and cleans the new one.
+    // A second Init of the same home (dockerd restarted) hands the mounts over to the new
+    // driver: nothing is unmounted, only the dead ones released.
     h.init().await;
-    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 3);
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 0);
+    assert_eq!(h.driver.stale_releases.load(Ordering::SeqCst), 2);
+    // One of another home releases everything the old driver holds.
+    h.ok("Init", json!({"Home": "/var/lib/docker2/stratafs"}))
+        .await;
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 1);
+    assert_eq!(h.driver.stale_releases.load(Ordering::SeqCst), 3);
     h.stop().await;
 }
 
@@ -544,7 +559,7 @@ async fn layer_lifecycle_and_error_paths() {
         json!({"Exists": false})
     );
     h.ok("Cleanup", json!({})).await;
-    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 2);
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 1);
     h.alive().await;
     h.stop().await;
 }
@@ -777,14 +792,34 @@ async fn requests_are_served_concurrently() {
 }
 
 #[tokio::test]
-async fn shutdown_runs_cleanup() {
+async fn shutdown_keeps_a_running_dockerds_mounts_and_cleans_up_after_a_gone_one() {
+    // Init from this test process, a dockerd that still runs when the plugin stops: its
+    // containers' mounts stay for the next plugin process.
     let h = Harness::start().await;
     h.init().await;
     h.ok("Create", json!({"ID": "a"})).await;
     h.ok("Get", json!({"ID": "a"})).await;
     let driver = h.stop().await;
-    // Init's cleanup, then the shutdown's.
-    assert_eq!(driver.cleanups.load(Ordering::SeqCst), 2);
+    assert_eq!(driver.stale_releases.load(Ordering::SeqCst), 1);
+    assert_eq!(driver.cleanups.load(Ordering::SeqCst), 0);
+    assert_eq!(driver.mounts.lock().len(), 1);
+
+    // Init from a dockerd that is gone by then: everything is unmounted.
+    let h = Harness::start().await;
+    let me = state::Peer::of(std::process::id() as i32).expect("own pid");
+    let gone = state::Peer {
+        start: me.start + 1,
+        ..me
+    };
+    let req = proto::InitRequest {
+        home: "/var/lib/docker/stratafs".into(),
+        ..Default::default()
+    };
+    h.server.init_driver(req, Some(gone)).await.expect("init");
+    h.ok("Create", json!({"ID": "a"})).await;
+    h.ok("Get", json!({"ID": "a"})).await;
+    let driver = h.stop().await;
+    assert_eq!(driver.cleanups.load(Ordering::SeqCst), 1);
     assert!(driver.mounts.lock().is_empty());
 }
 
@@ -792,27 +827,46 @@ async fn shutdown_runs_cleanup() {
 async fn a_restarted_plugin_resumes_the_last_init() {
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state = state_dir.path().join("run/plugin-init.json");
+    let home = state_dir.path().join("data/stratafs");
+    std::fs::create_dir_all(&home).expect("mkdir");
     let h = Harness::start_with(Some(state.clone())).await;
     let maps = json!([{"container_id": 0, "host_id": 1000, "size": 10}]);
     h.ok(
         "Init",
-        json!({"Home": "/data/stratafs", "UIDMaps": maps, "GIDMaps": maps}),
+        json!({"Home": home, "UIDMaps": maps, "GIDMaps": maps}),
     )
     .await;
     h.stop().await;
     assert!(state.exists());
+    let mode = |p: &Path| {
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(p).expect("stat")) & 0o7777
+    };
+    assert_eq!(mode(&state), 0o600, "state file mode");
+    assert_eq!(
+        mode(state.parent().expect("dir")),
+        0o700,
+        "state directory mode"
+    );
+    // It names who sent the Init (this test, as dockerd).
+    let kept: Value = serde_json::from_slice(&std::fs::read(&state).expect("read")).expect("json");
+    assert_eq!(kept["Dockerd"]["Pid"], json!(std::process::id()));
 
-    // The next run serves at once, without an Init from Docker, and has already cleaned up.
+    // The next run serves at once, without an Init from Docker, and has already released what
+    // was stale (and nothing else).
     let h = Harness::start_with(Some(state.clone())).await;
-    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 1);
+    assert_eq!(h.driver.stale_releases.load(Ordering::SeqCst), 1);
+    assert_eq!(h.driver.cleanups.load(Ordering::SeqCst), 0);
     {
         let inits = h.inits.lock();
         assert_eq!(inits.len(), 1);
-        assert_eq!(inits[0].home, Path::new("/data/stratafs"));
+        assert_eq!(inits[0].home, home);
         assert_eq!(inits[0].id_mappings.gids[0].host_id, 1000);
     }
     h.ok("Create", json!({"ID": "a"})).await;
     h.stop().await;
+
+    // A saved Init of a dockerd that is gone or of a deleted home is not resumed: see
+    // state.rs and tests/plugin_cli.rs.
 
     // An unreadable state file is ignored: the plugin waits for Docker's Init.
     std::fs::write(&state, b"{broken").expect("write");
@@ -832,6 +886,17 @@ async fn bind_replaces_only_stale_sockets() {
     let path = tmp.path().join("a/b/p.sock");
     // Directory created.
     let live = bind(&path).expect("bind");
+    // Root-only: whoever connects commands a storage driver running as root.
+    let mode = |p: &Path| {
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(p).expect("stat")) & 0o7777
+    };
+    assert_eq!(mode(&path), 0o600, "socket mode");
+    assert_eq!(mode(&tmp.path().join("a")), 0o700, "created directory mode");
+    assert_eq!(
+        mode(&tmp.path().join("a/b")),
+        0o700,
+        "created directory mode"
+    );
     // A live socket is not stolen.
     let err = bind(&path).expect_err("bound over a live socket");
     assert!(err.to_string().contains("listening"), "{err}");

@@ -61,7 +61,8 @@ impl Core {
     /// Open (creating if needed) the snapshotter state under `root`. Fails if another snapshotter
     /// already serves this root.
     pub fn open(root: &Path) -> Result<Core> {
-        fs::create_dir_all(root).ctx(|| format!("creating {}", root.display()))?;
+        // Root-only when made here: it holds containerd's snapshot table.
+        crate::socket::create_private_dir(root)?;
         let root = fs::canonicalize(root).ctx(|| format!("resolving {}", root.display()))?;
         // Layer paths end up inside comma-separated mount options and colon-separated lowerdir
         // lists, where neither character can be escaped reliably through mount.fuse3.

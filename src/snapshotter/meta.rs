@@ -67,7 +67,7 @@ impl Db {
 
     /// Write the table atomically: a crash leaves either the old or the new file.
     pub fn save(&self, root: &Path) -> Result<()> {
-        store::write_json_atomic(&root.join(DB_FILE), self)?;
+        store::write_json_atomic_mode(&root.join(DB_FILE), self, crate::socket::PRIVATE_FILE)?;
         store::sync_dir(root)
     }
 

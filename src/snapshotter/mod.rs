@@ -248,7 +248,7 @@ pub async fn serve(
 
 fn bind_socket(socket: &Path) -> Result<UnixListener, SnapshotError> {
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        crate::socket::create_private_dir(dir)?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -260,16 +260,10 @@ fn bind_socket(socket: &Path) -> Result<UnixListener, SnapshotError> {
         // Left by a server that died without cleaning up.
         std::fs::remove_file(socket).ctx(|| format!("removing stale {}", socket.display()))?;
     }
-    let listener =
-        UnixListener::bind(socket).ctx(|| format!("listening on {}", socket.display()))?;
-    set_socket_mode(socket)?;
-    Ok(listener)
-}
-
-/// Only root (containerd) may talk to the snapshotter: it hands out host paths.
-fn set_socket_mode(socket: &Path) -> Result<(), SnapshotError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .ctx(|| format!("setting mode of {}", socket.display()))?;
-    Ok(())
+    // Only root (containerd) may talk to the snapshotter: it hands out host paths.
+    let listener = crate::socket::bind_private(socket)?;
+    listener
+        .set_nonblocking(true)
+        .ctx(|| format!("listening on {}", socket.display()))?;
+    Ok(UnixListener::from_std(listener).ctx(|| format!("listening on {}", socket.display()))?)
 }

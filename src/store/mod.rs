@@ -28,7 +28,9 @@ use crate::sys::{self, FileLock};
 
 pub mod durable;
 pub mod opts;
-pub use durable::{sync_dir, write_atomic, write_json_atomic};
+pub use durable::{
+    sync_dir, write_atomic, write_atomic_mode, write_json_atomic, write_json_atomic_mode,
+};
 pub use opts::StorageOpts;
 
 const LAYERS: &str = "layers";

@@ -255,7 +255,7 @@ impl UpperLayer {
             }
         }
         if !opaque && self.merges_lower(rel) {
-            for n in self.lowers.lower_children(rel) {
+            for n in self.lowers.lower_children(rel)? {
                 if !hidden.contains(&n) && !names.contains(&n) {
                     names.push(n);
                 }
