@@ -24,11 +24,13 @@ use fuser::{
 
 use crate::layer::whiteout;
 use crate::sys;
+use crate::union::attr::{Attr, FileKind};
 use crate::union::background::Background;
 use crate::union::layers::LayerIdx;
+use crate::union::listing::Listing;
 use crate::union::options::MountOptions;
 use crate::union::prefetch::{Front, Prefetcher};
-use crate::union::tree::{Listing, Tree, ROOT_INO};
+use crate::union::tree::Tree;
 use crate::union::write::{self, Caller};
 
 /// How long the kernel may cache entries and attributes: every change goes through us, and
@@ -287,8 +289,8 @@ impl UnionFs {
         Some(h)
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, attr: &fuser::FileAttr) {
-        reply.entry_with_ttls(&TTL, &TTL, attr, Generation(0));
+    fn reply_entry(&self, reply: ReplyEntry, attr: &Attr) {
+        reply.entry_with_ttls(&TTL, &TTL, &fattr(attr), Generation(0));
     }
 
     /// Attributes of a child of a directory being listed, using per-layer directory fds.
@@ -299,7 +301,7 @@ impl UnionFs {
         node: &crate::union::tree::Node,
         layer: LayerIdx,
         name: &OsStr,
-    ) -> io::Result<fuser::FileAttr> {
+    ) -> io::Result<Attr> {
         let l = self.tree.layers.get(layer);
         let dfd = dirs.entry(layer).or_insert_with(|| {
             sys::open_beneath(l.fd(), rel, libc::O_RDONLY | libc::O_DIRECTORY).ok()
@@ -391,9 +393,8 @@ impl Filesystem for UnionFs {
                 // name that appears later is made through us, so the kernel's own create,
                 // mkdir, link, symlink and rename replace it (a PATH search or a library
                 // probe in a container then costs no round trip the second time).
-                let mut attr = empty_attr();
-                attr.ino = INodeNo(0);
-                reply.entry_with_ttls(&TTL, &TTL, &attr, Generation(0));
+                let attr = Attr::bare(0, FileKind::RegularFile);
+                reply.entry_with_ttls(&TTL, &TTL, &fattr(&attr), Generation(0));
             }
             Err(e) => reply.error(err(e)),
         }
@@ -408,10 +409,10 @@ impl Filesystem for UnionFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.tree.getattr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&TTL, &fattr(&attr)),
             // Write path hook: an open file whose name is gone is described by its fd.
             Err(e) => match write::getattr_open(self, ino.0, fh.map(|f| f.0)) {
-                Some(attr) => reply.attr(&TTL, &attr),
+                Some(attr) => reply.attr(&TTL, &fattr(&attr)),
                 None => reply.error(err(e)),
             },
         }
@@ -548,7 +549,7 @@ impl Filesystem for UnionFs {
             .enumerate()
             .skip((off - 2) as usize)
         {
-            if reply.add(INodeNo(e.ino), i as u64 + 3, e.kind, &e.name) {
+            if reply.add(INodeNo(e.ino), i as u64 + 3, fkind(e.kind), &e.name) {
                 break;
             }
         }
@@ -582,9 +583,7 @@ impl Filesystem for UnionFs {
                 Ok(t) => {
                     // The kernel ignores the attributes of "." and ".." in READDIRPLUS (it
                     // only shows their numbers): no stat for them.
-                    let mut a = empty_attr();
-                    a.ino = INodeNo(t);
-                    a.kind = fuser::FileType::Directory;
+                    let a = fattr(&Attr::bare(t, FileKind::Directory));
                     let name = if off == 0 { "." } else { ".." };
                     if reply.add(a.ino, off + 1, name, &TTL, &a, Generation(0)) {
                         return reply.ok();
@@ -626,6 +625,7 @@ impl Filesystem for UnionFs {
                     continue;
                 }
             };
+            let attr = fattr(&attr);
             if reply.add(attr.ino, i as u64 + 3, &e.name, &TTL, &attr, Generation(0)) {
                 // Not sent: the kernel holds no lookup for it.
                 self.tree.forget(node.ino, 1);
@@ -721,7 +721,7 @@ impl Filesystem for UnionFs {
         let perm = attr.perm as i32;
         let granted = if req.uid() == 0 {
             // Root may do anything but execute a file nobody may execute.
-            let x_any = perm & 0o111 != 0 || attr.kind == fuser::FileType::Directory;
+            let x_any = perm & 0o111 != 0 || attr.kind == FileKind::Directory;
             libc::R_OK | libc::W_OK | if x_any { libc::X_OK } else { 0 }
         } else if req.uid() == attr.uid {
             (perm >> 6) & 7
@@ -1033,22 +1033,44 @@ fn reply_xattr(reply: ReplyXattr, size: u32, v: &[u8]) {
     }
 }
 
-fn empty_attr() -> fuser::FileAttr {
+/// The fuser form of a kind.
+pub(crate) fn fkind(k: FileKind) -> fuser::FileType {
+    match k {
+        FileKind::NamedPipe => fuser::FileType::NamedPipe,
+        FileKind::CharDevice => fuser::FileType::CharDevice,
+        FileKind::BlockDevice => fuser::FileType::BlockDevice,
+        FileKind::Directory => fuser::FileType::Directory,
+        FileKind::RegularFile => fuser::FileType::RegularFile,
+        FileKind::Symlink => fuser::FileType::Symlink,
+        FileKind::Socket => fuser::FileType::Socket,
+    }
+}
+
+fn systime(t: crate::union::attr::Timestamp) -> SystemTime {
+    if t.sec >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::new(t.sec.unsigned_abs(), 0) + Duration::new(0, t.nsec)
+    }
+}
+
+/// The fuser form of attributes.
+pub(crate) fn fattr(a: &Attr) -> fuser::FileAttr {
     fuser::FileAttr {
-        ino: INodeNo(ROOT_INO),
-        size: 0,
-        blocks: 0,
-        atime: SystemTime::UNIX_EPOCH,
-        mtime: SystemTime::UNIX_EPOCH,
-        ctime: SystemTime::UNIX_EPOCH,
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: systime(a.atime),
+        mtime: systime(a.mtime),
+        ctime: systime(a.ctime),
         crtime: SystemTime::UNIX_EPOCH,
-        kind: fuser::FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
+        kind: fkind(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
         flags: 0,
     }
 }

@@ -7,10 +7,13 @@
 //! (materialising lower entries) and `quota`; `lowers` is what the write path asks of the lower
 //! layers.
 
+pub mod attr;
 pub mod background;
 pub mod copyup;
 pub mod fs;
+pub mod ids;
 pub mod layers;
+pub mod listing;
 pub mod lowers;
 pub mod mount;
 pub mod options;

@@ -14,9 +14,10 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
 use crate::union::fs::UnionFs;
+use crate::union::ids::IdView;
 use crate::union::layers::Layers;
 use crate::union::options::MountOptions;
-use crate::union::tree::{IdView, Tree};
+use crate::union::tree::Tree;
 
 /// What the command line asked the mount program to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,18 +14,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashSet;
 use fuser::{
-    BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo,
+    BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyLseek,
     ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::layer::meta;
 use crate::sys::{self, TimeSpec};
+use crate::union::attr::{Attr, FileKind};
 use crate::union::background::LONG_COPY_BYTES;
 use crate::union::copyup::OpenCopy;
-use crate::union::fs::{err, Handle, UnionFs};
+use crate::union::fs::{err, fattr, Handle, UnionFs};
+use crate::union::ids::container_to_host;
+use crate::union::listing::DirEntry;
 use crate::union::lowers::{LowerEntry, LowerStack};
-use crate::union::tree::{container_to_host, kind_of_mode, DirEntry, Node, NodeState, ROOT_INO};
+use crate::union::tree::{Node, NodeState, ROOT_INO};
 use crate::union::upper::{CopyUp, Known, NewAttr, SetAttr, UpperLayer};
 
 /// Who made a request: what the write path needs of fuser's `Request`, in a form that can go
@@ -226,7 +229,7 @@ pub(crate) fn copies_much(fs: &UnionFs, ino: u64, with_tree: bool) -> bool {
     }
     match kind {
         // The size alone: a stat, not the attributes (which may read xattrs).
-        FileType::RegularFile => fs.tree.backing(ino).is_ok_and(|(layer, rel)| {
+        FileKind::RegularFile => fs.tree.backing(ino).is_ok_and(|(layer, rel)| {
             let size = |at: crate::union::layers::At<'_>| sys::fstatat(at.dir(), at.name());
             fs.tree
                 .layers
@@ -235,7 +238,7 @@ pub(crate) fn copies_much(fs: &UnionFs, ino: u64, with_tree: bool) -> bool {
                 .and_then(size)
                 .is_ok_and(|st| st.st_size as u64 >= LONG_COPY_BYTES)
         }),
-        FileType::Directory => with_tree,
+        FileKind::Directory => with_tree,
         _ => false,
     }
 }
@@ -269,7 +272,7 @@ fn add_to_listing(fs: &UnionFs, up: &UpperLayer, parent: u64, name: &OsStr, rel:
 
 /// [`add_to_listing`] of an entry whose stat the caller has.
 fn add_stat_to_listing(fs: &UnionFs, parent: u64, name: &OsStr, st: &libc::stat) {
-    let kind = kind_of_mode(st.st_mode);
+    let kind = FileKind::of_mode(st.st_mode);
     let ino = fs.tree.layers.ino_for(0, st.st_ino);
     // A node the kernel still holds under this number (a deleted file whose inode number the
     // filesystem gave the new entry) knows nothing about the new entry's xattrs.
@@ -282,7 +285,7 @@ fn add_stat_to_listing(fs: &UnionFs, parent: u64, name: &OsStr, st: &libc::stat)
         kind,
         layer: 0,
         // New (or re-created over a whiteout, hence opaque): nothing below shows through.
-        dir_layers: if kind == FileType::Directory {
+        dir_layers: if kind == FileKind::Directory {
             Box::new([0])
         } else {
             Box::new([])
@@ -306,7 +309,7 @@ fn changed_entry(fs: &UnionFs, parent: u64, name: &OsStr) {
 
 fn reply_new_entry(fs: &UnionFs, parent: u64, name: &OsStr, reply: ReplyEntry) {
     match fs.tree.lookup(parent, name) {
-        Ok((_, attr)) => reply.entry_with_ttls(&fs.ttl(), &fs.ttl(), &attr, Generation(0)),
+        Ok((_, attr)) => reply.entry_with_ttls(&fs.ttl(), &fs.ttl(), &fattr(&attr), Generation(0)),
         Err(e) => reply.error(err(e)),
     }
 }
@@ -572,7 +575,7 @@ fn is_named_file(fs: &UnionFs, node: &Node) -> bool {
         (s.parent, s.name.clone(), s.kind)
     };
     node.ino != ROOT_INO
-        && kind == FileType::RegularFile
+        && kind == FileKind::RegularFile
         && child_ino(fs, parent, &name) == Some(node.ino)
 }
 
@@ -593,7 +596,7 @@ fn renumber_copy(fs: &UnionFs, up: &UpperLayer, node: &Node, rel: &Path) -> io::
         l.insert(DirEntry {
             name: name.clone(),
             ino: new_ino,
-            kind: FileType::RegularFile,
+            kind: FileKind::RegularFile,
             layer: 0,
             dir_layers: Box::new([]),
         })
@@ -616,7 +619,7 @@ fn reusable_for(flags: i32) -> bool {
 
 /// Attributes of `ino` from an open handle (its name may be unlinked): `fh`, else any handle
 /// of the inode.
-pub(crate) fn getattr_open(fs: &UnionFs, ino: u64, fh: Option<u64>) -> Option<fuser::FileAttr> {
+pub(crate) fn getattr_open(fs: &UnionFs, ino: u64, fh: Option<u64>) -> Option<Attr> {
     let h = fh
         .and_then(|f| fs.handle(f))
         .or_else(|| fs.any_handle(ino))?;
@@ -777,7 +780,7 @@ pub(crate) fn setattr(
         fs.tree.getattr(ino.0)
     })();
     match res {
-        Ok(attr) => reply.attr(&fs.ttl(), &attr),
+        Ok(attr) => reply.attr(&fs.ttl(), &fattr(&attr)),
         Err(e) => reply.error(err(e)),
     }
 }
@@ -791,7 +794,7 @@ fn set_times_open(
     a: &SetAttr,
     fh: Option<FileHandle>,
     plain: bool,
-) -> Option<io::Result<fuser::FileAttr>> {
+) -> Option<io::Result<Attr>> {
     let times_only = a.mode.is_none() && a.uid.is_none() && a.gid.is_none() && a.size.is_none();
     if !times_only || (a.atime.is_none() && a.mtime.is_none()) {
         return None;
@@ -1210,8 +1213,8 @@ pub(crate) fn create(
             }));
             let (ttl, gen, flags) = (fs.ttl(), Generation(0), FopenFlags::empty());
             match id {
-                Some(id) => reply.created_passthrough(&ttl, &attr, gen, fh, flags, &id),
-                None => reply.created(&ttl, &attr, gen, fh, flags),
+                Some(id) => reply.created_passthrough(&ttl, &fattr(&attr), gen, fh, flags, &id),
+                None => reply.created(&ttl, &fattr(&attr), gen, fh, flags),
             }
         }
         Err(e) => reply.error(err(e)),
