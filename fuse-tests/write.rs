@@ -15,9 +15,9 @@ use std::process::Command;
 
 use stratafs::sys;
 use stratafs::union::fs::UnionFs;
+use stratafs::union::ids::IdView;
 use stratafs::union::layers::Layers;
 use stratafs::union::options::MountOptions;
-use stratafs::union::ids::IdView;
 use stratafs::union::tree::Tree;
 
 /// One filesystem operation of a script.
