@@ -629,3 +629,20 @@ impl Filesystem for UnionFs {
         reply_written(reply, r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_the_epoch_keep_their_nanoseconds() {
+        let t = UNIX_EPOCH - Duration::new(5, 250_000_000);
+        let ts = timestamp(t);
+        assert_eq!((ts.sec, ts.nsec), (-6, 750_000_000));
+        assert_eq!(system_time(ts), t);
+        let after = UNIX_EPOCH + Duration::new(7, 1);
+        assert_eq!(timestamp(after), Timestamp { sec: 7, nsec: 1 });
+        assert_eq!(system_time(timestamp(after)), after);
+        assert_eq!(timestamp(UNIX_EPOCH - Duration::from_secs(3)).sec, -3);
+    }
+}
