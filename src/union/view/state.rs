@@ -22,7 +22,7 @@ use crate::union::options::MountOptions;
 use crate::union::prefetch::{Front, Prefetcher};
 use crate::union::tree::Tree;
 use crate::union::upper::UpperLayer;
-use crate::union::view::types::{Backing, Errno, Notify};
+use crate::union::view::types::{Backing, Errno, Notify, Registrar};
 
 /// How long the kernel may cache entries and attributes: every change goes through us, and
 /// lower layers never change while mounted.
@@ -260,7 +260,7 @@ impl ViewState {
         &self,
         ino: u64,
         fd: BorrowedFd<'_>,
-        reg: &dyn super::types::Registrar,
+        reg: &dyn Registrar,
     ) -> Option<Arc<dyn Backing>> {
         if !self.passthrough.load(Ordering::Relaxed) || self.writer.blocks_passthrough(ino) {
             return None;
