@@ -15,9 +15,10 @@ use std::process::Command;
 
 use stratafs::sys;
 use stratafs::union::fs::UnionFs;
+use stratafs::union::ids::IdView;
 use stratafs::union::layers::Layers;
 use stratafs::union::options::MountOptions;
-use stratafs::union::tree::{IdView, Tree};
+use stratafs::union::tree::Tree;
 
 /// One filesystem operation of a script.
 #[derive(Debug, Clone)]

@@ -12,12 +12,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::union::attr::FileKind;
 use dashmap::DashMap;
-use fuser::FileType;
 use parking_lot::Mutex;
 
 use crate::union::layers::{LayerIdx, Layers};
-use crate::union::tree::{merge_dir, Listing};
+use crate::union::listing::{merge_dir, Listing};
 
 /// A lower entry visible in the merged view: which layer holds it and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +127,7 @@ impl LowerStack {
             let e = listing.get(name)?;
             cur = Visible {
                 layer: e.layer,
-                is_dir: e.kind == FileType::Directory,
+                is_dir: e.kind == FileKind::Directory,
                 dir_layers: e.dir_layers.to_vec(),
             };
             at.push(name);

@@ -1,14 +1,21 @@
 //! The merged view served over FUSE, and the lifecycle of its mounts.
 //!
 //! `options` parses the mount-program option string, `layers` opens the layer directories and
-//! numbers inodes, `tree` merges them in memory, `fs` serves the tree over FUSE (delegating every
-//! change to `write`), `server` is the background mount program and `mount` the get/put
-//! lifecycle the driver uses. `write` drives `upper` (mutations of the upper layer, copy-up
-//! included) and `quota`; `lowers` is what the write path asks of the lower layers.
+//! numbers inodes, `listing` merges directories, `tree` keeps the inode table and makes the
+//! attributes (`attr`) the view shows. `view` is the transport-neutral core: every request is
+//! handled there, once, against typed requests and replies; `fs` is the fuser adapter over it
+//! (only `fs` and `server` name fuser). `server` is the background mount program and `mount`
+//! the get/put lifecycle the driver uses. The view's write path drives `upper` (mutations of
+//! the upper layer, copy-up included) and `quota`; `lowers` is what it
+//! asks of the lower layers, `background` where long requests run, `prefetch` the stat-ahead
+//! threads.
 
+pub mod attr;
 pub mod background;
 pub mod fs;
+pub mod ids;
 pub mod layers;
+pub mod listing;
 pub mod lowers;
 pub mod mount;
 pub mod options;
@@ -17,8 +24,8 @@ pub mod quota;
 pub mod server;
 pub mod tree;
 pub mod upper;
-pub(crate) mod write;
+pub mod view;
 
 // Copy-up lives in `upper` (its creation and copying share one node builder); its old path
-// stays for the write path.
+// stays for the view's write path.
 pub use upper::copyup;

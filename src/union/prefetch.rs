@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use fuser::FileType;
+use crate::union::attr::FileKind;
 use parking_lot::{Condvar, Mutex};
 
 use crate::sys;
 use crate::union::layers::{rel_or_dot, LayerIdx, Layers};
-use crate::union::tree::Listing;
+use crate::union::listing::Listing;
 
 /// Where the front of a directory's READDIRPLUS is: entries below it are done by the request.
 /// `usize::MAX` once the directory is closed (the helper drops the job).
@@ -113,7 +113,7 @@ impl Prefetcher {
         // The walk got to this directory first: warming it now would only cost CPU.
         jobs.retain(|j| !matches!(j, Job::Subdir { ino: i, .. } if *i == ino));
         for e in listing.entries().iter().rev() {
-            if e.kind == FileType::Directory {
+            if e.kind == FileKind::Directory {
                 jobs.push(Job::Subdir {
                     ino: e.ino,
                     rel: rel.join(&*e.name),

@@ -8,15 +8,17 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
-use crate::union::fs::UnionFs;
+use crate::union::fs::{self, UnionFs};
+use crate::union::ids::IdView;
 use crate::union::layers::Layers;
 use crate::union::options::MountOptions;
-use crate::union::tree::{IdView, Tree};
+use crate::union::tree::Tree;
 
 /// What the command line asked the mount program to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,8 +188,8 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
     };
     let tree = Tree::new(layers, ids).ctx(|| "building the merged view")?;
     let fs = UnionFs::new(tree, o.clone());
-    let invalidator = fs.invalidator.clone();
-    let session_end = fs.session_end.clone();
+    let view = fs.view().clone();
+    let on_destroy = fs.on_destroy();
     let cfg = session_config(args);
     let mut session = fuser::Session::new(fs, mp, &cfg).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && o.allow_other {
@@ -197,11 +199,9 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
         };
         mount_err(mp, format!("mounting: {e}{hint}"))
     })?;
-    let _ = invalidator.set(
-        crate::union::fs::Invalidator::start(session.notifier())
-            .ctx(|| "starting the invalidation worker")?,
-    );
-    let _ = session_end.set(SessionEnd {
+    view.start_invalidations(fs::notifier(session.notifier()))
+        .ctx(|| "starting the invalidation worker")?;
+    let session_end = Arc::new(SessionEnd {
         mountpoint: mp.clone(),
         connection: session
             .as_fd()
@@ -214,6 +214,8 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
             _ => None,
         },
     });
+    let end = session_end.clone();
+    let _ = on_destroy.set(Box::new(move || end.finish()));
     if let Some(p) = &o.pidfile {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .ctx(|| format!("writing pid file {}", p.display()))?;
@@ -244,9 +246,7 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
     let served = session
         .run()
         .map_err(|e| mount_err(mp, format!("serving: {e}")));
-    if let Some(end) = session_end.get() {
-        end.flush_upper();
-    }
+    session_end.flush_upper();
     served
 }
 

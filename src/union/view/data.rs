@@ -1,0 +1,231 @@
+//! File data: OPEN, READ, WRITE, RELEASE, FLUSH, FSYNC, FALLOCATE, LSEEK, COPY_FILE_RANGE.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+
+use crate::sys;
+use crate::union::view::copy::{
+    copies_much, copy_up_beside_readers, copy_up_node_open, reopen_beside_readers,
+};
+use crate::union::view::privs::{kill_privs, reads_may_pass, shown_perm, writes_may_bypass};
+use crate::union::view::state::{Handle, View};
+use crate::union::view::types::{Caller, Errno, OpenFlags, OpenReply, Opened, Registrar, Reply};
+
+/// Whether a file opened read-write at creation can serve an open with `flags` as it is:
+/// the synchronous and direct modes are fixed at open (and O_SYNC cannot be set later).
+pub(crate) fn reusable_for(flags: i32) -> bool {
+    flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT) == 0
+}
+
+impl View {
+    /// OPEN with `flags` (open(2) flags); a writable open that copies a large file up
+    /// answers from a thread of its own.
+    pub fn open(&self, caller: Caller, ino: u64, flags: i32, reply: impl OpenReply) {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            // O_TRUNC: nothing is copied.
+            let long = flags & libc::O_TRUNC == 0 && copies_much(self, ino, false);
+            return self.serve(long, move |fs| {
+                let r = fs.open_writable(&caller, ino, flags, &reply);
+                reply.reply(r)
+            });
+        }
+        let r = self.open_read(ino, &reply);
+        reply.reply(r)
+    }
+
+    fn open_read(&self, ino: u64, reg: &dyn Registrar) -> Reply<Opened> {
+        if reopen_beside_readers(self, ino)? {
+            return Err(Errno::ESTALE);
+        }
+        let file = self.open_backing_file(ino, libc::O_RDONLY)?;
+        let pass = reads_may_pass(self, ino, &file);
+        Ok(self.opened_file(ino, file, false, pass, reg))
+    }
+
+    /// Register an open of `file` for `ino`, through passthrough when `passthrough_ok` and the
+    /// kernel allows it.
+    pub(crate) fn opened_file(
+        &self,
+        ino: u64,
+        file: File,
+        writable: bool,
+        passthrough_ok: bool,
+        reg: &dyn Registrar,
+    ) -> Opened {
+        let backing = passthrough_ok
+            .then(|| self.backing_id(ino, file.as_fd(), reg))
+            .flatten();
+        let fh = self.add_handle(Handle {
+            ino,
+            file,
+            writable,
+            passthrough: backing.is_some(),
+        });
+        let flags = match backing {
+            // The kernel refuses page-cache flags (KEEP_CACHE) on passthrough opens.
+            Some(_) => OpenFlags::NONE,
+            None if writable => OpenFlags::NONE,
+            None => OpenFlags::KEEP_CACHE,
+        };
+        Opened { fh, flags, backing }
+    }
+
+    /// Register an open upper file (passthrough only when no other backing file is in use
+    /// for the inode).
+    fn open_upper(&self, ino: u64, file: File, perm: Option<u32>, reg: &dyn Registrar) -> Opened {
+        let perm = perm.or_else(|| shown_perm(file.as_fd()).ok().map(|(p, _)| p));
+        let bypass = perm.is_some_and(|p| writes_may_bypass(self, p));
+        if !bypass || self.writer.blocks_passthrough(ino) {
+            let fh = self.add_handle(Handle {
+                ino,
+                file,
+                writable: true,
+                passthrough: false,
+            });
+            return Opened {
+                fh,
+                flags: OpenFlags::NONE,
+                backing: None,
+            };
+        }
+        self.opened_file(ino, file, true, true, reg)
+    }
+
+    /// `open` with write access or `O_TRUNC`.
+    fn open_writable(
+        &self,
+        req: &Caller,
+        ino: u64,
+        flags: i32,
+        reg: &dyn Registrar,
+    ) -> Reply<Opened> {
+        let up = self.upper()?;
+        let rel = self.tree.path_of(ino)?;
+        // O_TRUNC: the lower data would be thrown away at once, so it is not copied.
+        let truncating = flags & libc::O_TRUNC != 0;
+        if copy_up_beside_readers(self, up, ino, &rel, !truncating)? {
+            return Err(Errno::ESTALE);
+        }
+        // The copy just made is the file to open (no second open by name, no second look at
+        // its mode).
+        let copy =
+            copy_up_node_open(self, up, ino, &rel, !truncating)?.filter(|_| reusable_for(flags));
+        let (fd, perm) = match copy {
+            Some(c) => {
+                if truncating {
+                    up.truncate_fd(c.file.as_fd(), 0)?;
+                }
+                (c.file, Some(c.perm))
+            }
+            None => (up.open_write(&rel, flags & !libc::O_APPEND)?, None),
+        };
+        if truncating && req.uid != 0 {
+            kill_privs(self, up, req, ino, fd.as_fd())?;
+        }
+        Ok(self.open_upper(ino, File::from(fd), perm, reg))
+    }
+
+    /// READ of up to `size` bytes at `offset` (short only at the end of the file).
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Reply<Vec<u8>> {
+        let h = self.handle(fh).ok_or(Errno::EBADF)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0usize;
+        while done < buf.len() {
+            match h.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// WRITE of `data` at `offset`; `kill_suidgid`: the kernel asks us to clear
+    /// setuid/setgid (`FUSE_WRITE_KILL_SUIDGID`).
+    pub fn write(
+        &self,
+        caller: &Caller,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> Reply<u32> {
+        let up = self.upper()?;
+        let h = self.handle(fh).filter(|h| h.writable).ok_or(Errno::EBADF)?;
+        if kill_suidgid {
+            kill_privs(self, up, caller, h.ino, h.file.as_fd())?;
+        }
+        Ok(up.write_fd(h.file.as_fd(), data, offset as i64)? as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.remove_handle(fh);
+    }
+
+    /// FLUSH (sent at every close) has nothing to do here: data goes to the backing file at
+    /// each write, and locks stay in the kernel (no FUSE_POSIX_LOCKS). ENOSYS tells the kernel
+    /// so; it then stops sending FLUSH, and `close` no longer waits for a round trip.
+    pub fn flush(&self) -> Reply<()> {
+        Err(Errno::ENOSYS)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Reply<()> {
+        if self.opts.volatile {
+            return Ok(());
+        }
+        let h = self.handle(fh).ok_or(Errno::EBADF)?;
+        Ok(sys::fsync(h.file.as_fd(), datasync)?)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Reply<()> {
+        let up = self.upper()?;
+        let h = self.handle(fh).filter(|h| h.writable).ok_or(Errno::EBADF)?;
+        Ok(up.fallocate_fd(h.file.as_fd(), mode, offset as i64, length as i64)?)
+    }
+
+    /// `SEEK_DATA`/`SEEK_HOLE` (and the others) on the backing file of `fh`.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Reply<i64> {
+        let h = self.handle(fh).ok_or(Errno::EBADF)?;
+        Ok(sys::lseek(h.file.as_fd(), offset, whence)?)
+    }
+
+    /// In-kernel copy between two open files of the view (quota charged for the growth).
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> Reply<u32> {
+        let up = self.upper()?;
+        let (Some(hi), Some(ho)) = (
+            self.handle(fh_in),
+            self.handle(fh_out).filter(|h| h.writable),
+        ) else {
+            return Err(Errno::EBADF);
+        };
+        let size = sys::fstat(ho.file.as_fd())?.st_size as u64;
+        let len = len.min(u32::MAX as u64 / 2);
+        let growth = (offset_out + len).saturating_sub(size);
+        up.quota.reserve(growth)?;
+        let (mut oi, mut oo) = (offset_in as i64, offset_out as i64);
+        let r = sys::copy_file_range(
+            hi.file.as_fd(),
+            &mut oi,
+            ho.file.as_fd(),
+            &mut oo,
+            len as usize,
+        );
+        let after = sys::fstat(ho.file.as_fd())
+            .map(|s| s.st_size as u64)
+            .unwrap_or(size);
+        up.quota.release(growth);
+        up.quota.resized(size, after);
+        Ok(r? as u32)
+    }
+}

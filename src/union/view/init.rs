@@ -1,0 +1,88 @@
+//! The INIT negotiation over plain capability bits (the kernel's `FUSE_*` init flags), so
+//! every transport asks for the same things and decides passthrough the same way.
+
+use std::sync::atomic::Ordering;
+
+use crate::sys;
+use crate::union::view::state::View;
+
+/// The kernel's INIT capability bits this view asks for (`include/uapi/linux/fuse.h`).
+pub mod caps {
+    pub const ASYNC_READ: u64 = 1 << 0;
+    pub const ATOMIC_O_TRUNC: u64 = 1 << 3;
+    pub const BIG_WRITES: u64 = 1 << 5;
+    pub const DO_READDIRPLUS: u64 = 1 << 13;
+    pub const PARALLEL_DIROPS: u64 = 1 << 18;
+    pub const MAX_PAGES: u64 = 1 << 22;
+    pub const CACHE_SYMLINKS: u64 = 1 << 23;
+    pub const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
+    pub const PASSTHROUGH: u64 = 1 << 37;
+}
+
+/// What to answer the kernel's INIT with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Capabilities to enable: a subset of those the kernel offered.
+    pub flags: u64,
+    /// Stacking depth of passthrough backing files (`None`: no passthrough).
+    pub max_stack_depth: Option<u32>,
+    pub max_readahead: u32,
+}
+
+/// Asked for whenever the kernel offers them.
+const WANTED: u64 = {
+    use caps::*;
+    // Always READDIRPLUS, never the "auto" mode: in auto the kernel asks for attributes
+    // only in the first chunk of a listing and then sends one LOOKUP per remaining entry
+    // (50,000 round trips for `find`/`ls -l` of a 50,000-entry directory).
+    DO_READDIRPLUS
+        | PARALLEL_DIROPS
+        | CACHE_SYMLINKS
+        | MAX_PAGES
+        | BIG_WRITES
+        | ASYNC_READ
+        // We clear setuid/setgid on writes ourselves (privs.rs): without this the kernel
+        // asks for security.capability before every write and chown.
+        | HANDLE_KILLPRIV_V2
+        // O_TRUNC comes with OPEN (data.rs truncates): no SETATTR round trip after it, and a
+        // lower file opened to be overwritten is copied up without its old data.
+        | ATOMIC_O_TRUNC
+};
+
+impl View {
+    /// Answer INIT, given the capabilities the kernel `offered`; opens the upper layer, so
+    /// staging leftovers of a crash are cleaned and the quota scanned before the first request.
+    pub fn init(&self, offered: u64) -> Negotiated {
+        let mut flags = offered & WANTED;
+        let mut max_stack_depth = None;
+        let kernel_ok = sys::kernel_version().is_some_and(|v| v >= (6, 9));
+        if sys::is_root()
+            && kernel_ok
+            && !self.opts.no_passthrough
+            && offered & caps::PASSTHROUGH != 0
+        {
+            flags |= caps::PASSTHROUGH;
+            // Backing files on a stacked filesystem (overlayfs) need depth 2.
+            let stacked = self
+                .tree
+                .layers
+                .list
+                .iter()
+                .any(|l| matches!(sys::fs_type_name(&l.path).as_str(), "overlayfs" | "fuse"));
+            max_stack_depth = Some(if stacked { 2 } else { 1 });
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        if !self.read_only() {
+            let _ = self.upper();
+        }
+        tracing::info!(
+            passthrough = self.passthrough.load(Ordering::Relaxed),
+            "FUSE session initialised"
+        );
+        Negotiated {
+            flags,
+            max_stack_depth,
+            max_readahead: 1 << 20,
+        }
+    }
+}

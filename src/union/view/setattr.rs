@@ -1,0 +1,174 @@
+//! SETATTR: mode, owner, size and times, copying the file up first (without its data for a
+//! truncate to zero); times of an open file are set through it.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::AsFd;
+
+use crate::layer::meta;
+use crate::sys::{self, TimeSpec};
+use crate::union::attr::Attr;
+use crate::union::ids::container_to_host;
+use crate::union::tree::Node;
+use crate::union::upper::{SetAttr, UpperLayer};
+use crate::union::view::copy::{copies_much, copy_up_node_open};
+use crate::union::view::privs::privs_to_kill;
+use crate::union::view::state::{View, TTL};
+use crate::union::view::sync::errno;
+use crate::union::view::types::{AttrReply, Caller, Reply, SetAttrReq, SetTime};
+
+fn time_spec(t: SetTime) -> TimeSpec {
+    match t {
+        SetTime::Now => TimeSpec::Now,
+        SetTime::At(t) => TimeSpec::At {
+            sec: t.sec,
+            nsec: i64::from(t.nsec),
+        },
+    }
+}
+
+impl View {
+    /// SETATTR of `ino`; when it copies a large file up, `done` is called from a thread of
+    /// its own.
+    pub fn setattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        req: SetAttrReq,
+        done: impl FnOnce(Reply<AttrReply>) + Send + 'static,
+    ) {
+        let long = req.size != Some(0) && copies_much(self, ino, false);
+        self.serve(long, move |fs| {
+            done(
+                fs.setattr_now(&caller, ino, &req)
+                    .map(|attr| AttrReply { attr, ttl: TTL }),
+            )
+        })
+    }
+
+    fn setattr_now(&self, req: &Caller, ino: u64, r: &SetAttrReq) -> Reply<Attr> {
+        let fs = self;
+        let SetAttrReq {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        } = *r;
+        let up = fs.upper()?;
+        let rel = fs.tree.path_of(ino)?;
+        // A truncate to zero needs none of the lower data.
+        copy_up_node_open(fs, up, ino, &rel, size != Some(0))?;
+        let map = |maps, id| container_to_host(maps, id).ok_or_else(|| errno(libc::EINVAL));
+        // A truncate by an unprivileged caller drops setuid/setgid, as the kernel would.
+        let mode = match (mode, size) {
+            (None, Some(_)) if req.uid != 0 => {
+                let attr = fs.tree.getattr(ino)?;
+                let perm = u32::from(attr.perm);
+                Some(perm & !privs_to_kill(perm, attr.gid, Some(req))).filter(|m| *m != perm)
+            }
+            _ => mode,
+        };
+        let a = SetAttr {
+            mode,
+            uid: uid.map(|u| map(&fs.tree.ids.uid_map, u)).transpose()?,
+            gid: gid.map(|g| map(&fs.tree.ids.gid_map, g)).transpose()?,
+            size: None,
+            atime: atime.map(time_spec),
+            mtime: mtime.map(time_spec),
+        };
+        if let Some(size) = size {
+            // Through the open file when there is one (it may be unlinked already).
+            match fh.and_then(|f| fs.handle(f)).filter(|h| h.writable) {
+                Some(h) => up.truncate_fd(h.file.as_fd(), size)?,
+                None => drop(up.apply_attr(
+                    &rel,
+                    &SetAttr {
+                        size: Some(size),
+                        ..Default::default()
+                    },
+                )?),
+            }
+        }
+        if !rel.as_os_str().is_empty() {
+            let node = fs.tree.node(ino)?;
+            let plain = fs.tree.no_xattrs(&node);
+            if let Some(attr) = set_times_open(fs, &node, &a, fh, plain) {
+                return Ok(attr?);
+            }
+            // An owner or mode change may go to override_stat (rootless).
+            let may_write_xattr = a.uid.is_some() || a.gid.is_some() || a.mode.is_some();
+            if may_write_xattr {
+                node.xattrs_changing();
+            }
+            let epoch = node.xattr_epoch();
+            let done = up.apply_attr_known(&rel, &a, plain)?;
+            if plain && may_write_xattr && done.over.is_none() {
+                node.mark_upper_plain(epoch);
+            }
+            return Ok(fs.tree.attr_with_override(&node, done.st, done.over));
+        } else if a.mode.is_some()
+            || a.uid.is_some()
+            || a.gid.is_some()
+            || a.atime.is_some()
+            || a.mtime.is_some()
+        {
+            set_root_attr(up, &a)?;
+        }
+        Ok(fs.tree.getattr(ino)?)
+    }
+}
+
+/// A change of times only (`touch` of an open file, `futimens`) made through a file open for
+/// writing on the inode, if there is one: its name is not resolved again. `None`: not such a
+/// change, or no such file.
+fn set_times_open(
+    fs: &View,
+    node: &Node,
+    a: &SetAttr,
+    fh: Option<u64>,
+    plain: bool,
+) -> Option<io::Result<Attr>> {
+    let times_only = a.mode.is_none() && a.uid.is_none() && a.gid.is_none() && a.size.is_none();
+    if !times_only || (a.atime.is_none() && a.mtime.is_none()) {
+        return None;
+    }
+    let h = fh
+        .and_then(|f| fs.handle(f))
+        .filter(|h| h.writable && h.ino == node.ino)
+        .or_else(|| fs.writable_handle(node.ino))?;
+    let fd = h.file.as_fd();
+    let done = (|| {
+        let omit = TimeSpec::Omit;
+        sys::futimens(fd, a.atime.unwrap_or(omit), a.mtime.unwrap_or(omit))?;
+        let st = sys::fstat(fd)?;
+        let over = if plain { None } else { meta::fd_override(fd) };
+        Ok(fs.tree.attr_with_override(node, st, over))
+    })();
+    Some(done)
+}
+
+fn set_root_attr(up: &UpperLayer, a: &SetAttr) -> io::Result<()> {
+    let fd = sys::open_dir(up.root())?;
+    if let Some(m) = a.mode {
+        sys::fchmod(fd.as_fd(), m & 0o7777)?;
+    }
+    if a.uid.is_some() || a.gid.is_some() {
+        sys::lchownat(
+            fd.as_fd(),
+            OsStr::new(""),
+            a.uid.unwrap_or(u32::MAX),
+            a.gid.unwrap_or(u32::MAX),
+        )?;
+    }
+    if a.atime.is_some() || a.mtime.is_some() {
+        sys::futimens(
+            fd.as_fd(),
+            a.atime.unwrap_or(TimeSpec::Omit),
+            a.mtime.unwrap_or(TimeSpec::Omit),
+        )?;
+    }
+    Ok(())
+}
