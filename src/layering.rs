@@ -15,11 +15,6 @@ const LAYERS: &[&[&str]] = &[
     &["image", "plugin", "snapshotter"],
 ];
 
-/// Upward imports still to be removed (from, to). `union` takes `IdMap`, `IdMappings` and
-/// `opts::parse_size` through `driver`'s re-exports instead of from `layer::idmap` and
-/// `store::opts`; the test fails once that is gone, so the entry is removed with it.
-const NOT_YET: &[(&str, &str)] = &[("union", "driver")];
-
 /// The crate roots, the binary's own modules and this check sit above every layer.
 const ABOVE: &[&str] = &["lib", "main", "cli", "layering"];
 
@@ -109,7 +104,7 @@ fn imports_flow_down() {
         let (Some(f), Some(t)) = (layer_of(from), layer_of(to)) else {
             continue;
         };
-        if f <= t && !NOT_YET.contains(&(from.as_str(), to.as_str())) {
+        if f <= t {
             upward.push(format!("{from} uses {to}"));
         }
     }
@@ -117,12 +112,6 @@ fn imports_flow_down() {
         upward.is_empty(),
         "imports against the layering {LAYERS:?}: {upward:#?}"
     );
-    for (from, to) in NOT_YET {
-        assert!(
-            edges.contains(&(from.to_string(), to.to_string())),
-            "{from} no longer uses {to}: remove the entry from NOT_YET"
-        );
-    }
 }
 
 #[test]

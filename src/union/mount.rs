@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::driver::IdMappings;
 use crate::error::{Error, IoContext, Result};
+use crate::layer::idmap::IdMappings;
 use crate::store::Store;
 use crate::sys;
 
