@@ -99,6 +99,9 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "the crate's shape: no file over 800 lines, no import cycle (scripts/check-house.py)"
+python3 scripts/check-house.py
+
 step "cargo test --all-targets (unit, fuse-tests, cli)"
 cargo test --all-targets 2>&1 | tee "$RUN_TMP/cargo-test.log"
 shopt -s nullglob
