@@ -11,6 +11,7 @@
 # Containerfile with several RUN steps (users, installed files with owners, deletions, a
 # directory rename); `podman save` of both images, with the owners and whiteouts of each layer tar
 # checked; that no stratafs server is left once the containers are gone.
+# `--fuse-overlayfs` runs the same checks with fuse-overlayfs as mount program (they pass there).
 #
 # Choices, each because of this kind of machine (Debian 12, Podman 4.3, no systemd session):
 # - the user, its home, its subuid/subgid lines and /run/user/UID (XDG_RUNTIME_DIR) are made
@@ -52,7 +53,16 @@ ensure_pkg newuidmap uidmap
 ensure_pkg runc runc
 ensure_pkg fusermount3 fuse3
 ensure_pkg python3 python3
+ensure_pkg pgrep procps
 
+# --fuse-overlayfs: the same checks with fuse-overlayfs as mount program, the reference the
+# checks were written against (they pass there too).
+fstype="fuse stratafs"
+if [ "${1:-}" = "--fuse-overlayfs" ]; then
+    ensure_pkg fuse-overlayfs fuse-overlayfs
+    STRATAFS=$(command -v fuse-overlayfs)
+    fstype="fuse.fuse-overlayfs fuse-overlayfs"
+fi
 STRATAFS=${STRATAFS:-}
 if [ -z "$STRATAFS" ]; then
     step "building stratafs"
@@ -180,7 +190,7 @@ got=$(stat -c %u:%g "$upper/root/added.txt")
 [ "$got" = "$ROOTLESS_UID:$ROOTLESS_GID" ] || fail "host owner of root/added.txt is $got, want the user"
 echo "upper ok (host ids: $want for container 1234:2345)"
 
-step "a running container's root is a stratafs FUSE mount in the user's mount namespace"
+step "a running container's root is a FUSE mount of the mount program in the user's mount namespace"
 pm run -d --name c2 localhost/rl-base sh -c 'echo running > /root/running; sleep 120' >/dev/null
 merged=$(pm inspect c2 --format '{{.GraphDriver.Data.MergedDir}}')
 upper2=$(pm inspect c2 --format '{{.GraphDriver.Data.UpperDir}}')
@@ -191,7 +201,7 @@ for _ in $(seq 1 100); do
 done
 [ -n "$found" ] || fail "the running container's write is not in its upper directory"
 pm unshare awk -v m="$merged" '$5 == m' /proc/self/mountinfo | tee "$work/mountinfo"
-grep -q ' - fuse stratafs ' "$work/mountinfo" || fail "$merged is not a stratafs FUSE mount"
+grep -q " - $fstype " "$work/mountinfo" || fail "$merged is not a $fstype mount"
 pm rm -f -t 0 c2 >/dev/null
 
 step "podman commit, then run the commit"

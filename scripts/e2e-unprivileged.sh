@@ -32,6 +32,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 ensure_pkg fusermount3 fuse3
 ensure_pkg setpriv util-linux
 ensure_pkg python3 python3
+ensure_pkg pgrep procps
 
 STRATAFS=${STRATAFS:-}
 if [ -z "$STRATAFS" ]; then

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # globals here are read by the sourcing script
 # Shared by the rootless end-to-end scripts and `scripts/bench.sh --rootless`: a throwaway
 # unprivileged user (with or without /etc/subuid and /etc/subgid ranges), commands run as that
 # user, and /dev/fuse opened up for it. Source this file as root; call `rootless_cleanup` from the
