@@ -275,6 +275,9 @@ expect_entry() {
         '$1 == l && $2 == p && $3 == u && $4 == g && (m == "" || $5 == m) { ok = 1 } END { exit !ok }' \
         "$work/entries" || {
         grep -F " $path " "$work/entries" >&2 || true
+        # Kept past the clean-up for a look at the whole layer.
+        cp "$work/entries" /var/tmp/stratafs-e2e-rootless-failed.entries
+        echo "all entries: /var/tmp/stratafs-e2e-rootless-failed.entries" >&2
         fail "layer $layer of the saved image lacks $path owned $uid:$gid${mode:+ mode $mode}"
     }
 }
