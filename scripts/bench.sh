@@ -37,10 +37,13 @@ source "$LIB_DIR/bench-layers.sh"
 source "$LIB_DIR/bench-workloads.sh"
 # shellcheck source=SCRIPTDIR/lib/bench-archive.sh
 source "$LIB_DIR/bench-archive.sh"
+# shellcheck source=SCRIPTDIR/lib/bench-rootless.sh
+source "$LIB_DIR/bench-rootless.sh"
 
 usage() {
   cat <<EOF
 usage: scripts/bench.sh [--quick] [--only read|write|archive] [--backends LIST] [--reps N]
+                        [--rootless]
 
 Runs read, write and archive workloads on stratafs, fuse-overlayfs and kernel overlayfs over one
 cached layer set and prints a markdown table (also written to bench-results.md). Must run as root.
@@ -51,6 +54,10 @@ cached layer set and prints a markdown table (also written to bench-results.md).
   --archive         also run the archive section (stratafs apply/diff/changes vs tar/diff)
   --backends LIST   comma-separated subset of stratafs,fuse-overlayfs,kernel (default: all)
   --reps N          timings per cell, median reported (default: 3)
+  --rootless        the read and write rows as an unprivileged user in a user namespace, as
+                    rootless Podman runs its mount program (unshare --map-root-user --map-auto,
+                    subuids through newuidmap; kernel overlay with userxattr); the table goes to
+                    bench-results-rootless.md. Still started as root: it creates the user.
 
 environment:
   STRATAFS               stratafs binary (default: target/release/stratafs, built if missing)
@@ -87,6 +94,7 @@ parse_args() {
         REPS=$2
         shift
         ;;
+      --rootless) ROOTLESS=1 ;;
       -h | --help) usage; exit 0 ;;
       *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -154,7 +162,8 @@ probe_drop_caches() {
 }
 
 report_header() {
-  printf '# stratafs benchmark (%s)\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+  printf '# stratafs benchmark%s (%s)\n\n' "${BENCH_ROOTLESS_ENV:+, rootless}" \
+    "$(date -u '+%Y-%m-%d %H:%M UTC')"
   printf -- '- machine: %s, %s CPUs, %s MiB RAM; layers on %s\n' "$(uname -r)" "$(nproc)" \
     "$(awk '/^MemTotal/ { printf "%d", $2 / 1024 }' /proc/meminfo)" \
     "$(findmnt -n -o FSTYPE -T "$CACHE" 2>/dev/null || echo '?')"
@@ -165,7 +174,7 @@ report_header() {
   printf 'L3 = char 0/0 whiteouts, an opaque dir, half of big/ (%s)\n' "$LAYER_COUNTS"
   printf -- '- fuse-overlayfs: %s; stratafs: %s\n' \
     "$(fuse-overlayfs --version 2>/dev/null | awk '/fuse-overlayfs/ { print $3; exit }' || true)" \
-    "$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null || echo '?')"
+    "${BENCH_DESCRIBE:-$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null || echo '?')}"
   printf -- '- times in seconds (lower is better) unless marked MB/s (higher is better); n/a (error): the backend failed, see notes\n'
 }
 
@@ -192,8 +201,17 @@ report() {
 }
 
 main() {
+  ORIG_ARGS=("$@")
   parse_args "$@"
+  # (In the --rootless run's user namespace the effective uid is 0 too.)
   [[ $EUID -eq 0 ]] || die "must run as root (kernel overlay mounts, char 0/0 whiteouts, drop_caches)"
+  if [[ -n ${BENCH_ROOTLESS_ENV:-} ]]; then
+    rootless_inner_setup
+  elif ((ROOTLESS)); then
+    set_sizes
+    rootless_main
+    return
+  fi
   set_sizes
   mkdir -p "$CACHE"
   RUN_DIR=$(mktemp -d "$CACHE/run.XXXXXX")
@@ -208,14 +226,16 @@ main() {
   export RUN_DIR WORKLOAD_LIMIT
   require_tools
   if backend_selected stratafs || section_selected archive; then find_stratafs; fi
-  probe_drop_caches
-  prepare_layers
-  LAYER_COUNTS=$(describe_layers)
+  if [[ -z ${BENCH_ROOTLESS_ENV:-} ]]; then
+    probe_drop_caches
+    prepare_layers
+    LAYER_COUNTS=$(describe_layers)
+  fi
   section_selected read && run_read_section
   section_selected write && run_write_section
   section_selected archive && run_archive_section
-  report | tee "$REPO_DIR/bench-results.md"
-  log "table written to $REPO_DIR/bench-results.md; command output in $LOG"
+  report | tee "${BENCH_REPORT:-$REPO_DIR/bench-results.md}"
+  log "table written to ${BENCH_REPORT:-$REPO_DIR/bench-results.md}; command output in $LOG"
 }
 
 main "$@"

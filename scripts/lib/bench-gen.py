@@ -136,6 +136,37 @@ def cmd_files(args):
         write_file(os.path.join(args.out, rel), args.size, rng)
 
 
+def cmd_shift(args):
+    """Rootless copy of a layer: owners moved into a user namespace's host range (container id
+    0 -> --root-uid, N -> --sub-uid + N - 1, as rootless Podman maps them) and opaque
+    directories marked with user.overlay.opaque too (trusted.* is unreadable in a user
+    namespace; kernel overlayfs mounted with userxattr, fuse-overlayfs and stratafs read it)."""
+
+    def host(cid, root, sub):
+        if cid == 0:
+            return root
+        if cid > args.count:
+            raise SystemExit(f"id {cid} is outside the namespace's {args.count} ids")
+        return sub + cid - 1
+
+    def shift(path):
+        st = os.lstat(path)
+        os.lchown(path, host(st.st_uid, args.root_uid, args.sub_uid),
+                  host(st.st_gid, args.root_gid, args.sub_gid))
+
+    for top, dirs, files in os.walk(args.tree):
+        # Each directory once, as the top of its own step; symlinks to directories are listed
+        # in dirs but not walked into.
+        shift(top)
+        try:
+            if os.getxattr(top, "trusted.overlay.opaque", follow_symlinks=False) == b"y":
+                os.setxattr(top, "user.overlay.opaque", b"y", follow_symlinks=False)
+        except OSError:
+            pass
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            shift(os.path.join(top, name))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -161,8 +192,16 @@ def main():
     s.add_argument("--count", type=int, required=True)
     s.add_argument("--size", type=int, default=512)
     s.add_argument("--seed", type=int, default=4)
+    s = sub.add_parser("shift")
+    s.add_argument("--tree", required=True)
+    s.add_argument("--root-uid", type=int, required=True)
+    s.add_argument("--root-gid", type=int, required=True)
+    s.add_argument("--sub-uid", type=int, required=True)
+    s.add_argument("--sub-gid", type=int, required=True)
+    s.add_argument("--count", type=int, required=True)
     args = p.parse_args()
-    {"layer2": cmd_layer2, "layer3": cmd_layer3, "rootfs": cmd_rootfs, "files": cmd_files}[
+    {"layer2": cmd_layer2, "layer3": cmd_layer3, "rootfs": cmd_rootfs, "files": cmd_files,
+     "shift": cmd_shift}[
         args.cmd
     ](args)
 

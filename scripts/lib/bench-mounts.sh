@@ -14,7 +14,8 @@ backend_mount_cmd() { # BACKEND OPTIONS MERGED
   case $1 in
     stratafs) run_step 60 "$STRATAFS" -o "$2" "$3" ;;
     fuse-overlayfs) run_step 60 fuse-overlayfs -o "$2" "$3" ;;
-    kernel) run_step 60 mount -t overlay overlay -o "$2" "$3" ;;
+    # In a user namespace (--rootless) overlayfs keeps its xattrs in user.overlay.*.
+    kernel) run_step 60 mount -t overlay overlay -o "$2${BENCH_ROOTLESS_ENV:+,userxattr}" "$3" ;;
     *) die "unknown backend $1" ;;
   esac
 }

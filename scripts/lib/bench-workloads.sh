@@ -54,6 +54,11 @@ pre_warm_big() { dd if="$L2/bigfile" of=/dev/null bs=1M status=none; }
 
 drop_caches() {
   ((DROP_OK)) || return 0
+  # In the --rootless user namespace the outer run drops them (bench-rootless.sh).
+  if [[ -n ${BENCH_ROOTLESS_ENV:-} ]]; then
+    rootless_drop_caches
+    return
+  fi
   sync
   echo 3 >/proc/sys/vm/drop_caches
 }

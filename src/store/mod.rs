@@ -231,8 +231,7 @@ impl Store {
             }
             set_mode(&diff, 0o755)?;
             if (root_uid, root_gid) != sys::effective_ids() {
-                std::os::unix::fs::chown(&diff, Some(root_uid), Some(root_gid))
-                    .ctx(|| format!("giving {} to {root_uid}:{root_gid}", diff.display()))?;
+                give_root_dir(&diff, root_uid, root_gid)?;
             }
             write_record(&stage, &record)?;
             sync_dir(&stage)?;
@@ -442,6 +441,29 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .ctx(|| format!("setting mode of {}", path.display()))
+}
+
+/// Give a new layer's root directory to the container root. An unprivileged user cannot chown
+/// (its layers' root is host root 0:0 without id maps), so the owner goes in `override_stat`,
+/// as an unprivileged apply records the owners of a tar's entries.
+fn give_root_dir(diff: &Path, uid: u32, gid: u32) -> Result<()> {
+    match std::os::unix::fs::chown(diff, Some(uid), Some(gid)) {
+        Ok(()) => Ok(()),
+        Err(e) if !sys::is_root() && e.raw_os_error() == Some(libc::EPERM) => {
+            let o = crate::layer::meta::OverrideStat {
+                uid,
+                gid,
+                mode: 0o755,
+                kind: Some(crate::layer::meta::OverrideKind::Dir),
+            };
+            crate::layer::meta::write_override(diff, &o)
+                .ctx(|| format!("recording owner {uid}:{gid} of {}", diff.display()))
+        }
+        Err(e) => Err(Error::io(
+            format!("giving {} to {uid}:{gid}", diff.display()),
+            e,
+        )),
+    }
 }
 
 /// Delete a tree, making directories writable first so that an unprivileged owner can delete

@@ -362,12 +362,17 @@ impl Tree {
         }
     }
 
-    /// Whether `node`'s own name still leads to a file in its layer.
+    /// Whether `node`'s own name still leads to its file in its layer.
     fn still_there(&self, node: &Node) -> bool {
         let layer = node.state.read().layer;
         self.path_of(node.ino).is_ok_and(|rel| {
             let at = self.layers.get(layer).at(&rel);
-            at.is_ok_and(|at| sys::fstatat(at.dir(), at.name()).is_ok())
+            // The same file: a name that another file took since (a rename over it) is not a
+            // hard link of this one.
+            at.is_ok_and(|at| {
+                sys::fstatat(at.dir(), at.name())
+                    .is_ok_and(|st| self.layers.ino_for(layer, st.st_ino) == node.ino)
+            })
         })
     }
 
@@ -696,5 +701,29 @@ mod tests {
         assert!(t.node(d2.ino).is_ok(), "d2 dropped while its child lives");
         t.forget(new.ino, 2);
         assert!(t.node(d2.ino).is_err());
+    }
+
+    #[test]
+    fn a_number_met_again_whose_old_name_holds_another_file_takes_the_new_name() {
+        // useradd's pattern: `passwd+` renamed over `passwd`, then a new `shadow-` gets the
+        // freed backing number of the old `passwd` before the kernel forgot its node. The old
+        // name still exists but is another file: the node is not a hard link to it, and a
+        // chmod of `shadow-` must not reach `passwd`.
+        let low = tempfile::tempdir().unwrap();
+        fs::write(low.path().join("passwd"), "old").unwrap();
+        fs::write(low.path().join("passwd+"), "new").unwrap();
+        let t = tree(&[low.path()]);
+        let (old, _) = t.lookup(ROOT_INO, OsStr::new("passwd")).unwrap();
+        fs::rename(low.path().join("passwd+"), low.path().join("passwd")).unwrap();
+        let entry = DirEntry {
+            name: OsStr::new("shadow-").into(),
+            ino: old.ino,
+            kind: FileKind::RegularFile,
+            layer: 0,
+            dir_layers: Box::default(),
+        };
+        let new = t.get_or_insert(ROOT_INO, &entry).unwrap();
+        assert!(Arc::ptr_eq(&old, &new));
+        assert_eq!(t.path_of(new.ino).unwrap(), Path::new("shadow-"));
     }
 }
