@@ -22,30 +22,27 @@ impl Drop for Harness {
     }
 }
 
-fn vfs() -> Harness {
+/// A driver made by `new` in a fresh temporary root.
+fn harness(new: impl FnOnce(&DriverConfig) -> Box<dyn Driver>) -> Harness {
     let root = tempfile::tempdir().unwrap();
     let cfg = DriverConfig {
         root: root.path().to_path_buf(),
         ..Default::default()
     };
     Harness {
-        driver: Box::new(VfsDriver::new(&cfg).unwrap()),
+        driver: new(&cfg),
         _root: root,
     }
+}
+
+fn vfs() -> Harness {
+    harness(|cfg| Box::new(VfsDriver::new(cfg).unwrap()))
 }
 
 fn strata() -> Harness {
     // The driver spawns the built binary as its mount server.
     std::env::set_var("STRATAFS_BIN", env!("CARGO_BIN_EXE_stratafs"));
-    let root = tempfile::tempdir().unwrap();
-    let cfg = DriverConfig {
-        root: root.path().to_path_buf(),
-        ..Default::default()
-    };
-    Harness {
-        driver: Box::new(StrataDriver::new(&cfg).unwrap()),
-        _root: root,
-    }
+    harness(|cfg| Box::new(StrataDriver::new(cfg).unwrap()))
 }
 
 fn no_opts() -> CreateOpts {
@@ -155,40 +152,25 @@ fn change_many_files(dir: &Path, count: usize, seed: u64) -> Vec<Change> {
                 break;
             }
             let n = i + j;
-            match j % 3 {
-                0 => {
-                    let name = format!("{d}/file-{n}");
-                    write_file(
-                        &dir.join(&name),
-                        &random_content(64, seed + n as u64),
-                        0o755,
-                    );
-                    changes.push(Change {
-                        path: format!("/{name}"),
-                        kind: ChangeKind::Modify,
-                    });
-                }
-                1 => {
-                    let name = format!("{d}/file-{seed}-{n}");
-                    write_file(
-                        &dir.join(&name),
-                        &random_content(64, seed + n as u64),
-                        0o755,
-                    );
-                    changes.push(Change {
-                        path: format!("/{name}"),
-                        kind: ChangeKind::Add,
-                    });
-                }
-                _ => {
-                    let name = format!("{d}/file-{n}");
-                    fs::remove_file(dir.join(&name)).unwrap();
-                    changes.push(Change {
-                        path: format!("/{name}"),
-                        kind: ChangeKind::Delete,
-                    });
-                }
+            // Every third file is rewritten, one new one is added and one is removed.
+            let (name, kind) = match j % 3 {
+                0 => (format!("{d}/file-{n}"), ChangeKind::Modify),
+                1 => (format!("{d}/file-{seed}-{n}"), ChangeKind::Add),
+                _ => (format!("{d}/file-{n}"), ChangeKind::Delete),
+            };
+            if kind == ChangeKind::Delete {
+                fs::remove_file(dir.join(&name)).unwrap();
+            } else {
+                write_file(
+                    &dir.join(&name),
+                    &random_content(64, seed + n as u64),
+                    0o755,
+                );
             }
+            changes.push(Change {
+                path: format!("/{name}"),
+                kind,
+            });
         }
     }
     changes
@@ -338,36 +320,52 @@ fn case_quota(d: &dyn Driver) {
     });
 }
 
-// ---- vfs -------------------------------------------------------------------------------------
+// ---- the cases, per driver ------------------------------------------------------------------
 
-#[test]
-fn vfs_create_empty() {
-    case_create_empty(vfs().driver.as_ref());
+/// The cases every driver runs, as tests `<driver>::<case>` (`$driver()` makes the harness).
+macro_rules! every_case {
+    ($driver:ident) => {
+        mod $driver {
+            use super::*;
+
+            fn driver_under_test() -> Harness {
+                super::$driver()
+            }
+            #[test]
+            fn create_empty() {
+                case_create_empty(driver_under_test().driver.as_ref());
+            }
+            #[test]
+            fn create_base() {
+                case_create_base(driver_under_test().driver.as_ref());
+            }
+            #[test]
+            fn create_snapshot() {
+                case_create_snapshot(driver_under_test().driver.as_ref());
+            }
+            #[test]
+            fn deep_layer_read_128() {
+                case_deep_layer_read(driver_under_test().driver.as_ref(), 128);
+            }
+            #[test]
+            fn diff_apply() {
+                case_diff_apply(driver_under_test().driver.as_ref(), 300);
+            }
+            #[test]
+            fn changes() {
+                case_changes(driver_under_test().driver.as_ref());
+            }
+        }
+    };
 }
-#[test]
-fn vfs_create_base() {
-    case_create_base(vfs().driver.as_ref());
-}
-#[test]
-fn vfs_create_snapshot() {
-    case_create_snapshot(vfs().driver.as_ref());
-}
-#[test]
-fn vfs_deep_layer_read_128() {
-    case_deep_layer_read(vfs().driver.as_ref(), 128);
-}
+
+every_case!(vfs);
+every_case!(strata);
+
 #[test]
 #[ignore = "vfs copies every layer (quadratic in n): minutes for n = 1000; run with --ignored"]
 fn vfs_deep_layer_read_1000() {
     case_deep_layer_read(vfs().driver.as_ref(), 1000);
-}
-#[test]
-fn vfs_diff_apply() {
-    case_diff_apply(vfs().driver.as_ref(), 300);
-}
-#[test]
-fn vfs_changes() {
-    case_changes(vfs().driver.as_ref());
 }
 #[test]
 fn vfs_refuses_quota() {
@@ -383,35 +381,9 @@ fn vfs_refuses_quota() {
     assert!(!h.driver.exists("q"));
 }
 
-// ---- stratafs ---------------------------------------------------------------------------------
-
-#[test]
-fn strata_create_empty() {
-    case_create_empty(strata().driver.as_ref());
-}
-#[test]
-fn strata_create_base() {
-    case_create_base(strata().driver.as_ref());
-}
-#[test]
-fn strata_create_snapshot() {
-    case_create_snapshot(strata().driver.as_ref());
-}
-#[test]
-fn strata_deep_layer_read_128() {
-    case_deep_layer_read(strata().driver.as_ref(), 128);
-}
 #[test]
 fn strata_deep_layer_read_1000() {
     case_deep_layer_read(strata().driver.as_ref(), 1000);
-}
-#[test]
-fn strata_diff_apply() {
-    case_diff_apply(strata().driver.as_ref(), 300);
-}
-#[test]
-fn strata_changes() {
-    case_changes(strata().driver.as_ref());
 }
 #[test]
 fn strata_quota() {

@@ -108,6 +108,13 @@ const SAMPLE_TREE: [&str; 10] = [
     "opt/data/new = new",
 ];
 
+/// How many layers the image store under `root` holds.
+fn stored_layers(root: &Path) -> usize {
+    std::fs::read_dir(root.join("images/layers"))
+        .unwrap()
+        .count()
+}
+
 #[test]
 fn docker_save_and_oci_archive_mount_the_same_tree_and_share_layers() {
     let d = tempfile::tempdir().unwrap();
@@ -154,12 +161,7 @@ fn docker_save_and_oci_archive_mount_the_same_tree_and_share_layers() {
         assert!(!fuse_mounted(&m.dir));
     }
     ok(stratafs(&root, &["image", "rm", "sample:1"]));
-    assert_eq!(
-        std::fs::read_dir(root.join("images/layers"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(stored_layers(&root), 0);
 }
 
 #[test]
@@ -212,20 +214,10 @@ fn a_corrupt_layer_is_refused_before_mounting() {
     assert!(err.contains("digest mismatch"), "{err}");
     assert!(!fuse_mounted(&dir));
     // Only the verified base layer remains; prune drops it.
-    assert_eq!(
-        std::fs::read_dir(root.join("images/layers"))
-            .unwrap()
-            .count(),
-        1
-    );
+    assert_eq!(stored_layers(&root), 1);
     let pruned = ok(stratafs(&root, &["image", "prune"]));
     assert_eq!(pruned.lines().count(), 1, "{pruned}");
-    assert_eq!(
-        std::fs::read_dir(root.join("images/layers"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(stored_layers(&root), 0);
 }
 
 #[test]

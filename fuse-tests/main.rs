@@ -1,9 +1,12 @@
 //! Tests that mount real FUSE filesystems. Run as root with /dev/fuse present; each test cleans
 //! up its mounts, even when it fails (see `common::MountGuard`).
 
+mod access;
 mod common;
 mod conformance;
 mod image;
 mod read;
+mod restart;
 mod robust;
+mod whiteout_replace;
 mod write;

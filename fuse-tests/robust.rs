@@ -210,14 +210,9 @@ fn kill_server(pid: i32) {
 }
 
 fn signal(pid: i32, sig: i32) {
-    // SAFETY: plain kill(2) on a pid we read from the server's pid file.
-    let r = unsafe { libc::kill(pid, sig) };
-    assert_eq!(
-        r,
-        0,
-        "kill -{sig} {pid}: {}",
-        std::io::Error::last_os_error()
-    );
+    if let Err(e) = stratafs::sys::kill(pid, sig) {
+        panic!("kill -{sig} {pid}: {e}");
+    }
 }
 
 /// Wait until process `pid` has exited (or is a zombie).
@@ -310,12 +305,46 @@ where
     );
 }
 
+/// [`kill_during`] a write of `size` bytes of `byte` to the file `open` gives for `target`
+/// (then fsync), killing once a quarter of it has been written.
+fn kill_during_pattern_write(
+    s: &Setup,
+    target: PathBuf,
+    open: fn(&Path) -> std::io::Result<fs::File>,
+    size: u64,
+    byte: u8,
+    what: &str,
+) {
+    let done = Arc::new(AtomicU64::new(0));
+    let d2 = done.clone();
+    kill_during(
+        s,
+        move || {
+            let mut f = open(&target)?;
+            write_pattern(&mut f, size, byte, &d2)?;
+            f.sync_all()
+        },
+        || done.load(Ordering::SeqCst) >= size / 4,
+        what,
+    );
+}
+
 /// The `tree/` part of the merged view and of the upper layer, for before/after checks.
 fn snapshot(s: &Setup) -> (String, String) {
     (
         format!("{:?}", tree_listing(&s.mp.join("tree"))),
         format!("{:?}", tree_listing(&s.upper.join("tree"))),
     )
+}
+
+/// Detach the crashed mount, mount the same layers again and check what every crash test
+/// checks: the work directory is clean and the rest of the tree is as it was `before`.
+fn remount_after_crash(s: &Setup, crashed: MountGuard, before: &(String, String)) -> MountGuard {
+    detach(crashed);
+    let g = mount_stratafs(&s.opts(), &s.mp);
+    assert_work_clean(s);
+    assert_eq!(&snapshot(s), before, "the rest of the tree changed");
+    g
 }
 
 #[test]
@@ -341,10 +370,7 @@ fn crash_during_large_copy_up_leaves_old_or_new() {
     );
     // The half-built copy had no name (or only one in staging): the real name has nothing
     // partial (checked below, after the remount cleaned staging).
-    detach(g);
-    let _g = mount_stratafs(&s.opts(), &s.mp);
-    assert_work_clean(&s);
-    assert_eq!(snapshot(&s), before, "the rest of the tree changed");
+    let _g = remount_after_crash(&s, g, &before);
 
     let up = s.upper.join("big.bin");
     let view = fs::metadata(s.mp.join("big.bin")).unwrap().len();
@@ -476,23 +502,15 @@ fn crash_during_large_write_of_new_file() {
     change_through_mount(&s.mp);
     let before = snapshot(&s);
 
-    let done = Arc::new(AtomicU64::new(0));
-    let d2 = done.clone();
-    let target = s.mp.join("new.bin");
-    kill_during(
+    kill_during_pattern_write(
         &s,
-        move || {
-            let mut f = fs::File::create(target)?;
-            write_pattern(&mut f, SIZE, 0x44, &d2)?;
-            f.sync_all()
-        },
-        || done.load(Ordering::SeqCst) >= SIZE / 4,
+        s.mp.join("new.bin"),
+        |p| fs::File::create(p),
+        SIZE,
+        0x44,
         "write of a 256 MiB new file",
     );
-    detach(g);
-    let _g = mount_stratafs(&s.opts(), &s.mp);
-    assert_work_clean(&s);
-    assert_eq!(snapshot(&s), before, "the rest of the tree changed");
+    let _g = remount_after_crash(&s, g, &before);
 
     // The new file exists (its creation completed) with a prefix of what was written; blocks
     // the multi-threaded server had not reached yet read as zeros, nothing else.
@@ -527,23 +545,15 @@ fn crash_during_overwrite_of_copied_up_file() {
     assert_eq!(fs::metadata(s.upper.join("data.bin")).unwrap().len(), SIZE);
     let before = snapshot(&s);
 
-    let done = Arc::new(AtomicU64::new(0));
-    let d2 = done.clone();
-    let target = s.mp.join("data.bin");
-    kill_during(
+    kill_during_pattern_write(
         &s,
-        move || {
-            let mut f = fs::OpenOptions::new().write(true).open(target)?;
-            write_pattern(&mut f, SIZE, 0x33, &d2)?;
-            f.sync_all()
-        },
-        || done.load(Ordering::SeqCst) >= SIZE / 4,
+        s.mp.join("data.bin"),
+        |p| fs::OpenOptions::new().write(true).open(p),
+        SIZE,
+        0x33,
         "overwrite of a 128 MiB copied-up file",
     );
-    detach(g);
-    let _g = mount_stratafs(&s.opts(), &s.mp);
-    assert_work_clean(&s);
-    assert_eq!(snapshot(&s), before, "the rest of the tree changed");
+    let _g = remount_after_crash(&s, g, &before);
 
     let up = s.upper.join("data.bin");
     assert_eq!(fs::metadata(&up).unwrap().len(), SIZE);
@@ -561,20 +571,20 @@ fn crash_during_overwrite_of_copied_up_file() {
 // ---------------------------------------------------------------------------------------------
 // Rootless
 
-const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;
 
-/// Both rootless tests change the mode of /dev/fuse: one at a time.
+/// The rootless tests change the mode of /dev/fuse: one at a time.
 static DEV_FUSE: Mutex<()> = Mutex::new(());
 
 /// /dev/fuse is 0600 on these machines; fusermount3 (run by the unprivileged server) opens it
 /// as the user, so it is made 0666 for the test and its old mode restored afterwards.
-struct DevFuseOpen {
+pub(crate) struct DevFuseOpen {
     old: u32,
     _lock: std::sync::MutexGuard<'static, ()>,
 }
 
 impl DevFuseOpen {
-    fn new() -> DevFuseOpen {
+    pub(crate) fn new() -> DevFuseOpen {
         let lock = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
         let old = fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
         fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
@@ -590,7 +600,7 @@ impl Drop for DevFuseOpen {
 
 /// Run `sh -c script` as uid/gid 65534 with no supplementary groups; `caps` adds ambient
 /// capabilities (e.g. "+mknod").
-fn as_nobody(script: &str, caps: Option<&str>) -> Output {
+pub(crate) fn as_nobody(script: &str, caps: Option<&str>) -> Output {
     let mut c = Command::new("setpriv");
     c.arg(format!("--reuid={NOBODY}"))
         .arg(format!("--regid={NOBODY}"))

@@ -11,7 +11,6 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 REQUIRED=(
     "fusermount3:fuse3"
     "fuse-overlayfs:fuse-overlayfs"
-    "protoc:protobuf-compiler"
     "setpriv:util-linux"
     "filefrag:e2fsprogs"
 )
@@ -78,11 +77,30 @@ cargo --version
 
 export RUST_BACKTRACE=1
 
+# The README's first command must work on a machine with only the Rust toolchain: build the
+# binary with a `protoc` first on the PATH (and in PROTOC) that fails and leaves a mark if any
+# build script runs it, then run the demo. (A fresh clone builds every build script.)
+step "cargo run --release -- demo (no protoc on the PATH)"
+no_protoc=$RUN_TMP/no-protoc
+mkdir -p "$no_protoc"
+printf '#!/bin/sh\necho "protoc was called: the build must not need it" >&2\ntouch "%s/called"\nexit 1\n' \
+    "$no_protoc" >"$no_protoc/protoc"
+chmod +x "$no_protoc/protoc"
+PATH="$no_protoc:$PATH" PROTOC="$no_protoc/protoc" cargo run --release --quiet -- demo >"$RUN_TMP/demo.log"
+if [[ -e $no_protoc/called ]]; then
+    echo "the build ran protoc" >&2
+    exit 1
+fi
+grep -q 'changes of demo-top' "$RUN_TMP/demo.log" || { cat "$RUN_TMP/demo.log" >&2; exit 1; }
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+
+step "the crate's shape: no file over 800 lines, no import cycle (scripts/check-house.py)"
+python3 scripts/check-house.py
 
 step "cargo test --all-targets (unit, fuse-tests, cli)"
 cargo test --all-targets 2>&1 | tee "$RUN_TMP/cargo-test.log"

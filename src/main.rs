@@ -1,5 +1,7 @@
 //! The `stratafs` binary: a thin command line over the `stratafs` library.
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 fn main() -> std::process::ExitCode {

@@ -1,7 +1,10 @@
 //! The `stratafs plugin` process: it answers on its socket, SIGTERM ends it cleanly (socket
 //! removed), and after a SIGKILL a new process replaces the stale socket and resumes the last
-//! Init, so a dockerd that is still running keeps working. No mounts are made here.
+//! Init, so a dockerd that is still running keeps working; what it logs by default. The
+//! `stratafs snapshotter` process: its socket and state are root-only, and it says at start
+//! what containerd's mounts will lack. No mounts are made here.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,7 +102,7 @@ fn paths(tmp: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 #[test]
-fn sigterm_cleans_up_and_removes_the_socket() {
+fn sigterm_ends_it_and_removes_the_socket() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (socket, state, home) = paths(tmp.path());
     let mut p = Plugin::start(&socket, &state);
@@ -144,4 +147,142 @@ fn after_sigkill_a_new_plugin_replaces_the_socket_and_resumes() {
     );
     assert!(v.get("Err").is_none(), "{v}");
     assert!(p.signal("INT").success());
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("stat").mode() & 0o7777
+}
+
+/// Run `cmd` (a server) until `socket` answers, then SIGTERM it; returns its stderr.
+fn serve_then_stop(mut cmd: Command, socket: &Path, while_up: impl FnOnce()) -> String {
+    let child = cmd
+        .env_remove("RUST_LOG")
+        .env_remove("STRATAFS_DRIVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting stratafs");
+    let mut p = Plugin { child };
+    wait_for(|| std::os::unix::net::UnixStream::connect(socket).is_ok());
+    while_up();
+    assert!(p.signal("TERM").success());
+    let mut err = String::new();
+    if let Some(mut e) = p.child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).expect("stderr");
+    }
+    err
+}
+
+#[test]
+fn the_plugin_says_where_it_listens_and_each_init_by_default() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (socket, state, home) = paths(tmp.path());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stratafs"));
+    cmd.args(["plugin", "--driver", "stratafs", "--socket"])
+        .arg(&socket)
+        .arg("--state")
+        .arg(&state);
+    let err = serve_then_stop(cmd, &socket, || {
+        for _ in 0..2 {
+            let v = call(&socket, "/GraphDriver.Init", json!({"Home": home}));
+            assert!(v.get("Err").is_none(), "{v}");
+        }
+        // Root-only: whoever connects commands a storage driver running as root.
+        assert_eq!(mode(&socket), 0o600, "socket");
+        assert_eq!(
+            mode(socket.parent().expect("dir")),
+            0o700,
+            "socket directory"
+        );
+        assert_eq!(mode(&state), 0o600, "state file");
+        assert_eq!(mode(state.parent().expect("dir")), 0o700, "state directory");
+    });
+    let lines = |what: &str| err.lines().filter(|l| l.contains(what)).count();
+    let listening: Vec<&str> = err.lines().filter(|l| l.contains("listening")).collect();
+    assert_eq!(listening.len(), 1, "{err}");
+    assert!(
+        listening[0].contains(&socket.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(lines("initialised"), 2, "{err}");
+    assert!(err.contains(&home.display().to_string()), "{err}");
+}
+
+#[test]
+fn a_plugin_does_not_resume_the_init_of_a_gone_dockerd_or_data_root() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (socket, state, _) = paths(tmp.path());
+    std::fs::create_dir_all(state.parent().expect("dir")).expect("mkdir");
+    let deleted = tmp.path().join("deleted-root/stratafs");
+    let alive_home = tmp.path().join("data/stratafs");
+    std::fs::create_dir_all(&alive_home).expect("mkdir");
+    // A pid that is gone: a child that has exited and been reaped.
+    let mut gone = Command::new("true").spawn().expect("true");
+    let gone_pid = gone.id();
+    gone.wait().expect("wait");
+    for (home, dockerd, why) in [
+        (&deleted, json!(null), "no longer exists"),
+        (&alive_home, json!({"Pid": gone_pid, "Start": 1}), "is gone"),
+    ] {
+        let mut saved = json!({"Home": home, "Opts": []});
+        if !dockerd.is_null() {
+            saved["Dockerd"] = dockerd;
+        }
+        std::fs::write(&state, saved.to_string()).expect("write");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stratafs"));
+        cmd.args(["plugin", "--driver", "stratafs", "--socket"])
+            .arg(&socket)
+            .arg("--state")
+            .arg(&state);
+        let err = serve_then_stop(cmd, &socket, || {
+            let v = call(&socket, "/GraphDriver.Exists", json!({"ID": "x"}));
+            assert!(v["Err"].as_str().is_some_and(|e| e.contains("Init")), "{v}");
+        });
+        assert!(err.contains("not resuming") && err.contains(why), "{err}");
+        assert!(
+            !tmp.path().join("deleted-root").exists(),
+            "created the deleted root"
+        );
+        assert!(
+            std::fs::read_dir(&alive_home).expect("ls").next().is_none(),
+            "opened a store for a gone dockerd"
+        );
+    }
+}
+
+#[test]
+fn the_snapshotter_is_root_only_and_says_what_containerds_mounts_lack() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let socket = tmp.path().join("run/snapshotter.sock");
+    let root = tmp.path().join("state");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stratafs"), bin.join("stratafs"))
+        .expect("symlink");
+    let run = |path: String| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stratafs"));
+        cmd.arg("--root")
+            .arg(&root)
+            .args(["snapshotter", "--socket"])
+            .arg(&socket)
+            .env("PATH", path);
+        serve_then_stop(cmd, &socket, || {
+            assert_eq!(mode(&socket), 0o600, "socket");
+            assert_eq!(
+                mode(socket.parent().expect("dir")),
+                0o700,
+                "socket directory"
+            );
+            assert_eq!(mode(&root), 0o700, "state directory");
+        })
+    };
+    // No stratafs on the PATH containerd inherits: said at start.
+    let err = run("/usr/sbin:/usr/bin:/sbin:/bin".into());
+    assert!(err.contains("stratafs is not on the PATH"), "{err}");
+    assert!(!err.contains("mount.fuse3 is not"), "{err}");
+    assert!(err.contains("snapshotter listening"), "{err}");
+    // With it there, nothing to say.
+    let err = run(format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()));
+    assert!(!err.contains("not on the PATH"), "{err}");
 }

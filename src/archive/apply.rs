@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use crate::driver::IdMappings;
 use crate::error::{Error, IoContext, Result};
+use crate::layer::idmap::IdMappings;
 use crate::layer::meta::{self, OverrideKind, OverrideStat};
 use crate::layer::whiteout::{self, NameKind};
 use crate::sys;
@@ -32,12 +32,42 @@ struct DirAttrs {
     mtime: i64,
 }
 
+/// What a tar header says about an entry's owner, mode, times and xattrs.
+struct Attrs {
+    uid: u64,
+    gid: u64,
+    mode: u32,
+    mtime: i64,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl Attrs {
+    fn read<R: Read>(e: &mut tar::Entry<'_, R>, name: &str) -> Result<Attrs> {
+        let (uid, gid, mode, mtime) = header_ids(e.header(), name)?;
+        Ok(Attrs {
+            uid,
+            gid,
+            mode,
+            mtime,
+            xattrs: entry_xattrs(e, name)?,
+        })
+    }
+}
+
+/// The kind of non-directory just made, for [`Owners::set_attrs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    File,
+    Symlink,
+    /// A device kept as an empty file: its type and mode go into override_stat.
+    Placeholder(OverrideKind),
+}
+
 struct Applier<'a> {
     root: LayerRoot,
-    maps: &'a IdMappings,
+    owners: Owners<'a>,
     mode: ApplyMode,
     root_owner: (u32, u32),
-    privileged: bool,
     dirs: BTreeMap<Vec<u8>, DirAttrs>,
     /// Paths this tar has unpacked (merged mode only): an opaque marker or whiteout must not
     /// remove them.
@@ -60,10 +90,12 @@ fn errno(e: &io::Error) -> i32 {
 pub fn apply_tar(dir: &Path, tar: &mut dyn Read, maps: &IdMappings, mode: ApplyMode) -> Result<()> {
     let mut applier = Applier {
         root: LayerRoot::open(dir)?,
-        maps,
+        owners: Owners {
+            maps,
+            privileged: sys::is_root(),
+        },
         mode,
         root_owner: maps.root_pair()?,
-        privileged: sys::is_root(),
         dirs: BTreeMap::new(),
         unpacked: HashSet::new(),
         buf: vec![0u8; 256 * 1024],
@@ -139,15 +171,14 @@ impl Applier<'_> {
     }
 
     fn root_entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>, name: &str) -> Result<()> {
-        let xattrs = entry_xattrs(e, name)?;
-        let h = e.header();
-        let (uid, gid, mode, mtime) = header_ids(h, name)?;
+        let attrs = Attrs::read(e, name)?;
         let fd = self
             .root
             .open_beneath(Path::new(""), libc::O_RDONLY | libc::O_DIRECTORY)
             .ctx(|| format!("opening the layer root for entry {name:?}"))?;
-        self.set_owner(fd.as_fd(), Path::new(""), name, uid, gid, mode, None, false)?;
-        set_xattrs_at(&xattrs, fd.as_fd(), Path::new(""), name)?;
+        self.owners
+            .set_dir_attrs(fd.as_fd(), Path::new(""), name, &attrs)?;
+        let (mode, mtime) = (attrs.mode, attrs.mtime);
         self.dirs.insert(Vec::new(), DirAttrs { mode, mtime });
         Ok(())
     }
@@ -238,8 +269,8 @@ impl Applier<'_> {
     ) -> Result<()> {
         use tar::EntryType as T;
         let et = e.header().entry_type();
-        let (uid, gid, mode, mtime) = header_ids(e.header(), name)?;
-        let xattrs = entry_xattrs(e, name)?;
+        let attrs = Attrs::read(e, name)?;
+        let (mode, mtime) = (attrs.mode, attrs.mtime);
         let base_p = Path::new(base);
         let owner = self.root_owner;
         match et {
@@ -266,15 +297,11 @@ impl Applier<'_> {
                 }
                 let pfd = self.root.parent(name, parent, Some(owner))?;
                 // Chown before the deferred chmod: chown clears set-id bits.
-                let (uid, gid, privileged) = (uid, gid, self.privileged);
                 let key = safe_path::join(parent)
                     .join(base)
                     .into_os_string()
                     .into_vec();
-                set_owner_at(
-                    self.maps, privileged, pfd, base_p, name, uid, gid, mode, None, false,
-                )?;
-                set_xattrs_at(&xattrs, pfd, base_p, name)?;
+                self.owners.set_dir_attrs(pfd, base_p, name, &attrs)?;
                 self.dirs.insert(key, DirAttrs { mode, mtime });
                 Ok(())
             }
@@ -311,24 +338,8 @@ impl Applier<'_> {
                         format!("truncated: {copied} of {expected} bytes"),
                     ));
                 }
-                let fd = f.as_fd();
-                set_owner_at(
-                    self.maps,
-                    self.privileged,
-                    fd,
-                    Path::new(""),
-                    name,
-                    uid,
-                    gid,
-                    mode,
-                    None,
-                    false,
-                )?;
-                sys::fchmod(fd, mode).ctx(|| format!("setting mode of {name:?}"))?;
-                set_xattrs_at(&xattrs, fd, Path::new(""), name)?;
-                sys::lutimensat(fd, Path::new(""), (mtime, 0), (mtime, 0))
-                    .ctx(|| format!("setting times of {name:?}"))?;
-                Ok(())
+                self.owners
+                    .set_attrs(f.as_fd(), Path::new(""), name, &attrs, Made::File)
             }
             T::Symlink => {
                 let target = e
@@ -340,22 +351,8 @@ impl Applier<'_> {
                     sys::symlinkat(&target, pfd, base_p)
                 })?;
                 let pfd = self.root.parent(name, parent, Some(owner))?;
-                set_owner_at(
-                    self.maps,
-                    self.privileged,
-                    pfd,
-                    base_p,
-                    name,
-                    uid,
-                    gid,
-                    mode,
-                    None,
-                    true,
-                )?;
-                set_xattrs_at(&xattrs, pfd, base_p, name)?;
-                sys::lutimensat(pfd, base_p, (mtime, 0), (mtime, 0))
-                    .ctx(|| format!("setting times of {name:?}"))?;
-                Ok(())
+                self.owners
+                    .set_attrs(pfd, base_p, name, &attrs, Made::Symlink)
             }
             T::Link => self.hard_link(e, name, parent, base),
             T::Char | T::Block | T::Fifo => {
@@ -389,26 +386,12 @@ impl Applier<'_> {
                     }
                 })?;
                 let pfd = self.root.parent(name, parent, Some(owner))?;
-                let kind = placeholder.then_some(kind);
-                set_owner_at(
-                    self.maps,
-                    self.privileged,
-                    pfd,
-                    base_p,
-                    name,
-                    uid,
-                    gid,
-                    mode,
-                    kind,
-                    false,
-                )?;
-                if !placeholder {
-                    sys::fchmodat(pfd, base_p, mode).ctx(|| format!("setting mode of {name:?}"))?;
-                }
-                set_xattrs_at(&xattrs, pfd, base_p, name)?;
-                sys::lutimensat(pfd, base_p, (mtime, 0), (mtime, 0))
-                    .ctx(|| format!("setting times of {name:?}"))?;
-                Ok(())
+                let made = if placeholder {
+                    Made::Placeholder(kind)
+                } else {
+                    Made::File
+                };
+                self.owners.set_attrs(pfd, base_p, name, &attrs, made)
             }
             other => Err(malformed(
                 Some(name),
@@ -490,32 +473,6 @@ impl Applier<'_> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn set_owner(
-        &self,
-        dir: BorrowedFd<'_>,
-        base: &Path,
-        name: &str,
-        uid: u64,
-        gid: u64,
-        mode: u32,
-        kind: Option<OverrideKind>,
-        symlink: bool,
-    ) -> Result<()> {
-        set_owner_at(
-            self.maps,
-            self.privileged,
-            dir,
-            base,
-            name,
-            uid,
-            gid,
-            mode,
-            kind,
-            symlink,
-        )
-    }
-
     /// Apply directory modes and mtimes, deepest first, so that creating children no longer
     /// changes them.
     fn finish(self) -> Result<()> {
@@ -556,62 +513,113 @@ fn header_ids(h: &tar::Header, name: &str) -> Result<(u64, u64, u32, i64)> {
     Ok((uid, gid, mode, i64::try_from(mtime).unwrap_or(i64::MAX)))
 }
 
-/// Give `base` in `dir` the mapped owner. Unprivileged, a refused chown (or a device kept as a
-/// placeholder) is recorded in `override_stat` instead.
-#[allow(clippy::too_many_arguments)]
-fn set_owner_at(
-    maps: &IdMappings,
+/// Who may own what: the id maps, and whether chown works (unprivileged, a refused chown is
+/// recorded in `override_stat` instead).
+#[derive(Clone, Copy)]
+struct Owners<'a> {
+    maps: &'a IdMappings,
     privileged: bool,
-    dir: BorrowedFd<'_>,
-    base: &Path,
-    name: &str,
-    uid: u64,
-    gid: u64,
-    mode: u32,
-    kind: Option<OverrideKind>,
-    symlink: bool,
-) -> Result<()> {
-    let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
-        (Ok(u), Ok(g)) => (u, g),
-        _ => {
-            return Err(unsafe_entry(
-                name,
-                format!("owner {uid}:{gid} out of range"),
-            ))
-        }
-    };
-    let (hu, hg) = maps
-        .to_host(uid, gid)
-        .ok_or_else(|| unsafe_entry(name, format!("owner {uid}:{gid} is outside the id maps")))?;
-    let mut record = kind.is_some();
-    match sys::lchownat(dir, base, hu, hg) {
-        Ok(()) => {}
-        Err(e) if !privileged && matches!(errno(&e), libc::EPERM | libc::EINVAL) => record = true,
-        Err(e) => return Err(Error::io(format!("giving {name:?} to {hu}:{hg}"), e)),
-    }
-    if record {
-        if symlink {
-            tracing::debug!(
-                entry = name,
-                "cannot record the owner of a symlink unprivileged"
-            );
-            return Ok(());
-        }
-        let o = OverrideStat {
-            uid: hu,
-            gid: hg,
-            mode,
-            kind,
+}
+
+impl Owners<'_> {
+    /// Owner, mode, xattrs and times of the non-directory `name` just made: `base` in `at`, or
+    /// `at` itself when `base` is empty. The owner goes first: a chown clears set-id bits.
+    fn set_attrs(
+        self,
+        at: BorrowedFd<'_>,
+        base: &Path,
+        name: &str,
+        attrs: &Attrs,
+        made: Made,
+    ) -> Result<()> {
+        let (kind, symlink) = match made {
+            Made::File => (None, false),
+            Made::Symlink => (None, true),
+            Made::Placeholder(kind) => (Some(kind), false),
         };
-        let value = o.to_string();
-        let res = if base.as_os_str().is_empty() {
-            sys::fsetxattr(dir, meta::OVERRIDE_STAT_XATTR, value.as_bytes())
-        } else {
-            meta::write_override(&sys::fd_child_path(dir, base), &o)
-        };
-        res.ctx(|| format!("recording owner and mode of {name:?}"))?;
+        self.set_owner(at, base, name, attrs, kind, symlink)?;
+        // A symlink has no mode of its own; a placeholder's is in its override_stat.
+        if made == Made::File {
+            if base.as_os_str().is_empty() {
+                sys::fchmod(at, attrs.mode)
+            } else {
+                sys::fchmodat(at, base, attrs.mode)
+            }
+            .ctx(|| format!("setting mode of {name:?}"))?;
+        }
+        set_xattrs_at(&attrs.xattrs, at, base, name)?;
+        let mtime = (attrs.mtime, 0);
+        sys::lutimensat(at, base, mtime, mtime).ctx(|| format!("setting times of {name:?}"))
     }
-    Ok(())
+
+    /// Owner and xattrs of a directory; its mode and times are set once its entries are in.
+    fn set_dir_attrs(
+        self,
+        at: BorrowedFd<'_>,
+        base: &Path,
+        name: &str,
+        attrs: &Attrs,
+    ) -> Result<()> {
+        self.set_owner(at, base, name, attrs, None, false)?;
+        set_xattrs_at(&attrs.xattrs, at, base, name)
+    }
+
+    /// Give `base` in `at` the mapped owner. Unprivileged, a refused chown (or a device kept
+    /// as a placeholder, `kind`) is recorded in `override_stat` instead.
+    fn set_owner(
+        self,
+        dir: BorrowedFd<'_>,
+        base: &Path,
+        name: &str,
+        attrs: &Attrs,
+        kind: Option<OverrideKind>,
+        symlink: bool,
+    ) -> Result<()> {
+        let (uid, gid) = (attrs.uid, attrs.gid);
+        let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
+            (Ok(u), Ok(g)) => (u, g),
+            _ => {
+                return Err(unsafe_entry(
+                    name,
+                    format!("owner {uid}:{gid} out of range"),
+                ))
+            }
+        };
+        let (hu, hg) = self.maps.to_host(uid, gid).ok_or_else(|| {
+            unsafe_entry(name, format!("owner {uid}:{gid} is outside the id maps"))
+        })?;
+        let mut record = kind.is_some();
+        match sys::lchownat(dir, base, hu, hg) {
+            Ok(()) => {}
+            Err(e) if !self.privileged && matches!(errno(&e), libc::EPERM | libc::EINVAL) => {
+                record = true
+            }
+            Err(e) => return Err(Error::io(format!("giving {name:?} to {hu}:{hg}"), e)),
+        }
+        if record {
+            if symlink {
+                tracing::debug!(
+                    entry = name,
+                    "cannot record the owner of a symlink unprivileged"
+                );
+                return Ok(());
+            }
+            let o = OverrideStat {
+                uid: hu,
+                gid: hg,
+                mode: attrs.mode,
+                kind,
+            };
+            let value = o.to_string();
+            let res = if base.as_os_str().is_empty() {
+                sys::fsetxattr(dir, meta::OVERRIDE_STAT_XATTR, value.as_bytes())
+            } else {
+                meta::write_override(&sys::fd_child_path(dir, base), &o)
+            };
+            res.ctx(|| format!("recording owner and mode of {name:?}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The entry's PAX `SCHILY.xattr.*` records (internal names are never taken from a tar).

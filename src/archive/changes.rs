@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::driver::{Change, ChangeKind};
+use super::{Change, ChangeKind};
 use crate::error::{IoContext, Result};
 use crate::layer::whiteout::{self, NameKind};
 use crate::sys;
@@ -167,43 +167,50 @@ pub fn tree_size(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// The attributes the naive comparison looks at.
-struct Node {
-    st: libc::stat,
+/// The attributes the naive comparison (Docker's) looks at: type and mode, owner, device,
+/// xattrs and, for a non-directory, size, mtime and link target. A directory's size and mtime
+/// change with its content, so its content is compared instead. Equal: unchanged.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NodeAttrs {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u64,
+    size: i64,
+    mtime: (i64, i64),
     link: Option<PathBuf>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-fn node(path: &Path) -> Result<Node> {
-    let st = walk::view_stat(path)?;
-    let link = if file_type(st.st_mode) == libc::S_IFLNK {
-        Some(std::fs::read_link(path).ctx(|| format!("reading link {}", path.display()))?)
-    } else {
-        None
-    };
-    Ok(Node {
-        st,
-        link,
-        xattrs: walk::public_xattrs(path)?,
-    })
-}
-
-fn same(a: &Node, b: &Node) -> bool {
-    let (x, y) = (&a.st, &b.st);
-    let attrs = x.st_mode == y.st_mode
-        && x.st_uid == y.st_uid
-        && x.st_gid == y.st_gid
-        && x.st_rdev == y.st_rdev
-        && a.xattrs == b.xattrs;
-    if is_dir(x) {
-        // Directory size and mtime change with their content; contents are compared instead.
-        return attrs;
+impl NodeAttrs {
+    /// The attributes of `path` as the view shows them (`override_stat` applied).
+    pub fn read(path: &Path) -> Result<NodeAttrs> {
+        let st = walk::view_stat(path)?;
+        let link = if file_type(st.st_mode) == libc::S_IFLNK {
+            Some(std::fs::read_link(path).ctx(|| format!("reading link {}", path.display()))?)
+        } else {
+            None
+        };
+        let (size, mtime) = if is_dir(&st) {
+            (0, (0, 0))
+        } else {
+            (st.st_size, (st.st_mtime, st.st_mtime_nsec))
+        };
+        Ok(NodeAttrs {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev,
+            size,
+            mtime,
+            link,
+            xattrs: walk::public_xattrs(path)?,
+        })
     }
-    attrs
-        && x.st_size == y.st_size
-        && x.st_mtime == y.st_mtime
-        && x.st_mtime_nsec == y.st_mtime_nsec
-        && a.link == b.link
+
+    pub fn is_dir(&self) -> bool {
+        file_type(self.mode) == libc::S_IFDIR
+    }
 }
 
 /// Naive comparison of two plain trees (Docker's fallback), `old` of `None` being empty.
@@ -235,9 +242,9 @@ fn compare_dir(old: Option<&Path>, new: &Path, rel: &Path, out: &mut Vec<Change>
             });
             continue;
         }
-        let n = node(&new.join(&crel))?;
+        let n = NodeAttrs::read(&new.join(&crel))?;
         let old_node = match (old, old_set.contains(name)) {
-            (Some(o), true) => Some(node(&o.join(&crel))?),
+            (Some(o), true) => Some(NodeAttrs::read(&o.join(&crel))?),
             _ => None,
         };
         let Some(o) = old_node else {
@@ -245,21 +252,21 @@ fn compare_dir(old: Option<&Path>, new: &Path, rel: &Path, out: &mut Vec<Change>
                 path: abs(&crel),
                 kind: ChangeKind::Add,
             });
-            if is_dir(&n.st) {
+            if n.is_dir() {
                 compare_dir(None, new, &crel, out)?;
             }
             continue;
         };
         let at = out.len();
-        let changed = !same(&o, &n);
+        let changed = o != n;
         if changed {
             out.push(Change {
                 path: abs(&crel),
                 kind: ChangeKind::Modify,
             });
         }
-        if is_dir(&n.st) {
-            let old_sub = if is_dir(&o.st) { old } else { None };
+        if n.is_dir() {
+            let old_sub = if o.is_dir() { old } else { None };
             compare_dir(old_sub, new, &crel, out)?;
             if !changed && out.len() > at {
                 out.insert(

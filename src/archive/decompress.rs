@@ -37,18 +37,25 @@ pub fn detect(head: &[u8]) -> Compression {
     }
 }
 
-/// Wrap `reader` in the decompressor its first bytes call for (none for a plain tar).
-pub fn auto<'a, R: Read + 'a>(mut reader: R) -> Result<Box<dyn Read + 'a>> {
-    let mut head = [0u8; 6];
+/// Fill `buf` from `r` as far as `r` goes (a short read is not its end): the bytes read.
+pub fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
-    while got < head.len() {
-        match reader.read(&mut head[got..]) {
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("reading the layer stream", e)),
+            Err(e) => return Err(e),
         }
     }
+    Ok(got)
+}
+
+/// Wrap `reader` in the decompressor its first bytes call for (none for a plain tar).
+pub fn auto<'a, R: Read + 'a>(mut reader: R) -> Result<Box<dyn Read + 'a>> {
+    let mut head = [0u8; 6];
+    let got =
+        read_up_to(&mut reader, &mut head).map_err(|e| Error::io("reading the layer stream", e))?;
     let whole = Cursor::new(head[..got].to_vec()).chain(reader);
     Ok(match detect(&head[..got]) {
         Compression::None => Box::new(whole),

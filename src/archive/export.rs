@@ -9,11 +9,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::driver::{Change, ChangeKind, IdMappings};
 use crate::error::{Error, IoContext, Result};
+use crate::layer::idmap::IdMappings;
 use crate::layer::whiteout::{self, NameKind};
 
 use super::walk::{self, file_type};
+use super::{Change, ChangeKind};
 
 /// A tar being written, remembering hard-linked inodes to emit later paths as links.
 pub struct TarWriter<'a, W: Write> {

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use crate::driver::FileGetter;
+use super::FileGetter;
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
 

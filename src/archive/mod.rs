@@ -14,12 +14,41 @@ mod walk;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use crate::driver::{Change, FileGetter, IdMappings};
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, IoContext, Result};
+use crate::layer::idmap::IdMappings;
 use crate::store::Store;
 
 pub use apply::ApplyMode;
-pub use changes::lower_lookup;
+pub use changes::{lower_lookup, NodeAttrs};
+
+/// What happened to a path between a parent and a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// The path exists in both and differs (or is a directory containing a change).
+    Modify = 0,
+    /// The path is new in the layer.
+    Add = 1,
+    /// The path was removed by the layer.
+    Delete = 2,
+}
+
+/// One entry of `changes`: an absolute path inside the layer ("/etc/passwd") and its kind.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Change {
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+/// Reads files of one layer by their path inside it (Docker's `FileGetCloser`), used to rebuild
+/// a layer tar from tar-split metadata.
+pub trait FileGetter: Send {
+    /// Open the file at `path` (relative to the layer root, with or without a leading `/`).
+    fn get(&self, path: &str) -> Result<Box<dyn Read + Send>>;
+    /// Release what the getter holds. Calling `get` afterwards is an error.
+    fn close(&mut self) -> Result<()>;
+}
 
 /// Unpack a layer tar into the (empty) `diff/` of layer `id`, keeping whiteouts as markers.
 /// Returns the layer size (equal to [`layer_diff_size`] afterwards). On any error the
@@ -137,3 +166,18 @@ pub fn export_dir(dir: &Path, out: &mut dyn Write, maps: &IdMappings) -> Result<
 
 #[cfg(test)]
 mod tests;
+
+/// A tar of regular files (mode 0644) with these names and contents, for tests.
+#[cfg(test)]
+pub(crate) fn files_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data)
+            .expect("appending to a tar in memory");
+    }
+    b.into_inner().expect("finishing a tar in memory")
+}

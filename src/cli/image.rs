@@ -8,12 +8,10 @@ use std::process::{Command, ExitCode, Stdio};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use stratafs::driver::ChangeKind;
 use stratafs::error::{Error, IoContext, Result};
-use stratafs::image::{
-    diff, ImageRecord, ImageStore, MountRecord, Platform, Progress, Quiet, Selector,
-};
+use stratafs::image::{ImageRecord, ImageStore, MountRecord, Platform, Progress, Quiet, Selector};
 
+use super::layers::change_letter;
 use super::output::{self, human_size};
 use super::Cli;
 
@@ -373,34 +371,12 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
 fn image_diff(cli: &Cli, store: &ImageStore, a: &str, b: &str) -> Result<()> {
     let ra = resolve(store, a, &Pick::default())?;
     let rb = resolve(store, b, &Pick::default())?;
-    let chain = |r: &ImageRecord| -> Result<(Vec<PathBuf>, Vec<String>)> {
-        Ok((
-            store.lower_dirs(r)?,
-            r.layers.iter().rev().map(|l| l.diff_id.clone()).collect(),
-        ))
-    };
-    let (ad, ai) = chain(&ra)?;
-    let (bd, bi) = chain(&rb)?;
-    let changes = diff::compare_chains(
-        &diff::Chain {
-            dirs: &ad,
-            diff_ids: &ai,
-        },
-        &diff::Chain {
-            dirs: &bd,
-            diff_ids: &bi,
-        },
-    )?;
+    let changes = store.diff(&ra, &rb)?;
     if cli.json {
         return output::json(&changes);
     }
     for c in changes {
-        let k = match c.kind {
-            ChangeKind::Add => "A",
-            ChangeKind::Modify => "C",
-            ChangeKind::Delete => "D",
-        };
-        output::line(&format!("{k} {}", c.path))?;
+        output::line(&format!("{} {}", change_letter(c.kind), c.path))?;
     }
     Ok(())
 }

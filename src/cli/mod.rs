@@ -65,8 +65,11 @@ pub fn run() -> ExitCode {
     if let Some(code) = mount_program::try_run(&args) {
         return code;
     }
-    init_logging();
     let cli = Cli::parse();
+    // The servers say where they listen and what Docker asked of them (one line each) unless
+    // told otherwise; the commands a person runs stay quiet.
+    let servers = matches!(cli.command, Command::Plugin(_) | Command::Snapshotter(_));
+    init_logging(if servers { SERVER_LOG } else { "warn" });
     match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -145,10 +148,13 @@ pub fn default_root(
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings).
-pub fn init_logging() {
+/// The default log filter of the long-running servers (`plugin`, `snapshotter`).
+const SERVER_LOG: &str = "warn,stratafs=info";
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: `default`).
+pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

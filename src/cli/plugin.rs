@@ -30,8 +30,7 @@ pub fn run(cli: &Cli, args: &PluginArgs) -> stratafs::Result<ExitCode> {
         .as_deref()
         .unwrap_or(stratafs::driver::strata::NAME);
     let factory = stratafs::plugin::factory_for(name)?;
-    tracing::info!(driver = name, socket = %args.socket.display(), "starting plugin server");
     let state = (!args.no_state).then(|| args.state.clone());
-    stratafs::plugin::run(&args.socket, state, factory)?;
+    stratafs::plugin::run(&args.socket, state, name, factory)?;
     Ok(ExitCode::SUCCESS)
 }

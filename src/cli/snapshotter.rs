@@ -20,6 +20,7 @@ pub fn run(cli: &Cli, args: &SnapshotterArgs) -> stratafs::Result<ExitCode> {
         .root
         .clone()
         .unwrap_or_else(|| PathBuf::from(snapshotter::DEFAULT_ROOT));
+    check_mount_helpers(std::env::var_os("PATH").as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,4 +52,44 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, SnapshotEr
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
     })
+}
+
+/// containerd performs the snapshotter's `fuse3.stratafs` mounts itself: `mount.fuse3` runs
+/// `stratafs` through the shell, found on containerd's PATH (which is normally the one this
+/// server was started with). Say at start when that will fail, rather than leave containerd's
+/// mount to fail later with "stratafs: not found".
+fn check_mount_helpers(path: Option<&std::ffi::OsStr>) {
+    let shown = path.map_or_else(String::new, |p| p.to_string_lossy().into_owned());
+    for (program, why) in [
+        (
+            "mount.fuse3",
+            "containerd runs it for fuse3.* mounts (package fuse3)",
+        ),
+        (
+            "stratafs",
+            "mount.fuse3 runs it to serve the snapshots' mounts",
+        ),
+    ] {
+        match find_on_path(program, path) {
+            Some(found) => {
+                tracing::debug!(program, found = %found.display(), "mount helper");
+            }
+            None => tracing::warn!(
+                "{program} is not on the PATH ({shown}): {why}, so containerd's mounts of \
+                 snapshots with parents will fail; put it there (e.g. a link to this binary in \
+                 /usr/local/bin)"
+            ),
+        }
+    }
+}
+
+/// The first executable file `name` in the directories of `path`.
+fn find_on_path(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path?)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(name))
+        .find(|c| {
+            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }

@@ -4,8 +4,6 @@
 //! reference counted mounts of the merged view; `diff`/`changes`/`diff_size` compare a layer with a
 //! parent, walking only the layer's own directory when the parent is its own.
 
-pub mod idmap;
-pub mod opts;
 pub mod registry;
 pub mod strata;
 pub mod vfs;
@@ -17,47 +15,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::store::LayerKind;
-pub use idmap::{IdMap, IdMappings};
-pub use opts::StorageOpts;
 pub use registry::{default_registry, Registry};
 
-/// What happened to a path between a parent and a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum ChangeKind {
-    /// The path exists in both and differs (or is a directory containing a change).
-    Modify = 0,
-    /// The path is new in the layer.
-    Add = 1,
-    /// The path was removed by the layer.
-    Delete = 2,
-}
-
-/// One entry of `changes`: an absolute path inside the layer ("/etc/passwd") and its kind.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Change {
-    pub path: String,
-    pub kind: ChangeKind,
-}
-
-/// One layer as listed by [`Driver::list`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerInfo {
-    pub id: String,
-    pub parent: Option<String>,
-    pub kind: LayerKind,
-    /// Where the layer's merged view is mounted now, if it is.
-    pub mounted_at: Option<PathBuf>,
-}
-
-/// Options given when a layer is created.
-#[derive(Debug, Clone, Default)]
-pub struct CreateOpts {
-    /// SELinux label for the mount (kept and reported, not interpreted).
-    pub mount_label: String,
-    /// Raw storage options (`size=50M`); drivers reject keys they do not know.
-    pub storage_opt: BTreeMap<String, String>,
-}
+// The plain types of the contract live with the lower module that owns them (data flows down:
+// store, archive and layer never import driver); re-exported here, where the contract is read.
+pub use crate::archive::{Change, ChangeKind, FileGetter};
+pub use crate::layer::idmap::{self, IdMap, IdMappings};
+pub use crate::store::opts::{self, StorageOpts};
+pub use crate::store::{CreateOpts, LayerInfo, LayerKind};
 
 /// What a driver can promise about its archives.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,15 +33,6 @@ pub struct Capabilities {
     /// `apply_diff`. Docker then keeps no tar-split metadata and checks `docker save` output
     /// against the imported digest, so only a driver that stores the original tar may say yes.
     pub reproduces_exact_diffs: bool,
-}
-
-/// Reads files of one layer by their path inside it (Docker's `FileGetCloser`), used to rebuild
-/// a layer tar from tar-split metadata.
-pub trait FileGetter: Send {
-    /// Open the file at `path` (relative to the layer root, with or without a leading `/`).
-    fn get(&self, path: &str) -> Result<Box<dyn Read + Send>>;
-    /// Release what the getter holds. Calling `get` afterwards is an error.
-    fn close(&mut self) -> Result<()>;
 }
 
 /// A graph driver. Ids are validated by the driver; `parent` of `None` means "no parent".
@@ -102,6 +58,12 @@ pub trait Driver: Send + Sync {
     fn get_metadata(&self, id: &str) -> Result<BTreeMap<String, String>>;
     /// Unmount everything this driver mounted.
     fn cleanup(&self) -> Result<()>;
+    /// Release what an earlier process left that nobody can use any more (mounts whose server
+    /// died) and keep what still serves (a running container's mount), for a restarted
+    /// engine or plugin. Drivers that keep nothing across processes have nothing to do.
+    fn release_stale(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Write the changes of `id` against `parent` as an uncompressed OCI layer tar to `out`.
     fn diff(&self, id: &str, parent: Option<&str>, out: &mut dyn Write) -> Result<()>;
@@ -145,4 +107,17 @@ pub struct DriverConfig {
     pub options: Vec<String>,
     /// User and group id maps for layers.
     pub id_mappings: IdMappings,
+}
+
+impl DriverConfig {
+    /// For a driver that takes no driver options: an error naming the first one given.
+    pub fn refuse_options(&self, driver: &str) -> Result<()> {
+        match self.options.first() {
+            Some(opt) => Err(Error::InvalidMountOption {
+                option: opt.clone(),
+                reason: format!("the {driver} driver takes no driver options"),
+            }),
+            None => Ok(()),
+        }
+    }
 }

@@ -28,12 +28,7 @@ impl StrataDriver {
     /// Open the driver's store under `<root>/stratafs`. Fails with "prerequisites not satisfied"
     /// where `/dev/fuse` is missing.
     pub fn new(cfg: &DriverConfig) -> Result<Self> {
-        if let Some(opt) = cfg.options.first() {
-            return Err(Error::InvalidMountOption {
-                option: opt.clone(),
-                reason: "the stratafs driver takes no driver options".into(),
-            });
-        }
+        cfg.refuse_options(NAME)?;
         if !Path::new("/dev/fuse").exists() {
             return Err(Error::PrerequisitesNotSatisfied(
                 "/dev/fuse is missing (load the fuse module)".into(),
@@ -138,6 +133,10 @@ impl Driver for StrataDriver {
 
     fn cleanup(&self) -> Result<()> {
         self.mounts.cleanup()
+    }
+
+    fn release_stale(&self) -> Result<()> {
+        self.mounts.release_stale()
     }
 
     fn diff(&self, id: &str, parent: Option<&str>, out: &mut dyn Write) -> Result<()> {

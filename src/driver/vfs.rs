@@ -14,7 +14,7 @@ use crate::driver::{
 };
 use crate::error::{Error, Result};
 use crate::layer::copy;
-use crate::store::{LayerKind, Store};
+use crate::store::{self, LayerKind, Store};
 
 /// The driver's registered name.
 pub const NAME: &str = "vfs";
@@ -30,12 +30,7 @@ pub struct VfsDriver {
 impl VfsDriver {
     /// Open the driver's store under `<root>/vfs`.
     pub fn new(cfg: &DriverConfig) -> Result<Self> {
-        if let Some(opt) = cfg.options.first() {
-            return Err(Error::InvalidMountOption {
-                option: opt.clone(),
-                reason: "the vfs driver takes no driver options".into(),
-            });
-        }
+        cfg.refuse_options(NAME)?;
         Ok(VfsDriver {
             store: Store::open(&cfg.root.join(NAME))?,
             id_mappings: cfg.id_mappings.clone(),
@@ -155,14 +150,7 @@ impl Driver for VfsDriver {
         let mut m = BTreeMap::new();
         let chain = self.store.chain(id)?;
         m.insert("Dir".into(), self.store.diff_dir(id).display().to_string());
-        m.insert(
-            "Parents".into(),
-            chain[1..]
-                .iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        m.insert("Parents".into(), store::parent_ids(&chain));
         Ok(m)
     }
 

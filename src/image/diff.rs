@@ -11,9 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::driver::{Change, ChangeKind};
+use crate::archive::{Change, ChangeKind, NodeAttrs};
 use crate::error::{IoContext, Result};
-use crate::layer::meta;
 use crate::layer::whiteout::{self, NameKind};
 use crate::sys;
 
@@ -97,65 +96,6 @@ fn walk(root: &Path, rel: &Path, layer: usize, map: &mut BTreeMap<PathBuf, Slot>
     Ok(())
 }
 
-/// The attributes compared for a path provided by different layers.
-#[derive(Debug, PartialEq, Eq)]
-struct Node {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    rdev: u64,
-    size: i64,
-    mtime: (i64, i64),
-    link: Option<PathBuf>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-fn node(path: &Path) -> Result<Node> {
-    let mut st = sys::lstat(path).ctx(|| format!("stat {}", path.display()))?;
-    if let Some(o) =
-        meta::read_override(path).ctx(|| format!("reading override of {}", path.display()))?
-    {
-        o.apply(&mut st);
-    }
-    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    let link = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-        Some(std::fs::read_link(path).ctx(|| format!("reading link {}", path.display()))?)
-    } else {
-        None
-    };
-    let mut xattrs = Vec::new();
-    for name in sys::llistxattr(path).ctx(|| format!("listing xattrs of {}", path.display()))? {
-        if whiteout::is_internal_xattr(&name) {
-            continue;
-        }
-        let Ok(n) = std::str::from_utf8(&name) else {
-            continue;
-        };
-        if let Some(v) =
-            sys::lgetxattr(path, n).ctx(|| format!("reading xattr {n} of {}", path.display()))?
-        {
-            xattrs.push((name, v));
-        }
-    }
-    xattrs.sort();
-    // Directory size and mtime follow their content; the content is compared instead.
-    let (size, mtime) = if is_dir {
-        (0, (0, 0))
-    } else {
-        (st.st_size, (st.st_mtime, st.st_mtime_nsec))
-    };
-    Ok(Node {
-        mode: st.st_mode,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        rdev: st.st_rdev,
-        size,
-        mtime,
-        link,
-        xattrs,
-    })
-}
-
 /// One image as a chain for comparison: layer dirs and their diff_ids, topmost first.
 pub struct Chain<'a> {
     pub dirs: &'a [PathBuf],
@@ -180,8 +120,8 @@ pub fn compare_chains(old: &Chain<'_>, new: &Chain<'_>) -> Result<Vec<Change>> {
                 if old.diff_ids[la] == new.diff_ids[lb] {
                     continue;
                 }
-                let na = node(&old.dirs[la].join(p))?;
-                let nb = node(&new.dirs[lb].join(p))?;
+                let na = NodeAttrs::read(&old.dirs[la].join(p))?;
+                let nb = NodeAttrs::read(&new.dirs[lb].join(p))?;
                 if na != nb {
                     changes.insert(p.clone(), ChangeKind::Modify);
                 }

@@ -22,16 +22,16 @@ pub mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 
+use crate::archive::Change;
 use crate::driver::{CreateOpts, IdMappings};
 use crate::error::{Error, IoContext, Result};
-use crate::store::{LayerKind, Store};
+use crate::store::{write_atomic, write_json_atomic, LayerKind, Store};
 use crate::sys::FileLock;
 
 pub use format::{Platform, ResolvedImage, Selector};
@@ -144,25 +144,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let body = serde_json::to_vec_pretty(value).map_err(|e| {
-        Error::io(
-            format!("encoding {}", path.display()),
-            std::io::Error::other(e),
-        )
-    })?;
-    write_atomic(path, &body)
-}
-
-fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).ctx(|| format!("writing {}", tmp.display()))?;
-    f.write_all(body)
-        .and_then(|_| f.sync_all())
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).ctx(|| format!("writing {}", path.display()))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
@@ -486,6 +467,26 @@ impl ImageStore {
         let raw = fs::read(&p).ctx(|| format!("reading {}", p.display()))?;
         ImageConfiguration::from_reader(&raw[..])
             .map_err(|e| Error::NotAnImage(format!("{}: {e}", p.display())))
+    }
+
+    /// What changes from image `old` to image `new` (`docker diff` of their root filesystems),
+    /// sorted by path. A path both take from the same layer is not compared.
+    pub fn diff(&self, old: &ImageRecord, new: &ImageRecord) -> Result<Vec<Change>> {
+        let (old_dirs, new_dirs) = (self.lower_dirs(old)?, self.lower_dirs(new)?);
+        let diff_ids = |r: &ImageRecord| -> Vec<String> {
+            r.layers.iter().rev().map(|l| l.diff_id.clone()).collect()
+        };
+        let (old_ids, new_ids) = (diff_ids(old), diff_ids(new));
+        diff::compare_chains(
+            &diff::Chain {
+                dirs: &old_dirs,
+                diff_ids: &old_ids,
+            },
+            &diff::Chain {
+                dirs: &new_dirs,
+                diff_ids: &new_ids,
+            },
+        )
     }
 
     /// The layer directories of an image, topmost first (the order `lowerdir=` wants).

@@ -51,7 +51,8 @@ impl Source {
         }
         let mut file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
         let mut head = [0u8; 4];
-        let n = read_up_to(&mut file, &mut head).ctx(|| format!("reading {}", path.display()))?;
+        let n = decompress::read_up_to(&mut file, &mut head)
+            .ctx(|| format!("reading {}", path.display()))?;
         let (tar_path, spool) = match decompress::detect(&head[..n]) {
             decompress::Compression::None => (path.to_path_buf(), None),
             _ => {
@@ -152,19 +153,6 @@ fn truncated(name: &str) -> Error {
         entry: Some(name.to_string()),
         reason: "archive is truncated".into(),
     }
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// `./a//b/` -> `a/b`; `None` for names that climb out (`..`) or are empty.
@@ -269,18 +257,6 @@ fn index_tar(path: &Path) -> Result<HashMap<String, Member>> {
 mod tests {
     use super::*;
 
-    fn tar_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, data) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
     #[test]
     fn normalizes_member_names() {
         assert_eq!(normalize("./a//b/").as_deref(), Some("a/b"));
@@ -316,7 +292,7 @@ mod tests {
     fn truncated_and_compressed_archives() {
         let d = tempfile::tempdir().unwrap();
         let big = vec![7u8; 5000];
-        let data = tar_with(&[("a", b"1"), ("b", &big)]);
+        let data = crate::archive::files_tar(&[("a", b"1"), ("b", &big)]);
         let p = d.path().join("t.tar");
         std::fs::write(&p, &data[..2048]).unwrap();
         assert!(matches!(

@@ -379,25 +379,7 @@ fn diff_between_loaded_images() {
     kit::write_dir(&pb, &kit::oci_files(&[&top], Comp::Gzip));
     let a = s.load(&pa, &sel(), &Quiet).unwrap().image;
     let b = s.load(&pb, &sel(), &Quiet).unwrap().image;
-    let chain = |r: &ImageRecord| -> (Vec<std::path::PathBuf>, Vec<String>) {
-        (
-            s.lower_dirs(r).unwrap(),
-            r.layers.iter().rev().map(|l| l.diff_id.clone()).collect(),
-        )
-    };
-    let (ad, ai) = chain(&a);
-    let (bd, bi) = chain(&b);
-    let changes = diff::compare_chains(
-        &diff::Chain {
-            dirs: &ad,
-            diff_ids: &ai,
-        },
-        &diff::Chain {
-            dirs: &bd,
-            diff_ids: &bi,
-        },
-    )
-    .unwrap();
+    let changes = s.diff(&a, &b).unwrap();
     let lines: Vec<String> = changes
         .iter()
         .map(|c| format!("{:?} {}", c.kind, c.path))

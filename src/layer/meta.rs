@@ -208,7 +208,7 @@ mod tests {
         let o = OverrideStat::parse(b"0:0:755").unwrap();
         assert_eq!(o.st_mode(libc::S_IFDIR | 0o700), libc::S_IFDIR | 0o755);
         let o = OverrideStat::parse(b"0:0:644:char-1-3").unwrap();
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let mut st = sys::empty_stat();
         st.st_mode = libc::S_IFREG | 0o600;
         o.apply(&mut st);
         assert_eq!(st.st_mode, libc::S_IFCHR | 0o644);

@@ -1,6 +1,8 @@
 //! What one layer directory means, shared by everyone who reads or writes layers: the whiteout
-//! and opaque formats, `override_stat` ownership records and internal xattr names.
+//! and opaque formats, `override_stat` ownership records, internal xattr names and the id maps
+//! between container and host owners.
 
 pub mod copy;
+pub mod idmap;
 pub mod meta;
 pub mod whiteout;

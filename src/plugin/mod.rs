@@ -1,14 +1,17 @@
 //! Docker graph driver plugin server: Docker's plugin protocol (HTTP POSTs with JSON bodies on a
 //! unix socket, `graphdriver.md`) over any [`Driver`].
 //!
-//! `Init` constructs the driver through a [`DriverFactory`] and runs its `cleanup` at once, so
-//! mounts left by an earlier run of the plugin are released. `Diff` streams the tar as the
+//! `Init` constructs the driver through a [`DriverFactory`] and releases what an earlier run of
+//! the plugin left that is dead (mounts whose server died), keeping live mounts of running
+//! containers. `Diff` streams the tar as the
 //! response body and `ApplyDiff` reads the request body as a stream ([`bridge`]). SIGTERM and
-//! SIGINT run `cleanup` and end [`run`].
+//! SIGINT end [`run`], running `cleanup` unless the dockerd that sent `Init` still runs (its
+//! containers' mounts then stay for the next plugin process).
 
 pub mod bridge;
 pub mod proto;
 mod server;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -75,11 +78,12 @@ pub fn factory_for(name: &str) -> Result<DriverFactory> {
     }))
 }
 
-/// Bind the plugin socket: create its directory and replace a stale socket file. A socket that
-/// still answers belongs to a running plugin and is left alone.
+/// Bind the plugin socket (mode 0600: whoever talks to it commands a root storage driver):
+/// create its directory (0700) and replace a stale socket file. A socket that still answers
+/// belongs to a running plugin and is left alone.
 pub fn bind(socket: &Path) -> Result<UnixListener> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::socket::create_private_dir(dir)?;
     }
     match std::fs::symlink_metadata(socket) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -104,15 +108,25 @@ pub fn bind(socket: &Path) -> Result<UnixListener> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("inspecting {}", socket.display()), e)),
     }
-    UnixListener::bind(socket).ctx(|| format!("binding {}", socket.display()))
+    let listener = crate::socket::bind_private(socket)?;
+    listener
+        .set_nonblocking(true)
+        .ctx(|| format!("binding {}", socket.display()))?;
+    UnixListener::from_std(listener).ctx(|| format!("binding {}", socket.display()))
 }
 
 /// Where the last Init is kept by default (outside Docker's plugin directory, which Docker scans).
 pub const DEFAULT_STATE_FILE: &str = "/run/stratafs/plugin-init.json";
 
-/// Serve the plugin protocol on `socket` until SIGTERM or SIGINT, then clean up the driver and
-/// remove the socket. With a `state_file`, a restarted plugin resumes the last `Init` at once.
-pub fn run(socket: &Path, state_file: Option<PathBuf>, factory: DriverFactory) -> Result<()> {
+/// Serve the plugin protocol on `socket` until SIGTERM or SIGINT, then clean up the driver
+/// (unless its dockerd still runs) and remove the socket. With a `state_file`, a restarted
+/// plugin resumes the last `Init` at once.
+pub fn run(
+    socket: &Path,
+    state_file: Option<PathBuf>,
+    driver_name: &str,
+    factory: DriverFactory,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -121,7 +135,12 @@ pub fn run(socket: &Path, state_file: Option<PathBuf>, factory: DriverFactory) -
         let listener = bind(socket)?;
         let mut term = signal(SignalKind::terminate()).ctx(|| "installing a SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).ctx(|| "installing a SIGINT handler")?;
-        tracing::info!(socket = %socket.display(), "stratafs plugin listening");
+        tracing::info!(
+            socket = %socket.display(),
+            driver = driver_name,
+            state = %state_file.as_deref().map_or("none".into(), |p| p.display().to_string()),
+            "stratafs plugin listening"
+        );
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),

@@ -25,9 +25,10 @@ use tokio::sync::oneshot;
 
 use super::bridge::{BodyReader, ChannelWriter};
 use super::proto::{CapabilitiesJson, ChangeJson, InitRequest, LayerRequest, Reply, MEDIA_TYPE};
+use super::state::{Peer, Saved, Stale};
 use super::{DriverFactory, InitParams};
 use crate::driver::{CreateOpts, Driver, IdMappings};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// Response bodies: small JSON documents or a streamed tar.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -41,6 +42,10 @@ const DIFF_QUEUE: usize = 4;
 pub struct Server {
     factory: DriverFactory,
     driver: RwLock<Option<Arc<dyn Driver>>>,
+    /// The home of `driver`.
+    home: RwLock<Option<PathBuf>>,
+    /// The dockerd that sent the Init of `driver`, when known.
+    dockerd: RwLock<Option<Peer>>,
     /// Where the last successful `Init` request is kept, so that a restarted plugin can serve a
     /// dockerd that is still running (Docker does not call `Init` again on a known plugin).
     state_file: Option<PathBuf>,
@@ -55,49 +60,66 @@ impl Server {
         Arc::new(Server {
             factory,
             driver: RwLock::new(None),
+            home: RwLock::new(None),
+            dockerd: RwLock::new(None),
             state_file,
         })
     }
 
-    /// Initialise from the state file of an earlier run, if there is one. The driver's cleanup
-    /// then releases that run's stale mounts. Failures are logged; Docker's next `Init` wins.
+    /// Initialise from the state file of an earlier run, if it is still current: its home
+    /// exists and the dockerd that sent it still runs (that dockerd will not call `Init`
+    /// again). Mounts whose server died are released; live ones (running containers) are
+    /// kept. Failures are logged; Docker's next `Init` wins.
     pub async fn resume(&self) {
         let Some(path) = self.state_file.clone() else {
             return;
         };
-        let req = match std::fs::read(&path) {
-            Ok(data) => match serde_json::from_slice::<InitRequest>(&data) {
-                Ok(req) => req,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable plugin state");
-                    return;
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        let saved = match Saved::load(&path) {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "reading plugin state");
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable plugin state");
                 return;
             }
         };
-        tracing::info!(home = %req.home, "resuming the previous Init");
-        if let Err(e) = self.init_driver(req).await {
+        if let Err(why) = saved.check() {
+            // A dockerd that is gone is the usual case after both were stopped; a home that
+            // is gone is a file of some earlier, unrelated dockerd.
+            match why {
+                Stale::DockerdGone(_) => tracing::info!(
+                    path = %path.display(),
+                    home = %saved.init.home,
+                    "not resuming the saved Init: {why}; waiting for Docker's Init"
+                ),
+                Stale::HomeGone(_) => tracing::warn!(
+                    path = %path.display(),
+                    home = %saved.init.home,
+                    "not resuming the saved Init: {why}; waiting for Docker's Init"
+                ),
+            }
+            return;
+        }
+        match saved.dockerd {
+            Some(d) => {
+                tracing::info!(home = %saved.init.home, dockerd = d.pid, "resuming the Init of the running dockerd")
+            }
+            None => tracing::warn!(
+                home = %saved.init.home,
+                path = %path.display(),
+                "resuming a saved Init whose dockerd is unknown (an older state file, or another pid namespace)"
+            ),
+        }
+        if let Err(e) = self.init_driver(saved.init, saved.dockerd).await {
             tracing::warn!(error = %e, "resuming the previous Init failed");
         }
     }
 
-    /// Keep the Init request for [`Server::resume`]; written atomically (temp file + rename).
-    fn save_state(&self, req: &InitRequest) -> Result<()> {
+    /// Keep the Init request and its sender for [`Server::resume`].
+    fn save_state(&self, init: InitRequest, dockerd: Option<Peer>) -> Result<()> {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-        }
-        let data = serde_json::to_vec(req)
-            .map_err(|e| Error::io("encoding plugin state", io::Error::other(e)))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, data).ctx(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).ctx(|| format!("renaming {}", tmp.display()))
+        Saved { init, dockerd }.save(path)
     }
 
     /// The driver `Init` made, if any.
@@ -106,7 +128,8 @@ impl Server {
     }
 
     /// Serve connections from `listener` until `shutdown` completes, then run the driver's
-    /// `cleanup` (unmount everything). Connections are served concurrently.
+    /// `cleanup` (unmount everything) unless the dockerd that sent Init still runs.
+    /// Connections are served concurrently.
     pub async fn serve(
         self: Arc<Self>,
         listener: UnixListener,
@@ -125,8 +148,15 @@ impl Server {
                         }
                     };
                     let server = self.clone();
+                    // Who connected: kept with an Init, so that a restarted plugin knows
+                    // whether that dockerd still runs.
+                    let peer = stream
+                        .peer_cred()
+                        .ok()
+                        .and_then(|c| c.pid())
+                        .and_then(Peer::of);
                     tokio::spawn(async move {
-                        let service = service_fn(move |req| server.clone().handle(req));
+                        let service = service_fn(move |req| server.clone().handle(req, peer));
                         if let Err(e) = http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
                             .await
@@ -135,6 +165,18 @@ impl Server {
                         }
                     });
                 }
+            }
+        }
+        // The mounts' servers are processes of their own. While the dockerd that sent Init
+        // runs, its containers' mounts stay for the next plugin process to adopt (a restart
+        // or an upgrade of the plugin); dockerd's own `Cleanup` at its shutdown unmounts them.
+        if let Some(d) = *self.dockerd.read() {
+            if d.alive() {
+                tracing::info!(
+                    dockerd = d.pid,
+                    "shutting down: dockerd still runs, its mounts stay for the next plugin"
+                );
+                return Ok(());
             }
         }
         tracing::info!("shutting down: cleaning up the driver");
@@ -152,6 +194,7 @@ impl Server {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        peer: Option<Peer>,
     ) -> std::result::Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or_default().to_string();
@@ -163,7 +206,7 @@ impl Server {
                 ..Default::default()
             }),
             "/GraphDriver.Init" => match read_json::<InitRequest>(body).await {
-                Ok(req) => self.init(req).await,
+                Ok(req) => self.init(req, peer).await,
                 Err(resp) => resp,
             },
             "/GraphDriver.ApplyDiff" => self.apply_diff(&query, body).await,
@@ -181,8 +224,8 @@ impl Server {
         Ok(response)
     }
 
-    async fn init(&self, req: InitRequest) -> Response<Body> {
-        match self.init_driver(req).await {
+    async fn init(&self, req: InitRequest, peer: Option<Peer>) -> Response<Body> {
+        match self.init_driver(req, peer).await {
             Ok(()) => json_ok(Reply::default()),
             Err(e) => {
                 tracing::error!(error = %e, "init failed");
@@ -192,7 +235,7 @@ impl Server {
     }
 
     /// Construct the driver for `req`, clean up stale mounts, and remember the request.
-    async fn init_driver(&self, req: InitRequest) -> Result<()> {
+    pub(super) async fn init_driver(&self, req: InitRequest, dockerd: Option<Peer>) -> Result<()> {
         let id_mappings = IdMappings::new(
             req.uid_maps.clone().unwrap_or_default(),
             req.gid_maps.clone().unwrap_or_default(),
@@ -202,26 +245,37 @@ impl Server {
             options: req.opts.clone().unwrap_or_default(),
             id_mappings,
         };
-        // A second Init (dockerd restarted while we kept running): release what the previous
-        // driver holds before opening the store again; it is not used after a failed Init either.
+        // A second Init (dockerd restarted while we kept running) of another home: release
+        // what the previous driver holds. For the same home the new driver takes its mounts
+        // over below; the old one is not used after a failed Init either.
         let previous = self.driver.write().take();
-        if let Some(old) = previous {
+        let same_home = self.home.read().as_deref() == Some(params.home.as_path());
+        if let Some(old) = previous.filter(|_| !same_home) {
             if let Err(e) = blocking(move || old.cleanup()).await {
                 tracing::warn!(error = %e, "cleanup of the previous driver");
             }
         }
         let factory = self.factory.clone();
+        let home = params.home.clone();
         let made = blocking(move || {
             let driver = factory(&params)?;
-            // Mounts left by an earlier run of the plugin (killed or not) are stale now.
-            driver.cleanup()?;
-            tracing::info!(home = %params.home.display(), driver = driver.name(), "initialised");
+            // Mounts of an earlier run of the plugin whose server died are stale; the live
+            // ones serve running containers, whose `put` comes later.
+            driver.release_stale()?;
+            tracing::info!(
+                home = %params.home.display(),
+                driver = driver.name(),
+                dockerd = dockerd.map(|d| d.pid),
+                "initialised"
+            );
             Ok(driver)
         })
         .await;
         let driver = made?;
         *self.driver.write() = Some(driver);
-        if let Err(e) = self.save_state(&req) {
+        *self.home.write() = Some(home);
+        *self.dockerd.write() = dockerd;
+        if let Err(e) = self.save_state(req, dockerd) {
             tracing::warn!(error = %e, "saving the Init request");
         }
         Ok(())

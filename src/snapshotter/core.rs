@@ -7,10 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::{Info, Usage};
 use parking_lot::Mutex;
 
+use super::api::{Info, Mount, Usage};
 use super::meta::{Db, Kind, SnapshotRecord};
 use super::SnapshotError;
 use crate::driver::{CreateOpts, IdMappings};
@@ -20,8 +19,25 @@ use crate::sys::FileLock;
 
 type Result<T, E = SnapshotError> = std::result::Result<T, E>;
 
+/// What an update asks for: the snapshot's name and its new labels (the only mutable field).
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// The record of snapshot `key`, or NotFound.
+fn snapshot<'a>(db: &'a Db, key: &str) -> Result<&'a SnapshotRecord> {
+    db.snapshots
+        .get(key)
+        .ok_or_else(|| SnapshotError::NotFound(key.to_string()))
+}
+
 /// The mount type containerd hands to `mount.fuse3`, which runs `stratafs overlay TARGET -o ...`.
 pub const FUSE_MOUNT_TYPE: &str = "fuse3.stratafs";
+/// How containerd's unpacker names the active snapshot a layer is applied into
+/// (`extract-UNIQUE CHAINID`, by `ctr images import`, pulls and the CRI alike).
+const UNPACK_KEY_PREFIX: &str = "extract-";
 /// The label prefix containerd uses for a label update of one key (`labels.KEY`).
 const LABELS_FIELD: &str = "labels";
 /// Longest `lowerdir=` option passed inline. The option travels as one argument through
@@ -45,7 +61,8 @@ impl Core {
     /// Open (creating if needed) the snapshotter state under `root`. Fails if another snapshotter
     /// already serves this root.
     pub fn open(root: &Path) -> Result<Core> {
-        fs::create_dir_all(root).ctx(|| format!("creating {}", root.display()))?;
+        // Root-only when made here: it holds containerd's snapshot table.
+        crate::socket::create_private_dir(root)?;
         let root = fs::canonicalize(root).ctx(|| format!("resolving {}", root.display()))?;
         // Layer paths end up inside comma-separated mount options and colon-separated lowerdir
         // lists, where neither character can be escaped reliably through mount.fuse3.
@@ -108,10 +125,7 @@ impl Core {
         let parent_id = match &parent {
             None => None,
             Some(p) => {
-                let rec = db
-                    .snapshots
-                    .get(p)
-                    .ok_or_else(|| SnapshotError::NotFound(p.clone()))?;
+                let rec = snapshot(&db, p)?;
                 if rec.kind != Kind::Committed {
                     return Err(SnapshotError::InvalidArgument(format!(
                         "parent {p:?} is not a committed snapshot"
@@ -161,10 +175,7 @@ impl Core {
     }
 
     fn mounts_locked(&self, db: &Db, key: &str) -> Result<Vec<Mount>> {
-        let top = db
-            .snapshots
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?;
+        let top = snapshot(db, key)?;
         if top.kind == Kind::Committed {
             return Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {key:?} is committed, not active: it has no mounts"
@@ -186,6 +197,17 @@ impl Core {
             // A view of one layer is that layer, read-only: no FUSE server needed.
             (Kind::View, 1) => bind(lowers[0].clone(), "ro"),
             (Kind::View, _) => fuse(vec![lower_option()?]),
+            // containerd unpacks each image layer into an `extract-` snapshot. Handed an
+            // `overlay` mount, its diff applier writes the layer straight into `upperdir`, as for
+            // its own overlayfs snapshotter (whiteouts as 0/0 devices, opaque directories as
+            // `trusted.overlay.opaque`, both of which stratafs reads), instead of through a FUSE
+            // server started for the one layer. The lower list is inline: containerd reads it
+            // (for the layer's parents) but mounts nothing.
+            (Kind::Active, _) if is_unpack_key(key) => overlay(vec![
+                format!("lowerdir={}", lowers.join(":")),
+                format!("upperdir={own}"),
+                format!("workdir={}", self.store.work_dir(&top.id).display()),
+            ]),
             _ => fuse(vec![
                 lower_option()?,
                 format!("upperdir={own}"),
@@ -205,11 +227,7 @@ impl Core {
             return Err(SnapshotError::InvalidArgument("empty snapshot name".into()));
         }
         let mut db = self.db.lock();
-        let rec = db
-            .snapshots
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?
-            .clone();
+        let rec = snapshot(&db, key)?.clone();
         if rec.kind != Kind::Active {
             return Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {key:?} is not active"
@@ -276,21 +294,15 @@ impl Core {
     /// Info of one snapshot.
     pub fn stat(&self, key: &str) -> Result<Info> {
         let db = self.db.lock();
-        let rec = db
-            .snapshots
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?;
+        let rec = snapshot(&db, key)?;
         Ok(info(key, rec))
     }
 
     /// Update the mutable fields (labels) of a snapshot: all of them when `fieldpaths` is empty,
     /// else `labels` (all labels) and `labels.KEY` (one label; absent or empty deletes it).
-    pub fn update(&self, new: Info, fieldpaths: Option<Vec<String>>) -> Result<Info> {
+    pub fn update(&self, new: Update, fieldpaths: Option<Vec<String>>) -> Result<Info> {
         let mut db = self.db.lock();
-        let rec = db
-            .snapshots
-            .get(&new.name)
-            .ok_or_else(|| SnapshotError::NotFound(new.name.clone()))?;
+        let rec = snapshot(&db, &new.name)?;
         let mut updated = rec.clone();
         match fieldpaths.filter(|p| !p.is_empty()) {
             None => updated.labels = new.labels.clone(),
@@ -330,10 +342,7 @@ impl Core {
     pub fn usage(&self, key: &str) -> Result<Usage> {
         let dir = {
             let db = self.db.lock();
-            let rec = db
-                .snapshots
-                .get(key)
-                .ok_or_else(|| SnapshotError::NotFound(key.to_string()))?;
+            let rec = snapshot(&db, key)?;
             self.store.diff_dir(&rec.id)
         };
         Ok(disk_usage(&dir)?)
@@ -401,6 +410,24 @@ fn lowerdir_option(lowers: &[String], file: &Path, max: usize) -> crate::error::
     Ok(format!("lowerdir_file={}", file.display()))
 }
 
+/// Whether `key` is one containerd unpacks a layer into: its own part (after the proxy's
+/// `namespace/id/`) starts with containerd's unpack prefix, `extract-`.
+fn is_unpack_key(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .unwrap_or(key)
+        .starts_with(UNPACK_KEY_PREFIX)
+}
+
+fn overlay(options: Vec<String>) -> Mount {
+    Mount {
+        r#type: "overlay".into(),
+        source: "overlay".into(),
+        target: String::new(),
+        options,
+    }
+}
+
 fn bind(source: String, access: &str) -> Mount {
     Mount {
         r#type: "bind".into(),
@@ -421,11 +448,7 @@ fn fuse(options: Vec<String>) -> Mount {
 
 fn info(key: &str, rec: &SnapshotRecord) -> Info {
     Info {
-        kind: match rec.kind {
-            Kind::View => containerd_snapshots::Kind::View,
-            Kind::Active => containerd_snapshots::Kind::Active,
-            Kind::Committed => containerd_snapshots::Kind::Committed,
-        },
+        kind: rec.kind,
         name: key.to_string(),
         parent: rec.parent.clone().unwrap_or_default(),
         labels: rec.labels.clone(),

@@ -7,13 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::store;
 
 const DB_FILE: &str = "snapshots.json";
 
@@ -67,20 +67,8 @@ impl Db {
 
     /// Write the table atomically: a crash leaves either the old or the new file.
     pub fn save(&self, root: &Path) -> Result<()> {
-        let dest = root.join(DB_FILE);
-        let tmp: PathBuf = root.join(format!(".{DB_FILE}.tmp"));
-        let body = serde_json::to_vec_pretty(self).map_err(|e| Error::CorruptLayer {
-            id: "snapshotter metadata".into(),
-            reason: e.to_string(),
-        })?;
-        let mut f = fs::File::create(&tmp).ctx(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&body)
-            .and_then(|_| f.sync_all())
-            .ctx(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &dest).ctx(|| format!("writing {}", dest.display()))?;
-        fs::File::open(root)
-            .and_then(|d| d.sync_all())
-            .ctx(|| format!("syncing {}", root.display()))
+        store::write_json_atomic_mode(&root.join(DB_FILE), self, crate::socket::PRIVATE_FILE)?;
+        store::sync_dir(root)
     }
 
     /// A fresh layer id.

@@ -13,29 +13,33 @@
 //! into `stratafs overlay TARGET -o lowerdir=...`). The FUSE servers therefore belong to
 //! containerd's mounts, and restarting the snapshotter leaves running containers alone.
 
+pub mod api;
 mod core;
 mod meta;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::tonic::{self, transport::Server};
-use containerd_snapshots::{Info, Usage};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
 
-pub use self::core::{Core, FUSE_MOUNT_TYPE};
+use self::api::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
+use self::api::snapshots::*;
+pub use self::core::{Core, Update, FUSE_MOUNT_TYPE};
 use crate::error::{Error, IoContext};
 
 /// Default socket containerd's `[proxy_plugins.stratafs]` points at.
 pub const DEFAULT_SOCKET: &str = "/run/stratafs/snapshotter.sock";
 /// Default state directory.
 pub const DEFAULT_ROOT: &str = "/var/lib/stratafs-snapshotter";
+
+/// How many snapshots one message of a `List` stream carries.
+const LIST_BATCH: usize = 100;
 
 /// What a snapshot call can fail with; each kind maps to the gRPC code containerd expects
 /// (containerd turns the codes back into its `errdefs` kinds, which its callers match on).
@@ -55,22 +59,20 @@ pub enum SnapshotError {
     Worker(String),
 }
 
-impl From<SnapshotError> for tonic::Status {
-    fn from(e: SnapshotError) -> tonic::Status {
+impl From<SnapshotError> for Status {
+    fn from(e: SnapshotError) -> Status {
         let msg = e.to_string();
         match e {
             SnapshotError::NotFound(_) | SnapshotError::Store(Error::LayerNotFound(_)) => {
-                tonic::Status::not_found(msg)
+                Status::not_found(msg)
             }
             SnapshotError::AlreadyExists(_) | SnapshotError::Store(Error::LayerExists(_)) => {
-                tonic::Status::already_exists(msg)
+                Status::already_exists(msg)
             }
             SnapshotError::FailedPrecondition(_)
-            | SnapshotError::Store(Error::HasChildren { .. }) => {
-                tonic::Status::failed_precondition(msg)
-            }
-            SnapshotError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-            SnapshotError::Store(_) | SnapshotError::Worker(_) => tonic::Status::internal(msg),
+            | SnapshotError::Store(Error::HasChildren { .. }) => Status::failed_precondition(msg),
+            SnapshotError::InvalidArgument(_) => Status::invalid_argument(msg),
+            SnapshotError::Store(_) | SnapshotError::Worker(_) => Status::internal(msg),
         }
     }
 }
@@ -91,103 +93,136 @@ impl Service {
         &self,
         what: &'static str,
         f: impl FnOnce(&Core) -> Result<T, SnapshotError> + Send + 'static,
-    ) -> Result<T, SnapshotError> {
+    ) -> Result<Response<T>, Status> {
         let core = self.core.clone();
         let out = tokio::task::spawn_blocking(move || f(&core))
             .await
-            .map_err(|e| SnapshotError::Worker(e.to_string()))?;
-        if let Err(err) = &out {
-            tracing::debug!(what, %err, "snapshot call failed");
+            .map_err(|e| SnapshotError::Worker(e.to_string()))
+            .and_then(|r| r);
+        match out {
+            Ok(v) => Ok(Response::new(v)),
+            Err(err) => {
+                tracing::debug!(what, %err, "snapshot call failed");
+                Err(err.into())
+            }
         }
-        out
     }
 }
 
-type InfoStream = tokio_stream::Iter<std::vec::IntoIter<Result<Info, SnapshotError>>>;
+type ListStream = tokio_stream::Iter<std::vec::IntoIter<Result<ListSnapshotsResponse, Status>>>;
 
 #[tonic::async_trait]
-impl containerd_snapshots::Snapshotter for Service {
-    type Error = SnapshotError;
-
-    async fn stat(&self, key: String) -> Result<Info, SnapshotError> {
-        self.run("stat", move |c| c.stat(&key)).await
-    }
-
-    async fn update(
-        &self,
-        info: Info,
-        fieldpaths: Option<Vec<String>>,
-    ) -> Result<Info, SnapshotError> {
-        self.run("update", move |c| c.update(info, fieldpaths))
-            .await
-    }
-
-    async fn usage(&self, key: String) -> Result<Usage, SnapshotError> {
-        self.run("usage", move |c| c.usage(&key)).await
-    }
-
-    async fn mounts(&self, key: String) -> Result<Vec<Mount>, SnapshotError> {
-        self.run("mounts", move |c| c.mounts(&key)).await
-    }
-
+impl Snapshots for Service {
     async fn prepare(
         &self,
-        key: String,
-        parent: String,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>, SnapshotError> {
+        req: Request<PrepareSnapshotRequest>,
+    ) -> Result<Response<PrepareSnapshotResponse>, Status> {
+        let r = req.into_inner();
         self.run("prepare", move |c| {
-            c.create(meta::Kind::Active, &key, &parent, labels)
+            let mounts = c.create(meta::Kind::Active, &r.key, &r.parent, r.labels)?;
+            Ok(PrepareSnapshotResponse { mounts })
         })
         .await
     }
 
     async fn view(
         &self,
-        key: String,
-        parent: String,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<Mount>, SnapshotError> {
+        req: Request<ViewSnapshotRequest>,
+    ) -> Result<Response<ViewSnapshotResponse>, Status> {
+        let r = req.into_inner();
         self.run("view", move |c| {
-            c.create(meta::Kind::View, &key, &parent, labels)
+            let mounts = c.create(meta::Kind::View, &r.key, &r.parent, r.labels)?;
+            Ok(ViewSnapshotResponse { mounts })
         })
         .await
     }
 
-    async fn commit(
+    async fn mounts(
         &self,
-        name: String,
-        key: String,
-        labels: HashMap<String, String>,
-    ) -> Result<(), SnapshotError> {
-        self.run("commit", move |c| c.commit(&name, &key, labels))
+        req: Request<MountsRequest>,
+    ) -> Result<Response<MountsResponse>, Status> {
+        let key = req.into_inner().key;
+        self.run("mounts", move |c| {
+            Ok(MountsResponse {
+                mounts: c.mounts(&key)?,
+            })
+        })
+        .await
+    }
+
+    async fn commit(&self, req: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        self.run("commit", move |c| c.commit(&r.name, &r.key, r.labels))
             .await
     }
 
-    async fn remove(&self, key: String) -> Result<(), SnapshotError> {
+    async fn remove(&self, req: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
+        let key = req.into_inner().key;
         self.run("remove", move |c| c.remove(&key)).await
     }
 
-    async fn clear(&self) -> Result<(), SnapshotError> {
-        self.run("cleanup", |c| c.cleanup().map(drop)).await
+    async fn stat(
+        &self,
+        req: Request<StatSnapshotRequest>,
+    ) -> Result<Response<StatSnapshotResponse>, Status> {
+        let key = req.into_inner().key;
+        self.run("stat", move |c| {
+            Ok(StatSnapshotResponse {
+                info: Some(c.stat(&key)?.into()),
+            })
+        })
+        .await
     }
 
-    type InfoStream = InfoStream;
+    async fn update(
+        &self,
+        req: Request<UpdateSnapshotRequest>,
+    ) -> Result<Response<UpdateSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let info = r
+            .info
+            .ok_or_else(|| Status::invalid_argument("update without a snapshot info"))?;
+        let paths = r.update_mask.map(|m| m.paths);
+        let new = Update {
+            name: info.name,
+            labels: info.labels,
+        };
+        self.run("update", move |c| {
+            Ok(UpdateSnapshotResponse {
+                info: Some(c.update(new, paths)?.into()),
+            })
+        })
+        .await
+    }
+
+    type ListStream = ListStream;
 
     async fn list(
         &self,
-        _snapshotter: String,
-        filters: Vec<String>,
-    ) -> Result<InfoStream, SnapshotError> {
+        req: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListStream>, Status> {
         // containerd filters in its own metadata layer above the proxy; the backend's list
         // (used by its garbage collector) is unfiltered, so filters are only logged here.
+        let filters = req.into_inner().filters;
         if !filters.is_empty() {
             tracing::debug!(?filters, "list filters ignored: returning every snapshot");
         }
-        let infos = self.run("list", |c| Ok(c.list())).await?;
-        Ok(tokio_stream::iter(
-            infos.into_iter().map(Ok).collect::<Vec<_>>(),
-        ))
+        let infos = self.run("list", |c| Ok(c.list())).await?.into_inner();
+        let batches = infos.chunks(LIST_BATCH).map(|chunk| ListSnapshotsResponse {
+            info: chunk.iter().cloned().map(Into::into).collect(),
+        });
+        Ok(Response::new(tokio_stream::iter(
+            batches.map(Ok).collect::<Vec<_>>(),
+        )))
+    }
+
+    async fn usage(&self, req: Request<UsageRequest>) -> Result<Response<UsageResponse>, Status> {
+        let key = req.into_inner().key;
+        self.run("usage", move |c| Ok(c.usage(&key)?.into())).await
+    }
+
+    async fn cleanup(&self, _req: Request<CleanupRequest>) -> Result<Response<()>, Status> {
+        self.run("cleanup", |c| c.cleanup().map(drop)).await
     }
 }
 
@@ -202,7 +237,7 @@ pub async fn serve(
     let listener = bind_socket(socket)?;
     tracing::info!(socket = %socket.display(), root = %root.display(), "snapshotter listening");
     let result = Server::builder()
-        .add_service(containerd_snapshots::server(Arc::new(Service::new(core))))
+        .add_service(SnapshotsServer::new(Service::new(core)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(socket) {
@@ -213,7 +248,7 @@ pub async fn serve(
 
 fn bind_socket(socket: &Path) -> Result<UnixListener, SnapshotError> {
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        crate::socket::create_private_dir(dir)?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -225,16 +260,10 @@ fn bind_socket(socket: &Path) -> Result<UnixListener, SnapshotError> {
         // Left by a server that died without cleaning up.
         std::fs::remove_file(socket).ctx(|| format!("removing stale {}", socket.display()))?;
     }
-    let listener =
-        UnixListener::bind(socket).ctx(|| format!("listening on {}", socket.display()))?;
-    set_socket_mode(socket)?;
-    Ok(listener)
-}
-
-/// Only root (containerd) may talk to the snapshotter: it hands out host paths.
-fn set_socket_mode(socket: &Path) -> Result<(), SnapshotError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .ctx(|| format!("setting mode of {}", socket.display()))?;
-    Ok(())
+    // Only root (containerd) may talk to the snapshotter: it hands out host paths.
+    let listener = crate::socket::bind_private(socket)?;
+    listener
+        .set_nonblocking(true)
+        .ctx(|| format!("listening on {}", socket.display()))?;
+    Ok(UnixListener::from_std(listener).ctx(|| format!("listening on {}", socket.display()))?)
 }

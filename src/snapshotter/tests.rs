@@ -5,13 +5,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
-use containerd_snapshots::api::snapshots::v1::*;
-use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::tonic::transport::{Channel, Endpoint, Uri};
-use containerd_snapshots::tonic::Code;
+use super::api::snapshots::snapshots_client::SnapshotsClient;
+use super::api::snapshots::*;
+use super::api::Mount;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::Code;
 
 use super::{serve, SnapshotError, FUSE_MOUNT_TYPE};
 use crate::store::Store;
@@ -504,5 +504,53 @@ async fn deep_chain_lists_every_parent_topmost_first() {
     let m = prepare(&mut c, "x/run", &parent).await.unwrap();
     diffs.reverse();
     assert_eq!(option(&m[0], "lowerdir"), Some(diffs.join(":").as_str()));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_unpack_through_an_overlay_mount_containers_through_fuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("root"), &dir.path().join("s.sock")).await;
+    let mut c = server.client().await;
+    let base = diff_of(
+        &prepare(&mut c, "k8s.io/1/extract-1-a sha256:a", "")
+            .await
+            .unwrap()[0],
+    );
+    commit(&mut c, "k8s.io/2/sha256:a", "k8s.io/1/extract-1-a sha256:a")
+        .await
+        .unwrap();
+
+    // A layer being unpacked: containerd's applier writes into upperdir, mounting nothing.
+    let key = "k8s.io/3/extract-2-b sha256:b";
+    let m = prepare(&mut c, key, "k8s.io/2/sha256:a").await.unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(
+        (m[0].r#type.as_str(), m[0].source.as_str()),
+        ("overlay", "overlay")
+    );
+    assert_eq!(option(&m[0], "lowerdir"), Some(base.to_str().unwrap()));
+    let upper = PathBuf::from(option(&m[0], "upperdir").expect("upperdir"));
+    assert!(upper.is_dir() && upper != base);
+    assert!(PathBuf::from(option(&m[0], "workdir").expect("workdir")).is_dir());
+    let again = c
+        .mounts(MountsRequest {
+            snapshotter: SN.into(),
+            key: key.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts;
+    assert_eq!(again, m);
+    commit(&mut c, "k8s.io/4/sha256:b", key).await.unwrap();
+
+    // A container's snapshot (and any key merely containing the word) is served by stratafs.
+    for key in ["k8s.io/5/0123abcd", "k8s.io/6/my-extract-b"] {
+        let m = prepare(&mut c, key, "k8s.io/4/sha256:b").await.unwrap();
+        assert_eq!(m[0].r#type, FUSE_MOUNT_TYPE, "{key}");
+        let lowers = format!("{}:{}", upper.display(), base.display());
+        assert_eq!(option(&m[0], "lowerdir"), Some(lowers.as_str()));
+    }
     server.stop().await;
 }

@@ -17,15 +17,21 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::driver::{CreateOpts, IdMappings, StorageOpts};
 use crate::error::{Error, IoContext, Result};
-use crate::sys::FileLock;
+use crate::layer::idmap::IdMappings;
+use crate::sys::{self, FileLock};
+
+pub mod durable;
+pub mod opts;
+pub use durable::{
+    sync_dir, write_atomic, write_atomic_mode, write_json_atomic, write_json_atomic_mode,
+};
+pub use opts::StorageOpts;
 
 const LAYERS: &str = "layers";
 const TMP: &str = "tmp";
@@ -39,6 +45,25 @@ const MAX_ID_LEN: usize = 200;
 pub enum LayerKind {
     ReadOnly,
     ReadWrite,
+}
+
+/// One layer as listed by [`Driver::list`](crate::driver::Driver::list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub id: String,
+    pub parent: Option<String>,
+    pub kind: LayerKind,
+    /// Where the layer's merged view is mounted now, if it is.
+    pub mounted_at: Option<PathBuf>,
+}
+
+/// Options given when a layer is created.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOpts {
+    /// SELinux label for the mount (kept and reported, not interpreted).
+    pub mount_label: String,
+    /// Raw storage options (`size=50M`); drivers reject keys they do not know.
+    pub storage_opt: BTreeMap<String, String>,
 }
 
 /// The small record kept beside each layer's files.
@@ -205,20 +230,16 @@ impl Store {
                 fs::create_dir(d).ctx(|| format!("creating {}", d.display()))?;
             }
             set_mode(&diff, 0o755)?;
-            if (root_uid, root_gid) != current_ids() {
+            if (root_uid, root_gid) != sys::effective_ids() {
                 std::os::unix::fs::chown(&diff, Some(root_uid), Some(root_gid))
                     .ctx(|| format!("giving {} to {root_uid}:{root_gid}", diff.display()))?;
             }
             write_record(&stage, &record)?;
-            fs::File::open(&stage)
-                .and_then(|f| f.sync_all())
-                .ctx(|| format!("syncing {}", stage.display()))?;
+            sync_dir(&stage)?;
             let dest = self.layer_dir(id);
             fs::rename(&stage, &dest)
                 .ctx(|| format!("moving new layer into {}", dest.display()))?;
-            fs::File::open(self.home.join(LAYERS))
-                .and_then(|f| f.sync_all())
-                .ctx(|| "syncing the layer list")?;
+            sync_dir(&self.home.join(LAYERS))?;
             Ok(())
         })();
         if let Err(e) = built {
@@ -338,10 +359,7 @@ impl Store {
     pub fn status_lines(&self) -> Vec<(String, String)> {
         vec![
             ("Root Dir".into(), self.home.display().to_string()),
-            (
-                "Backing Filesystem".into(),
-                crate::sys::fs_type_name(&self.home),
-            ),
+            ("Backing Filesystem".into(), sys::fs_type_name(&self.home)),
             (
                 "Layers".into(),
                 self.list()
@@ -355,11 +373,11 @@ impl Store {
     pub fn layer_infos(
         &self,
         mounted_at: impl Fn(&str) -> Option<PathBuf>,
-    ) -> Result<Vec<crate::driver::LayerInfo>> {
+    ) -> Result<Vec<LayerInfo>> {
         Ok(self
             .list()?
             .into_iter()
-            .map(|r| crate::driver::LayerInfo {
+            .map(|r| LayerInfo {
                 mounted_at: mounted_at(&r.id),
                 id: r.id,
                 parent: r.parent,
@@ -387,14 +405,7 @@ impl Store {
             m.insert("LowerDir".into(), lowers.join(":"));
         }
         m.insert("Kind".into(), format!("{:?}", chain[0].kind));
-        m.insert(
-            "Parents".into(),
-            chain[1..]
-                .iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        m.insert("Parents".into(), parent_ids(&chain));
         if let Some(size) = chain[0].storage_opt.size {
             m.insert("Quota".into(), size.to_string());
         }
@@ -412,29 +423,25 @@ impl Store {
     }
 }
 
+/// The ids of a layer's parents, nearest first and comma-separated, from its [`Store::chain`]
+/// (the `Parents` fact of `get_metadata`).
+pub fn parent_ids(chain: &[LayerRecord]) -> String {
+    let parents = chain.get(1..).unwrap_or_default();
+    parents
+        .iter()
+        .map(|r| r.id.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn write_record(layer_dir: &Path, record: &LayerRecord) -> Result<()> {
-    let tmp = layer_dir.join(".layer.json.tmp");
-    let dest = layer_dir.join(RECORD);
-    let body = serde_json::to_vec_pretty(record).map_err(|e| Error::CorruptLayer {
-        id: record.id.clone(),
-        reason: e.to_string(),
-    })?;
-    let mut f = fs::File::create(&tmp).ctx(|| format!("writing {}", tmp.display()))?;
-    f.write_all(&body)
-        .and_then(|_| f.sync_all())
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &dest).ctx(|| format!("writing {}", dest.display()))
+    write_json_atomic(&layer_dir.join(RECORD), record)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .ctx(|| format!("setting mode of {}", path.display()))
-}
-
-fn current_ids() -> (u32, u32) {
-    // SAFETY: getuid/getgid never fail.
-    unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
 /// Delete a tree, making directories writable first so that an unprivileged owner can delete

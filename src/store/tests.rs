@@ -174,7 +174,7 @@ fn layer_root_gets_mapped_owner() {
         return;
     }
     let (_d, s) = store();
-    let m = crate::driver::IdMap::parse_list("0:100000:65536").unwrap();
+    let m = crate::layer::idmap::IdMap::parse_list("0:100000:65536").unwrap();
     let maps = IdMappings::new(m.clone(), m).unwrap();
     s.create(
         "mapped",

@@ -3,10 +3,10 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use super::{check, check_size, cstr};
+use super::{check, check_size, cstr, nofollow_flags, openat};
 
 /// `unlinkat(dir, name, 0)` for non-directories, `AT_REMOVEDIR` when `is_dir`.
 pub fn unlink_entry(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
@@ -15,6 +15,105 @@ pub fn unlink_entry(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Resu
         Path::new(name),
         if is_dir { libc::AT_REMOVEDIR } else { 0 },
     )
+}
+
+/// `mkdirat(dir, name, mode)`.
+pub fn mkdirat<P: AsRef<Path> + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    mode: u32,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+/// `mknodat(dir, name, mode, dev)`.
+pub fn mknodat<P: AsRef<Path> + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    mode: u32,
+    dev: u64,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            dev as libc::dev_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlinkat<P: AsRef<Path> + ?Sized>(
+    target: &OsStr,
+    dir: BorrowedFd<'_>,
+    name: &P,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    // SAFETY: valid C strings and fd.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+/// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink at `oldname`.
+pub fn linkat<A: AsRef<Path> + ?Sized, B: AsRef<Path> + ?Sized>(
+    olddir: BorrowedFd<'_>,
+    oldname: &A,
+    newdir: BorrowedFd<'_>,
+    newname: &B,
+) -> io::Result<()> {
+    let (oldname, newname): (&Path, &Path) = (oldname.as_ref(), newname.as_ref());
+    let o = cstr(oldname)?;
+    let n = cstr(newname)?;
+    // SAFETY: valid C strings and fds.
+    check(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// An unnamed regular file in directory `dir` (`O_TMPFILE`, read-write), with mode `mode`.
+pub fn open_unnamed(dir: BorrowedFd<'_>, mode: u32) -> io::Result<OwnedFd> {
+    openat(dir, Path::new("."), libc::O_TMPFILE | libc::O_RDWR, mode)
+}
+
+/// Give the unnamed file `fd` (from [`open_unnamed`]) the name `dir/name` (fails with
+/// `EEXIST` if taken). Through `/proc/self/fd`: `AT_EMPTY_PATH` needs a capability.
+pub fn link_unnamed(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let o = cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    let n = cstr(name)?;
+    // SAFETY: valid C strings and fds.
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            o.as_ptr(),
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// `unlinkat(dir, name, flags)` (`libc::AT_REMOVEDIR` for directories).
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &Path, flags: i32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
 }
 
 /// `renameat2` flag: fail with `EEXIST` when the target exists.
@@ -45,7 +144,7 @@ pub fn renameat2(
     Ok(())
 }
 
-/// A time for [`utimensat`]: leave alone, set to now, or set to a value.
+/// A time for [`set_times_at`] and [`futimens`]: leave alone, set to now, or set to a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSpec {
     Omit,
@@ -81,10 +180,7 @@ pub fn set_times_at(
 ) -> io::Result<()> {
     let c = cstr(name)?;
     let times = [atime.raw(), mtime.raw()];
-    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
-    if name.is_empty() {
-        flags |= libc::AT_EMPTY_PATH;
-    }
+    let flags = nofollow_flags(name);
     // SAFETY: valid fd, C string and a two-element array.
     check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), flags) })?;
     Ok(())
@@ -98,13 +194,53 @@ pub fn futimens(fd: BorrowedFd<'_>, atime: TimeSpec, mtime: TimeSpec) -> io::Res
     Ok(())
 }
 
-/// `fstat(fd)`.
-pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: zeroed stat is valid; pointer valid for the call.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(st)
+/// Set atime and mtime (seconds, nanoseconds) of `name` in `dir`, not following a final symlink.
+pub fn lutimensat(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+) -> io::Result<()> {
+    let at = |(sec, nsec): (i64, i64)| TimeSpec::At { sec, nsec };
+    set_times_at(dir, name.as_os_str(), at(atime), at(mtime))
+}
+
+/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`.
+pub fn lchownat<P: AsRef<Path> + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    uid: u32,
+    gid: u32,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
+    let c = cstr(name)?;
+    let flags = nofollow_flags(name.as_os_str());
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// `fchmodat(dir, name, mode, 0)` (follows nothing because callers never pass symlinks).
+pub fn fchmodat<P: AsRef<Path> + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    mode: u32,
+) -> io::Result<()> {
+    let name: &Path = name.as_ref();
+    let c = cstr(name)?;
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
+}
+
+/// `fchmod(fd, mode)`.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: valid fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+}
+
+/// `ioctl(dst, FICLONE, src)`: share the data blocks of `src` (reflink) where the filesystem can.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both fds valid; FICLONE takes the source fd as its argument.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) }).map(drop)
 }
 
 /// `copy_file_range(src, &off_in, dst, &off_out, len, 0)`: bytes copied (0 at end of file).
@@ -189,32 +325,4 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: valid fd.
     check(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
     Ok(())
-}
-
-/// `lremovexattr`, with "absent" (`ENODATA`) reported as `Ok(false)`.
-pub fn lremovexattr_if_present(path: &Path, name: &str) -> io::Result<bool> {
-    match super::lremovexattr(path, name) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// `open(path, O_PATH | O_NOFOLLOW)`: a handle on any file type, including symlinks.
-pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
-    let c = cstr(path)?;
-    // SAFETY: valid C string; fd ownership taken below.
-    let fd = check(unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Duplicate a file descriptor.
-pub fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    fd.try_clone_to_owned()
 }

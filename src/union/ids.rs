@@ -1,6 +1,6 @@
 //! How on-disk owners are shown and requests' ids stored (uidmapping/gidmapping/squash).
 
-use crate::driver::IdMap;
+use crate::layer::idmap::IdMap;
 
 /// Shown for ids outside the uid/gid mapping.
 const OVERFLOW_ID: u32 = 65534;

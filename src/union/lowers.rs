@@ -35,8 +35,10 @@ pub trait LowerView: Send + Sync {
     fn lower_entry(&self, rel: &Path) -> Option<LowerEntry>;
 
     /// The names the lower layers show in directory `rel` (merged, markers and whited-out names
-    /// removed). Empty when `rel` is not a lower directory.
-    fn lower_children(&self, rel: &Path) -> Vec<OsString>;
+    /// removed). Empty when `rel` is not a lower directory; an error when one of its layers'
+    /// directories cannot be read (EACCES for a rootless server): treating it as empty would
+    /// let a rename or rmdir of it lose what it holds.
+    fn lower_children(&self, rel: &Path) -> io::Result<Vec<OsString>>;
 
     /// The other paths (relative) of the same layer that are hard links of the lower file
     /// `entry` (which has `st_nlink > 1`).
@@ -90,21 +92,22 @@ impl LowerStack {
 
     /// The merged lower directory `rel`, made of `dir_layers`; merged on first use.
     fn dir(&self, rel: &Path, dir_layers: &[LayerIdx]) -> Option<Arc<Listing>> {
+        self.try_dir(rel, dir_layers)
+            .map_err(|e| tracing::debug!(rel = %rel.display(), %e, "lower directory unreadable"))
+            .ok()
+    }
+
+    /// [`Self::dir`], with the reason when a layer's directory cannot be read.
+    fn try_dir(&self, rel: &Path, dir_layers: &[LayerIdx]) -> io::Result<Arc<Listing>> {
         if let Some(l) = self.dirs.get(rel) {
-            return Some(l.clone());
+            return Ok(l.clone());
         }
-        match merge_dir(&self.layers, rel, dir_layers) {
-            Ok(l) => Some(
-                self.dirs
-                    .entry(rel.to_path_buf())
-                    .or_insert_with(|| Arc::new(l))
-                    .clone(),
-            ),
-            Err(e) => {
-                tracing::debug!(rel = %rel.display(), %e, "lower directory unreadable");
-                None
-            }
-        }
+        let l = merge_dir(&self.layers, rel, dir_layers)?;
+        Ok(self
+            .dirs
+            .entry(rel.to_path_buf())
+            .or_insert_with(|| Arc::new(l))
+            .clone())
     }
 
     /// What the lower layers show at `rel`, walking the cached directories from the root.
@@ -143,13 +146,16 @@ impl LowerView for LowerStack {
         })
     }
 
-    fn lower_children(&self, rel: &Path) -> Vec<OsString> {
+    fn lower_children(&self, rel: &Path) -> io::Result<Vec<OsString>> {
         let Some(v) = self.visible(rel).filter(|v| v.is_dir) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        self.dir(rel, &v.dir_layers)
-            .map(|l| l.entries().iter().map(|e| e.name.to_os_string()).collect())
-            .unwrap_or_default()
+        let listing = self.try_dir(rel, &v.dir_layers)?;
+        Ok(listing
+            .entries()
+            .iter()
+            .map(|e| e.name.to_os_string())
+            .collect())
     }
 
     fn hardlink_peers(&self, entry: &LowerEntry) -> Vec<PathBuf> {
@@ -223,10 +229,10 @@ mod tests {
             mid.join("d/c")
         );
         assert_eq!(s.lower_entry(Path::new("d")).unwrap().layer, top);
-        let mut names = s.lower_children(Path::new("d"));
+        let mut names = s.lower_children(Path::new("d")).unwrap();
         names.sort();
         assert_eq!(names, ["b", "c", "n"]);
-        assert!(s.lower_children(Path::new("o")).is_empty());
+        assert!(s.lower_children(Path::new("o")).unwrap().is_empty());
         assert!(s.lower_entry(Path::new("o/hidden")).is_none());
         assert!(s.lower_entry(Path::new("d/n/x")).is_none());
     }

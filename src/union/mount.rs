@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::driver::IdMappings;
 use crate::error::{Error, IoContext, Result};
+use crate::layer::idmap::IdMappings;
 use crate::store::Store;
 use crate::sys;
 
@@ -179,11 +179,23 @@ impl MountManager {
     /// Unmount `st`'s mount point and wait for its server to go: it flushes the upper layer
     /// first (as an unmount of kernel overlayfs does), so that is on disk once `put` returns.
     fn stop(&self, id: &str, st: &MountState) -> Result<()> {
+        let connection = fuse_connection(&st.mountpoint);
         if fuse_mounted(&st.mountpoint) {
             unmount(&st.mountpoint).map_err(|e| Error::Mount {
                 id: id.to_string(),
                 reason: format!("unmounting {}: {e}", st.mountpoint.display()),
             })?;
+        }
+        // The kernel ends the connection (and the server) only when the view's last mount
+        // goes. One in another mount namespace (a running container's root) or a lazy unmount
+        // with open files keeps it serving for as long as they last: waiting is pointless.
+        if connection.is_some_and(|c| c.exists()) && server_alive(st.pid) {
+            tracing::info!(
+                id,
+                pid = st.pid,
+                "unmounted here; the view is still in use elsewhere and its server stays until then"
+            );
+            return Ok(());
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while server_alive(st.pid) && Instant::now() < deadline {
@@ -193,6 +205,43 @@ impl MountManager {
             tracing::warn!(id, pid = st.pid, "server still running after unmount");
         }
         Ok(())
+    }
+
+    /// Detach the mounts whose server is gone and keep the live ones with their reference
+    /// counts: a plugin restarted under a running engine adopts the mounts of its containers,
+    /// whose `put` comes later.
+    pub fn release_stale(&self) -> Result<()> {
+        let mut first_err = None;
+        for rec in self.store.list()? {
+            if !self.state_path(&rec.id).exists() {
+                continue;
+            }
+            let res = (|| {
+                let _guard = self.store.lock_layer(&rec.id)?;
+                match self.read_state(&rec.id) {
+                    Some(st) if st.refs > 0 && self.live(&st) => {
+                        tracing::info!(
+                            id = rec.id,
+                            pid = st.pid,
+                            refs = st.refs,
+                            "keeping a live mount"
+                        );
+                    }
+                    Some(st) => {
+                        tracing::info!(id = rec.id, pid = st.pid, "cleaning up a stale mount");
+                        self.stop(&rec.id, &st)?;
+                        self.clear_state(&rec.id);
+                    }
+                    None => self.clear_state(&rec.id),
+                }
+                Ok::<(), Error>(())
+            })();
+            if let Err(e) = res {
+                tracing::warn!(id = rec.id, %e, "cleanup of a stale mount failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Unmount everything of this store.
@@ -317,6 +366,29 @@ pub fn fuse_mounted(path: &Path) -> bool {
         let mp = pre.split(' ').nth(4).map(unescape_mountinfo);
         let fstype = post.split(' ').next().unwrap_or("");
         (fstype == "fuse" || fstype.starts_with("fuse.")) && mp.as_deref() == Some(want)
+    })
+}
+
+/// The kernel's directory for the FUSE connection mounted at `path` (fusectl), which exists
+/// for as long as any mount of that view does, in any mount namespace.
+fn fuse_connection(path: &Path) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_encoded_bytes();
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut fields = pre.split(' ');
+        let dev = fields.nth(2)?;
+        let mp = fields.nth(1).map(unescape_mountinfo)?;
+        let fstype = post.split(' ').next().unwrap_or("");
+        if !(fstype == "fuse" || fstype.starts_with("fuse.")) || mp != want {
+            return None;
+        }
+        // The directory is named after the device number in the kernel's own encoding.
+        let (major, minor) = dev.split_once(':')?;
+        let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+        let dir =
+            PathBuf::from("/sys/fs/fuse/connections").join(((major << 20) | minor).to_string());
+        Some(dir)
     })
 }
 

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::driver::opts::parse_size;
-use crate::driver::IdMap;
 use crate::error::{Error, IoContext, Result};
+use crate::layer::idmap::IdMap;
+use crate::store::opts::parse_size;
 
 /// Generic mount flags accepted (and passed on to the kernel where meaningful).
 const GENERIC_FLAGS: &[&str] = &[

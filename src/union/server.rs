@@ -47,8 +47,8 @@ pub fn run(mut args: ServerArgs) -> Result<()> {
         return serve(&args, &mut None);
     }
     let (rd, wr) = sys::pipe().ctx(|| "creating a pipe")?;
-    // SAFETY: nothing has started a thread yet (the CLI calls this before anything else).
-    match unsafe { sys::fork() }.ctx(|| "forking the mount server")? {
+    // The CLI calls this before anything starts a thread (sys::fork checks).
+    match sys::fork().ctx(|| "forking the mount server")? {
         sys::ForkResult::Parent { .. } => {
             drop(wr);
             let mut msg = String::new();

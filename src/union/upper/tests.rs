@@ -1,9 +1,14 @@
+use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::layer::{STAGING, WHITEOUT_BASE};
 use super::*;
+use crate::layer::whiteout;
+use crate::sys::{self, TimeSpec};
 use crate::union::lowers::LowerStack;
 
 struct Env {

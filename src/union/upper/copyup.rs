@@ -12,21 +12,20 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::layer::meta::{self, OverrideKind, OverrideStat, OVERRIDE_STAT_XATTR};
+use crate::layer::meta::{OverrideStat, OVERRIDE_STAT_XATTR};
 use crate::layer::whiteout;
-use crate::sys::{self, TimeSpec};
+use crate::sys;
+use crate::union::lowers::LowerEntry;
 
-use super::upper::UpperLayer;
+use super::layer::{errno, is_dir, split, UpperLayer};
+// Part of this module's public face before the split (a copy's shape).
+pub use super::node::Shape;
 
 /// Chunk of one `copy_file_range`/`sendfile` call.
 const CHUNK: usize = 1 << 30;
-
-fn errno(e: i32) -> io::Error {
-    io::Error::from_raw_os_error(e)
-}
 
 /// Copy `len` bytes at `start` of `src` to the same offset of `dst`, in the kernel.
 fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: i64, len: i64) -> io::Result<()> {
@@ -148,57 +147,23 @@ fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<Option<OverrideStat>> {
     Ok(over)
 }
 
-/// What a copy must look like: taken from a `stat` of the source.
-#[derive(Debug, Clone, Copy)]
-pub struct Shape {
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u64,
-    pub size: i64,
-    pub atime: TimeSpec,
-    pub mtime: TimeSpec,
+/// What a copy-up did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyUp {
+    /// The entry was already in the upper layer.
+    Already,
+    /// The entry was copied; `peers` are other names of the same lower inode that were linked
+    /// to the copy (hard links stay hard links).
+    Copied { peers: Vec<PathBuf> },
 }
 
-impl Shape {
-    pub fn of(st: &libc::stat) -> Shape {
-        Shape {
-            mode: st.st_mode,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            rdev: st.st_rdev,
-            size: st.st_size,
-            atime: TimeSpec::At {
-                sec: st.st_atime,
-                nsec: st.st_atime_nsec,
-            },
-            mtime: TimeSpec::At {
-                sec: st.st_mtime,
-                nsec: st.st_mtime_nsec,
-            },
-        }
-    }
-
-    pub fn file_type(&self) -> u32 {
-        self.mode & libc::S_IFMT
-    }
-}
-
-/// What [`UpperLayer::make_node`] made.
-#[derive(Debug, Default)]
-pub(crate) struct Made {
-    /// The node's type was refused: a device node became an empty file.
-    pub type_refused: bool,
-    /// A regular file comes open for writing (its data goes in through this).
-    pub file: Option<OwnedFd>,
-    /// Owner and permission bits the node has already, where known: `apply_shape` skips a
-    /// chown or chmod that would change nothing.
-    pub has: Option<(u32, u32, u32)>,
-    /// Inode number of a regular file made (0 otherwise).
-    pub ino: u64,
-    /// The regular file has no name yet (`O_TMPFILE`): it gets `dir/name` once its data is
-    /// in and flushed.
-    pub unnamed: bool,
+/// What the caller of a copy-up knows already (each spares a look at the disk).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known {
+    /// The parent directory is in the upper layer.
+    pub parent_in_upper: bool,
+    /// The entry to copy has no xattrs.
+    pub no_xattrs: bool,
 }
 
 /// How [`UpperLayer::copy_node`] copies.
@@ -225,136 +190,173 @@ pub struct OpenCopy {
 }
 
 impl UpperLayer {
-    /// Create a node of `shape`'s type at `dir/name` (owner and mode not applied yet, times
-    /// now). Device nodes that the backing filesystem refuses become empty files (their type
-    /// goes to `override_stat`).
-    /// With `unnamed`, a regular file is made without a name where the filesystem can
-    /// (`O_TMPFILE`; see [`Made::unnamed`]).
-    pub(crate) fn make_node(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        shape: &Shape,
-        symlink_target: Option<&Path>,
-        unnamed: bool,
-    ) -> io::Result<Made> {
-        let create_file = |mode: u32| -> io::Result<OwnedFd> {
-            // Read-write: the copy may be handed on to a read-write open (see `OpenCopy`).
-            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
-            sys::openat(dir, Path::new(name), flags, mode)
-        };
-        match shape.file_type() {
-            libc::S_IFDIR => sys::mkdirat(dir, name, 0o700)?,
-            libc::S_IFREG => {
-                // Created with its final permission bits where they are plain ones and leave
-                // the owner read-write (xattrs are still to be copied, which an unprivileged
-                // owner needs write access for; set-id bits only after the chown, which clears
-                // them): for the usual 0644 and 0755 no chmod is left to do.
-                let perm = shape.mode & 0o7777;
-                let plain = perm & 0o7000 == 0 && perm & 0o600 == 0o600;
-                let mode = if plain { perm } else { 0o600 };
-                let unnamed_file = if unnamed && self.unnamed_files.load(Ordering::Relaxed) {
-                    match sys::open_unnamed(dir, mode) {
-                        Ok(f) => Some(f),
-                        Err(e) => {
-                            tracing::info!(%e, "no unnamed files (O_TMPFILE) here");
-                            self.unnamed_files.store(false, Ordering::Relaxed);
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
-                let is_unnamed = unnamed_file.is_some();
-                let f = match unnamed_file {
-                    Some(f) => f,
-                    None => create_file(mode)?,
-                };
-                let st = sys::fstat(f.as_fd())?;
-                return Ok(Made {
-                    type_refused: false,
-                    has: Some((st.st_uid, st.st_gid, st.st_mode & 0o7777)),
-                    file: Some(f),
-                    ino: st.st_ino,
-                    unnamed: is_unnamed,
-                });
-            }
-            libc::S_IFLNK => {
-                let t = symlink_target.ok_or_else(|| errno(libc::EINVAL))?;
-                sys::symlinkat(t.as_os_str(), dir, name)?
-            }
-            ty @ (libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK) => {
-                match sys::mknodat(dir, name, ty | 0o600, shape.rdev) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                        drop(create_file(0o600)?);
-                        return Ok(Made {
-                            type_refused: true,
-                            ..Made::default()
-                        });
-                    }
-                    Err(e) => return Err(e),
+    /// Make `rel` a directory of the upper layer, copying up it and its parents from the lower
+    /// layers (with their owner, mode, times and xattrs) where needed.
+    pub fn ensure_dir(&self, rel: &Path) -> io::Result<()> {
+        if let Some(st) = self.upper_stat(rel) {
+            return if is_dir(&st) {
+                Ok(())
+            } else {
+                Err(errno(libc::ENOTDIR))
+            };
+        }
+        let (parent, _) = split(rel)?;
+        self.ensure_dir(parent)?;
+        let entry = self.lower_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
+        let st = sys::lstat(&entry.path)?;
+        if !is_dir(&st) {
+            return Err(errno(libc::ENOTDIR));
+        }
+        match self.place_copy(rel, &entry.path, &st, false).map(drop) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // Another thread copied it up first.
+                match self.upper_stat(rel) {
+                    Some(st) if is_dir(&st) => Ok(()),
+                    _ => Err(e),
                 }
             }
-            _ => return Err(errno(libc::EINVAL)),
+            other => other,
         }
-        Ok(Made::default())
     }
 
-    /// Give the node at `dir/name` (full path `path`) the owner, mode and times of `shape`.
-    /// Where the backing filesystem refuses the owner (unprivileged) or the type, they go to
-    /// `override_stat`. `existing` is an override already copied from the source, which stays.
-    pub(crate) fn apply_shape(
+    /// Copy `src` (with stat `st`) into the staging area and rename it to `rel` (which must not
+    /// exist in the upper), keeping the parent directory's times as they were. A regular file
+    /// comes back open.
+    /// `no_xattrs`: the caller knows `src` has none.
+    fn place_copy(
         &self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        path: &Path,
-        shape: &Shape,
-        existing: Option<OverrideStat>,
-        made: &Made,
-    ) -> io::Result<()> {
-        let is_link = shape.file_type() == libc::S_IFLNK;
-        let perm = shape.mode & 0o7777;
-        let mut need_override = made.type_refused;
-        let owned = made
-            .has
-            .is_some_and(|(uid, gid, _)| (uid, gid) == (shape.uid, shape.gid));
-        if existing.is_none() && !owned {
-            match sys::lchownat(dir, name, shape.uid, shape.gid) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => need_override = true,
-                Err(e) => return Err(e),
-            }
+        rel: &Path,
+        src: &Path,
+        st: &libc::stat,
+        no_xattrs: bool,
+    ) -> io::Result<Option<OpenCopy>> {
+        let (parent, name) = split(rel)?;
+        let tmp = self.tmp_name();
+        let sfd = self.staging_fd.as_fd();
+        let how = CopyHow {
+            no_xattrs,
+            flush: true,
+        };
+        let copy = self.copy_node(src, st, sfd, &self.staging, &tmp, how)?;
+        let pfd = self.open_upper_dir(parent)?;
+        let pst = sys::fstat(pfd.as_fd())?;
+        if let Err(e) = sys::renameat2(
+            self.staging_fd.as_fd(),
+            &tmp,
+            pfd.as_fd(),
+            name,
+            sys::RENAME_NOREPLACE,
+        ) {
+            let _ = self.discard(&tmp);
+            return Err(e);
         }
-        if !is_link {
-            // With an override the backing file must stay usable by us; the view shows the
-            // override's mode.
-            let backing = if need_override || existing.is_some() {
-                perm | if shape.file_type() == libc::S_IFDIR {
-                    0o700
-                } else {
-                    0o600
+        let shape = Shape::of(st);
+        if is_dir(st) {
+            // Moving a directory to a new parent may touch its own times.
+            sys::set_times_at(pfd.as_fd(), name, shape.atime, shape.mtime)?;
+        }
+        let p = Shape::of(&pst);
+        sys::set_times_at(pfd.as_fd(), OsStr::new(""), p.atime, p.mtime)?;
+        Ok(copy)
+    }
+
+    /// Copy the lower entry at `rel` up (no-op if it is in the upper already). A regular file
+    /// with other names in its lower layer gets them linked too, so link counts and inode
+    /// identity survive.
+    pub fn copy_up(&self, rel: &Path) -> io::Result<CopyUp> {
+        if rel.as_os_str().is_empty() || self.upper_stat(rel).is_some() {
+            return Ok(CopyUp::Already);
+        }
+        let entry = self.lower_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
+        self.copy_up_entry(rel, &entry)
+    }
+
+    /// [`UpperLayer::copy_up`] of `entry`, which the caller knows to be what the view shows at
+    /// `rel` (the merged tree resolved it): no walk of the upper for whiteouts on the way.
+    pub fn copy_up_entry(&self, rel: &Path, entry: &LowerEntry) -> io::Result<CopyUp> {
+        self.copy_up_entry_open(rel, entry, true, Known::default())
+            .map(|(c, _)| c)
+    }
+
+    /// [`UpperLayer::copy_up_entry`], also handing back a regular file it copied still open
+    /// (read-write), so an open that caused the copy-up need not open it again. Without
+    /// `with_data` a regular file is copied empty (for an open that truncates it anyway).
+    pub fn copy_up_entry_open(
+        &self,
+        rel: &Path,
+        entry: &LowerEntry,
+        with_data: bool,
+        known: Known,
+    ) -> io::Result<(CopyUp, Option<OpenCopy>)> {
+        if rel.as_os_str().is_empty() {
+            return Ok((CopyUp::Already, None));
+        }
+        let mut st = sys::lstat(&entry.path)?;
+        if !with_data && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            // An empty copy: nothing to read, nothing counted against the quota.
+            st.st_size = 0;
+            st.st_blocks = 0;
+        }
+        if is_dir(&st) {
+            self.ensure_dir(rel)?;
+            return Ok((CopyUp::Copied { peers: Vec::new() }, None));
+        }
+        // Another name of a hard-linked file may have brought this one up already.
+        if st.st_nlink > 1 && self.upper_stat(rel).is_some() {
+            return Ok((CopyUp::Already, None));
+        }
+        let (parent, _) = split(rel)?;
+        if !known.parent_in_upper {
+            self.ensure_dir(parent)?;
+        }
+        let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let size = if is_reg { st.st_size as u64 } else { 0 };
+        self.quota.reserve(size)?;
+        let copy = match self.place_copy(rel, &entry.path, &st, known.no_xattrs) {
+            Ok(copy) => copy,
+            Err(e) => {
+                self.quota.release(size);
+                if e.raw_os_error() == Some(libc::EEXIST) && self.upper_stat(rel).is_some() {
+                    return Ok((CopyUp::Already, None));
                 }
-            } else {
-                perm
-            };
-            if made.has.map(|(_, _, mode)| mode) != Some(backing) {
-                sys::fchmodat(dir, name, backing)?;
+                return Err(e);
+            }
+        };
+        let mut peers = Vec::new();
+        if is_reg && st.st_nlink > 1 {
+            for peer in self.lowers.hardlink_peers(entry) {
+                match self.link_peer(rel, &peer, &st) {
+                    Ok(true) => peers.push(peer),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.display(), %e, "hard link peer not linked")
+                    }
+                }
             }
         }
-        if need_override && !is_link {
-            let o = OverrideStat {
-                uid: shape.uid,
-                gid: shape.gid,
-                mode: perm,
-                kind: OverrideKind::from_mode(shape.mode, shape.rdev),
-            };
-            meta::write_override(path, &o)?;
+        tracing::debug!(rel = %rel.display(), peers = peers.len(), "copied up");
+        Ok((CopyUp::Copied { peers }, copy))
+    }
+
+    /// Link the copied-up `rel` as `peer` if `peer` still shows the same lower inode.
+    fn link_peer(&self, rel: &Path, peer: &Path, st: &libc::stat) -> io::Result<bool> {
+        if self.upper_stat(peer).is_some() {
+            return Ok(false);
         }
-        if matches!((shape.atime, shape.mtime), (TimeSpec::Now, TimeSpec::Now)) {
-            return Ok(()); // a node made just now has these times already
+        let Some(e) = self.lower_of(peer) else {
+            return Ok(false);
+        };
+        let pst = sys::lstat(&e.path)?;
+        if (pst.st_dev, pst.st_ino) != (st.st_dev, st.st_ino) {
+            return Ok(false);
         }
-        sys::set_times_at(dir, name, shape.atime, shape.mtime)
+        let (pparent, pname) = split(peer)?;
+        self.ensure_dir(pparent)?;
+        let (parent, name) = split(rel)?;
+        let sfd = self.open_upper_dir(parent)?;
+        let dfd = self.open_upper_dir(pparent)?;
+        sys::linkat(sfd.as_fd(), name, dfd.as_fd(), pname)?;
+        Ok(true)
     }
 
     /// Build a copy of the entry at `src` as `dir/name`: contents, owner, mode, times, xattrs.

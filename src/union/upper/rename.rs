@@ -1,0 +1,153 @@
+//! `rename(2)` in the merged view, directories from lower layers included.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use crate::layer::whiteout;
+use crate::sys;
+
+use super::layer::{errno, is_dir, split, UpperLayer};
+
+impl UpperLayer {
+    /// Make the merged entry `rel`, about to move to a name where lower layers have `dest_lower`,
+    /// self-contained in the upper: non-directories are copied up; a directory with lower
+    /// contents is replaced by an opaque full copy; an upper-only directory moving over a lower
+    /// name is made opaque.
+    fn prepare_move(&self, rel: &Path, dest_lower: bool) -> io::Result<()> {
+        let src = self.source_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
+        let st = sys::lstat(&src)?;
+        if !is_dir(&st) {
+            self.copy_up(rel)?;
+            return Ok(());
+        }
+        let (parent, name) = split(rel)?;
+        if self.merges_lower(rel) {
+            let tmp = self.materialize_dir(rel)?;
+            self.ensure_dir(parent)?;
+            let pfd = self.open_upper_dir(parent)?;
+            let flags = if self.upper_stat(rel).is_some() {
+                sys::RENAME_EXCHANGE
+            } else {
+                sys::RENAME_NOREPLACE
+            };
+            if let Err(e) = sys::renameat2(self.staging_fd.as_fd(), &tmp, pfd.as_fd(), name, flags)
+            {
+                let _ = self.discard(&tmp);
+                return Err(e);
+            }
+            // After an exchange, the old upper directory sits in staging under `tmp`.
+            let (old_size, _) = (quota_of(&self.staging.join(&tmp)), ());
+            self.discard(&tmp)?;
+            self.quota.release(old_size);
+        } else if dest_lower {
+            let fd = self.open_upper_dir(rel)?;
+            whiteout::write_opaque(fd.as_fd())?;
+        }
+        Ok(())
+    }
+
+    /// `rename(2)` in the merged view, with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` in `flags`.
+    /// Directories from lower layers move too (as an opaque full copy; kernel overlayfs says
+    /// `EXDEV` there).
+    pub fn rename(&self, src: &Path, dst: &Path, flags: u32) -> io::Result<()> {
+        if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        if dst.starts_with(src) && dst != src {
+            return Err(errno(libc::EINVAL));
+        }
+        let sst = self
+            .source_of(src)
+            .ok_or_else(|| errno(libc::ENOENT))
+            .and_then(|p| sys::lstat(&p))?;
+        let dst_src = self.source_of(dst);
+        let dst_st = match &dst_src {
+            Some(p) => Some(sys::lstat(p)?),
+            None => None,
+        };
+        if src == dst {
+            return Ok(());
+        }
+        let (sparent, sname) = split(src)?;
+        let (dparent, dname) = split(dst)?;
+        let src_lower = self.lower_of(src).is_some();
+        let dst_lower = self.lower_of(dst).is_some();
+        // A name whose lower entry was deleted: a directory moved there must hide what lies
+        // below it (opaque), as a directory made there does.
+        let dst_deleted = !dst_lower && self.whiteout_in(dparent, dname);
+        if flags & sys::RENAME_EXCHANGE != 0 {
+            if dst_st.is_none() {
+                return Err(errno(libc::ENOENT));
+            }
+            self.prepare_move(src, dst_lower)?;
+            self.prepare_move(dst, src_lower)?;
+            let sfd = self.open_upper_dir(sparent)?;
+            let dfd = self.open_upper_dir(dparent)?;
+            return sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, sys::RENAME_EXCHANGE);
+        }
+        if let Some(dst_st) = dst_st {
+            if flags & sys::RENAME_NOREPLACE != 0 {
+                return Err(errno(libc::EEXIST));
+            }
+            match (is_dir(&sst), is_dir(&dst_st)) {
+                (true, false) => return Err(errno(libc::ENOTDIR)),
+                (false, true) => return Err(errno(libc::EISDIR)),
+                (true, true) if !self.merged_is_empty(dst)? => return Err(errno(libc::ENOTEMPTY)),
+                _ => {}
+            }
+        }
+        self.ensure_dir(dparent)?;
+        let dfd = self.open_upper_dir(dparent)?;
+        self.free_whiteout_slot(dfd.as_fd(), dname)?;
+        // Clear the target: an upper directory being replaced holds only markers.
+        if let Some(ust) = self.upper_stat(dst) {
+            if is_dir(&ust) {
+                let tmp = self.tmp_name();
+                sys::renameat2(dfd.as_fd(), dname, self.staging_fd.as_fd(), &tmp, 0)?;
+                self.discard(&tmp)?;
+            } else if ust.st_mode & libc::S_IFMT == libc::S_IFREG && ust.st_nlink == 1 {
+                self.quota.release(ust.st_size as u64);
+            }
+        }
+        if is_dir(&sst) && self.merges_lower(src) {
+            let tmp = self.materialize_dir(src)?;
+            if let Err(e) = sys::renameat2(self.staging_fd.as_fd(), &tmp, dfd.as_fd(), dname, 0) {
+                let _ = self.discard(&tmp);
+                return Err(e);
+            }
+            self.drop_whiteout(dfd.as_fd(), dname)?;
+            // The old name: hide the lower directory, then drop the old upper part.
+            self.ensure_dir(sparent)?;
+            let sfd = self.open_upper_dir(sparent)?;
+            self.write_whiteout(sfd.as_fd(), sname)?;
+            if self.upper_stat(src).is_some() {
+                let old = self.tmp_name();
+                sys::renameat2(sfd.as_fd(), sname, self.staging_fd.as_fd(), &old, 0)?;
+                let size = quota_of(&self.staging.join(&old));
+                self.discard(&old)?;
+                self.quota.release(size);
+            }
+            return Ok(());
+        }
+        self.prepare_move(src, dst_lower || dst_deleted)?;
+        let sfd = self.open_upper_dir(sparent)?;
+        sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, 0)?;
+        self.drop_whiteout(dfd.as_fd(), dname)?;
+        if src_lower {
+            self.write_whiteout(sfd.as_fd(), sname)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes the quota counts for a tree about to be deleted.
+fn quota_of(path: &Path) -> u64 {
+    match sys::lstat(path) {
+        Ok(st) if is_dir(&st) => crate::union::quota::usage_of(path).unwrap_or(0),
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1 => {
+            st.st_size as u64
+        }
+        _ => 0,
+    }
+}
