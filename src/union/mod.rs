@@ -6,9 +6,8 @@
 //! handled there, once, against typed requests and replies; `fs` is the fuser adapter over it
 //! (only `fs` and `server` name fuser). `server` is the background mount program and `mount`
 //! the get/put lifecycle the driver uses. The view's write path drives `upper` (mutations of
-//! the upper layer, copy-up included) and `quota`; `lowers` is what it
-//! asks of the lower layers, `background` where long requests run, `prefetch` the stat-ahead
-//! threads.
+//! the upper layer, copy-up included) and `quota`; `lowers` is what it asks of the lower
+//! layers, `background` where long requests run, `prefetch` the stat-ahead threads.
 
 pub mod attr;
 pub mod background;
@@ -25,7 +24,3 @@ pub mod server;
 pub mod tree;
 pub mod upper;
 pub mod view;
-
-// Copy-up lives in `upper` (its creation and copying share one node builder); its old path
-// stays for the view's write path.
-pub use upper::copyup;

@@ -14,7 +14,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
-use crate::union::fs::{self, UnionFs};
+use crate::union::fs::{notifier, UnionFs};
 use crate::union::ids::IdView;
 use crate::union::layers::Layers;
 use crate::union::options::MountOptions;
@@ -199,7 +199,7 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
         };
         mount_err(mp, format!("mounting: {e}{hint}"))
     })?;
-    view.start_invalidations(fs::notifier(session.notifier()))
+    view.start_invalidations(notifier(session.notifier()))
         .ctx(|| "starting the invalidation worker")?;
     let session_end = Arc::new(SessionEnd {
         mountpoint: mp.clone(),

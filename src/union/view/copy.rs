@@ -8,10 +8,10 @@ use std::path::Path;
 use crate::sys;
 use crate::union::attr::FileKind;
 use crate::union::background::LONG_COPY_BYTES;
-use crate::union::copyup::OpenCopy;
 use crate::union::listing::DirEntry;
 use crate::union::lowers::LowerEntry;
 use crate::union::tree::{Node, ROOT_INO};
+use crate::union::upper::copyup::OpenCopy;
 use crate::union::upper::{CopyUp, Known, UpperLayer};
 use crate::union::view::state::View;
 use crate::union::view::sync::{child_ino, errno, node_in_upper, refresh_known};
@@ -19,7 +19,7 @@ use crate::union::view::sync::{child_ino, errno, node_in_upper, refresh_known};
 /// Whether a change of `ino` starts by copying much data up: a lower regular file of at
 /// least [`LONG_COPY_BYTES`], or (`with_tree`, for a rename) a directory with lower contents,
 /// which a rename copies up whole. Such requests are served off the reader threads.
-pub(crate) fn copies_much(fs: &View, ino: u64, with_tree: bool) -> bool {
+pub(super) fn copies_much(fs: &View, ino: u64, with_tree: bool) -> bool {
     let Ok(node) = fs.tree.node(ino) else {
         return false;
     };
@@ -49,7 +49,7 @@ pub(crate) fn copies_much(fs: &View, ino: u64, with_tree: bool) -> bool {
 
 /// The lower entry backing `node` (at `rel`), as the tree resolved it; `None` when the node
 /// is in the upper.
-pub(crate) fn lower_backing(fs: &View, node: &Node, rel: &Path) -> Option<LowerEntry> {
+fn lower_backing(fs: &View, node: &Node, rel: &Path) -> Option<LowerEntry> {
     let layer = fs.tree.layers.get(node.state.read().layer);
     (!layer.upper).then(|| LowerEntry {
         layer: layer.path.clone(),
@@ -58,13 +58,13 @@ pub(crate) fn lower_backing(fs: &View, node: &Node, rel: &Path) -> Option<LowerE
 }
 
 /// Copy `ino` (at `rel`) up; afterwards the tree and the passthrough bookkeeping know.
-pub(crate) fn copy_up_node(fs: &View, up: &UpperLayer, ino: u64, rel: &Path) -> io::Result<()> {
+pub(super) fn copy_up_node(fs: &View, up: &UpperLayer, ino: u64, rel: &Path) -> io::Result<()> {
     copy_up_node_open(fs, up, ino, rel, true).map(drop)
 }
 
 /// [`copy_up_node`], handing back the regular file it copied still open read-write; without
 /// `with_data` a regular lower file is copied empty (the caller truncates it).
-pub(crate) fn copy_up_node_open(
+pub(super) fn copy_up_node_open(
     fs: &View,
     up: &UpperLayer,
     ino: u64,
@@ -121,7 +121,7 @@ pub(crate) fn copy_up_node_open(
 /// a new node number, its name points there, and the open gets ESTALE: the kernel looks the
 /// name up again (LOOKUP_REVAL) and opens the copy as a new inode, while the reader goes on
 /// reading the lower file, as with kernel overlayfs. Returns whether that was done.
-pub(crate) fn copy_up_beside_readers(
+pub(super) fn copy_up_beside_readers(
     fs: &View,
     up: &UpperLayer,
     ino: u64,
@@ -148,7 +148,7 @@ pub(crate) fn copy_up_beside_readers(
 /// readers had the lower file open, the kernel still has that file as the inode's backing file
 /// and fails (EIO) any other open of the inode; the copy then gets a node number of its own and
 /// the caller answers ESTALE (see [`copy_up_beside_readers`]). Returns whether that was done.
-pub(crate) fn reopen_beside_readers(fs: &View, ino: u64) -> io::Result<bool> {
+pub(super) fn reopen_beside_readers(fs: &View, ino: u64) -> io::Result<bool> {
     if !fs.writer.blocks_passthrough(ino) || !fs.has_passthrough(ino) {
         return Ok(false);
     }
@@ -164,7 +164,7 @@ pub(crate) fn reopen_beside_readers(fs: &View, ino: u64) -> io::Result<bool> {
 
 /// A regular file (not the root) that its name in its directory still shows: only then can
 /// the name be pointed at a new node.
-pub(crate) fn is_named_file(fs: &View, node: &Node) -> bool {
+fn is_named_file(fs: &View, node: &Node) -> bool {
     let (parent, name, kind) = {
         let s = node.state.read();
         (s.parent, s.name.clone(), s.kind)
@@ -176,7 +176,7 @@ pub(crate) fn is_named_file(fs: &View, node: &Node) -> bool {
 
 /// Give the upper file of `node` (at `rel`) a node number of its own and point its name there;
 /// the old node stays for the files open on it.
-pub(crate) fn renumber_copy(fs: &View, up: &UpperLayer, node: &Node, rel: &Path) -> io::Result<()> {
+fn renumber_copy(fs: &View, up: &UpperLayer, node: &Node, rel: &Path) -> io::Result<()> {
     let (parent, name) = {
         let s = node.state.read();
         (s.parent, s.name.clone())

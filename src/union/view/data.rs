@@ -15,7 +15,7 @@ use crate::union::view::types::{Caller, Errno, OpenFlags, OpenReply, Opened, Reg
 
 /// Whether a file opened read-write at creation can serve an open with `flags` as it is:
 /// the synchronous and direct modes are fixed at open (and O_SYNC cannot be set later).
-pub(crate) fn reusable_for(flags: i32) -> bool {
+pub(super) fn reusable_for(flags: i32) -> bool {
     flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT) == 0
 }
 
@@ -46,7 +46,7 @@ impl View {
 
     /// Register an open of `file` for `ino`, through passthrough when `passthrough_ok` and the
     /// kernel allows it.
-    pub(crate) fn opened_file(
+    fn opened_file(
         &self,
         ino: u64,
         file: File,

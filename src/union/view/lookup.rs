@@ -11,7 +11,7 @@ use crate::union::view::state::{View, TTL};
 use crate::union::view::types::{AttrReply, Caller, Entry, Errno, Reply, Statfs};
 
 /// An entry of the view with the TTLs it is always given.
-pub(crate) fn entry(attr: Attr) -> Entry {
+pub(super) fn entry(attr: Attr) -> Entry {
     Entry {
         attr,
         attr_ttl: TTL,

@@ -16,7 +16,7 @@ use crate::union::view::types::Caller;
 /// caller is not in the file's group (the kernel's rule). The kernel leaves this to us
 /// (`FUSE_HANDLE_KILLPRIV_V2`, which spares a GETXATTR round trip per write). Without a
 /// caller (deciding on passthrough) any setgid counts.
-pub(crate) fn privs_to_kill(perm: u32, gid: u32, caller: Option<&Caller>) -> u32 {
+pub(super) fn privs_to_kill(perm: u32, gid: u32, caller: Option<&Caller>) -> u32 {
     let mut kill = perm & libc::S_ISUID;
     if perm & libc::S_ISGID != 0
         && (perm & libc::S_IXGRP != 0 || !caller.is_some_and(|r| in_group(r, gid)))
@@ -28,7 +28,7 @@ pub(crate) fn privs_to_kill(perm: u32, gid: u32, caller: Option<&Caller>) -> u32
 
 /// Whether the caller of `req` is in group `gid` (primary, else supplementary: read from
 /// /proc only in this rare case, setgid files without group execute).
-pub(crate) fn in_group(req: &Caller, gid: u32) -> bool {
+fn in_group(req: &Caller, gid: u32) -> bool {
     if req.gid == gid {
         return true;
     }
@@ -41,7 +41,7 @@ pub(crate) fn in_group(req: &Caller, gid: u32) -> bool {
 
 /// The permissions and group the view shows for the open upper file `fd` (override_stat
 /// applied).
-pub(crate) fn shown_perm(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+pub(super) fn shown_perm(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     let st = sys::fstat(fd)?;
     let over = meta::fd_override(fd);
     Ok(over.map_or((st.st_mode & 0o7777, st.st_gid), |o| {
@@ -50,7 +50,7 @@ pub(crate) fn shown_perm(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u3
 }
 
 /// Drop setuid/setgid of the open file `fd` of `ino` (written by the unprivileged `req`).
-pub(crate) fn kill_privs(
+pub(super) fn kill_privs(
     fs: &View,
     up: &UpperLayer,
     req: &Caller,
@@ -81,7 +81,7 @@ pub(crate) fn kill_privs(
 /// Whether writes to an upper file of permissions `perm` may bypass us (passthrough): not
 /// with a quota (we count the bytes), nor for a setuid/setgid file (we clear the bits when an
 /// unprivileged caller writes).
-pub(crate) fn writes_may_bypass(fs: &View, perm: u32) -> bool {
+pub(super) fn writes_may_bypass(fs: &View, perm: u32) -> bool {
     fs.opts.quota.is_none() && privs_to_kill(perm, 0, None) == 0
 }
 
@@ -89,7 +89,7 @@ pub(crate) fn writes_may_bypass(fs: &View, perm: u32) -> bool {
 /// upper whose writes we serve ourselves (quota, set-id bits) is read through us as well: the
 /// kernel keeps an inode either in passthrough or in served mode and fails (EIO) an open of the
 /// other kind while one is open, so a passthrough reader would shut its writers out.
-pub(crate) fn reads_may_pass(fs: &View, ino: u64, file: &File) -> bool {
+pub(super) fn reads_may_pass(fs: &View, ino: u64, file: &File) -> bool {
     let in_upper = fs
         .tree
         .node(ino)

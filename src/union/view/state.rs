@@ -74,18 +74,18 @@ pub struct ViewState {
     /// A writable handle of each inode that has one (inode -> handle number): a times change
     /// goes through it instead of resolving the path again.
     writers: DashMap<u64, u64>,
-    pub(crate) dir_handles: DashMap<u64, Arc<DirHandle>>,
+    pub(super) dir_handles: DashMap<u64, Arc<DirHandle>>,
     /// The stat-ahead thread, started on first need (`None`: it could not be started).
-    pub(crate) stat_ahead: OnceLock<Option<Prefetcher>>,
+    pub(super) stat_ahead: OnceLock<Option<Prefetcher>>,
     next_fh: AtomicU64,
     /// Per-inode passthrough backing files: all opens of one inode must share one.
     backing: DashMap<u64, (Arc<dyn Backing>, usize)>,
     /// Set once the connection can take notifications.
     invalidator: OnceLock<Invalidator>,
     /// State of the write path (upper layer, quota).
-    pub(crate) writer: Writer,
+    pub(super) writer: Writer,
     /// Requests served off the reader threads.
-    pub(crate) background: Background,
+    pub(super) background: Background,
 }
 
 /// Kernel cache invalidations, sent from a worker thread: the kernel may need locks that the
@@ -102,7 +102,7 @@ pub struct Writer {
     upper: OnceLock<Result<UpperLayer, i32>>,
     /// Inodes copied up while a passthrough open of their lower file was alive: their later
     /// opens must not be handed to the kernel with another backing file.
-    pub(crate) no_passthrough: DashSet<u64>,
+    pub(super) no_passthrough: DashSet<u64>,
 }
 
 impl Writer {
@@ -132,7 +132,7 @@ impl View {
 
     /// Serve `job` on a thread of its own when it may take `long` (a large copy-up: see
     /// [`crate::union::background`]), else on this thread.
-    pub(crate) fn serve(&self, long: bool, job: impl FnOnce(&View) + Send + 'static) {
+    pub(super) fn serve(&self, long: bool, job: impl FnOnce(&View) + Send + 'static) {
         if long {
             let fs = self.clone();
             self.background.run(move || job(&fs));
@@ -173,7 +173,7 @@ impl ViewState {
     }
 
     /// The upper layer, or the errno to answer (`EROFS` for a read-only view).
-    pub(crate) fn upper(&self) -> Result<&UpperLayer, Errno> {
+    pub(super) fn upper(&self) -> Result<&UpperLayer, Errno> {
         if self.read_only() {
             return Err(Errno::EROFS);
         }
@@ -193,7 +193,7 @@ impl ViewState {
     }
 
     /// A new handle number (files and directories share the space).
-    pub(crate) fn next_fh(&self) -> u64 {
+    pub(super) fn next_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -256,7 +256,7 @@ impl ViewState {
     /// The passthrough backing file of `ino` (open file `fd`), shared by all its opens (the
     /// kernel requires one backing file per inode); `reg` registers it on first use. `None`:
     /// serve I/O ourselves.
-    pub(crate) fn backing_id(
+    pub(super) fn backing_id(
         &self,
         ino: u64,
         fd: BorrowedFd<'_>,

@@ -12,14 +12,14 @@ use crate::union::tree::{NodeState, ROOT_INO};
 use crate::union::upper::UpperLayer;
 use crate::union::view::state::View;
 
-pub(crate) fn errno(e: i32) -> io::Error {
+pub(super) fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
 }
 
 /// After a change at `rel` (the entry of node `ino`, if the kernel knows it): every node from
 /// it up to the root that now lives in the upper layer is pointed there. The walk stops at the
 /// first node already in the upper: its ancestors are too (an upper entry's parents always are).
-pub(crate) fn refresh(fs: &View, up: &UpperLayer, ino: Option<u64>, rel: &Path) {
+pub(super) fn refresh(fs: &View, up: &UpperLayer, ino: Option<u64>, rel: &Path) {
     refresh_known(fs, up, ino, rel, None, false)
 }
 
@@ -28,7 +28,7 @@ pub(crate) fn refresh(fs: &View, up: &UpperLayer, ino: Option<u64>, rel: &Path) 
 /// ones on that path, which this walk records in their parents' listings: the cached listing
 /// of a directory that just got its upper copy stays right and is kept (merging it again
 /// from every layer cost a copy-up storm ~10% of its time).
-pub(crate) fn refresh_known(
+pub(super) fn refresh_known(
     fs: &View,
     up: &UpperLayer,
     ino: Option<u64>,
@@ -77,13 +77,13 @@ pub(crate) fn refresh_known(
 }
 
 /// Whether a node's entry (and, for a directory, its merged contents) already include the upper.
-pub(crate) fn node_in_upper(s: &NodeState) -> bool {
+pub(super) fn node_in_upper(s: &NodeState) -> bool {
     s.layer == 0 && !s.dir.as_ref().is_some_and(|d| d.layers.first() != Some(&0))
 }
 
 /// Put the upper entry just made at `rel` (`name` in directory `parent`) into the cached
 /// listing of `parent`, so the next lookup does not merge the directory again.
-pub(crate) fn add_to_listing(fs: &View, up: &UpperLayer, parent: u64, name: &OsStr, rel: &Path) {
+pub(super) fn add_to_listing(fs: &View, up: &UpperLayer, parent: u64, name: &OsStr, rel: &Path) {
     match up.upper_stat(rel) {
         Some(st) => add_stat_to_listing(fs, parent, name, &st),
         None => fs.tree.invalidate_listing(parent),
@@ -91,7 +91,7 @@ pub(crate) fn add_to_listing(fs: &View, up: &UpperLayer, parent: u64, name: &OsS
 }
 
 /// [`add_to_listing`] of an entry whose stat the caller has.
-pub(crate) fn add_stat_to_listing(fs: &View, parent: u64, name: &OsStr, st: &libc::stat) {
+pub(super) fn add_stat_to_listing(fs: &View, parent: u64, name: &OsStr, st: &libc::stat) {
     let kind = FileKind::of_mode(st.st_mode);
     let ino = fs.tree.layers.ino_for(0, st.st_ino);
     // A node the kernel still holds under this number (a deleted file whose inode number the
@@ -115,18 +115,18 @@ pub(crate) fn add_stat_to_listing(fs: &View, parent: u64, name: &OsStr, st: &lib
 }
 
 /// The node number the listing of `parent` shows for `name`.
-pub(crate) fn child_ino(fs: &View, parent: u64, name: &OsStr) -> Option<u64> {
+pub(super) fn child_ino(fs: &View, parent: u64, name: &OsStr) -> Option<u64> {
     fs.tree.listing(parent).ok()?.get(name).map(|e| e.ino)
 }
 
 /// Forget the cached listing of `parent` and tell the kernel `name` changed there.
-pub(crate) fn changed_entry(fs: &View, parent: u64, name: &OsStr) {
+pub(super) fn changed_entry(fs: &View, parent: u64, name: &OsStr) {
     fs.tree.invalidate_listing(parent);
     fs.invalidate_entry(parent, name);
 }
 
 /// Make sure `parent` is a directory and `name` a valid new name in it.
-pub(crate) fn new_name(fs: &View, parent: u64, name: &OsStr) -> io::Result<PathBuf> {
+pub(super) fn new_name(fs: &View, parent: u64, name: &OsStr) -> io::Result<PathBuf> {
     if name.len() > 255 {
         return Err(errno(libc::ENAMETOOLONG));
     }
@@ -142,7 +142,7 @@ pub(crate) fn new_name(fs: &View, parent: u64, name: &OsStr) -> io::Result<PathB
 }
 
 /// Point every live node below `dir` (a directory just materialised in the upper) at the upper.
-pub(crate) fn repoint_subtree(fs: &View, up: &UpperLayer, dir: &Path) {
+pub(super) fn repoint_subtree(fs: &View, up: &UpperLayer, dir: &Path) {
     for node in fs.tree.all_nodes() {
         let Ok(rel) = fs.tree.path_of(node.ino) else {
             continue;
