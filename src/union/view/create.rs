@@ -36,8 +36,16 @@ fn owner_for(fs: &View, req: &Caller, parent: u64) -> io::Result<(u32, u32, bool
 }
 
 impl View {
-    /// The entry just made as `name` in `parent` (it holds a lookup now).
-    fn new_entry(&self, parent: u64, name: &OsStr) -> Reply<Entry> {
+    /// The entry just made in the upper as `name` (at `rel`) in `parent`: the tree and the
+    /// parent's cached listing learn of it, and the reply holds a lookup of it.
+    fn new_entry(&self, up: &UpperLayer, parent: u64, name: &OsStr, rel: &Path) -> Reply<Entry> {
+        refresh(
+            self,
+            up,
+            Some(parent),
+            rel.parent().unwrap_or(Path::new("")),
+        );
+        add_to_listing(self, up, parent, name, rel);
         let (_, attr) = self.tree.lookup(parent, name)?;
         Ok(entry(attr))
     }
@@ -54,14 +62,7 @@ impl View {
         let rel = new_name(self, parent, name)?;
         let (uid, gid, setgid) = owner_for(self, req, parent)?;
         make(up, &rel, uid, gid, setgid)?;
-        refresh(
-            self,
-            up,
-            Some(parent),
-            rel.parent().unwrap_or(Path::new("")),
-        );
-        add_to_listing(self, up, parent, name, &rel);
-        self.new_entry(parent, name)
+        self.new_entry(up, parent, name, &rel)
     }
 
     /// MKNOD of `mode` (type and permissions) with device number `rdev`.
@@ -146,14 +147,7 @@ impl View {
         let dst = new_name(self, newparent, newname)?;
         copy_up_node(self, up, ino, &src)?;
         up.link(&src, &dst)?;
-        refresh(
-            self,
-            up,
-            Some(newparent),
-            dst.parent().unwrap_or(Path::new("")),
-        );
-        add_to_listing(self, up, newparent, newname, &dst);
-        self.new_entry(newparent, newname)
+        self.new_entry(up, newparent, newname, &dst)
     }
 
     /// CREATE of `name` in `parent` (open(2) `flags`), opened read-write; `reg` registers a
