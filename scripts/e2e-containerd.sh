@@ -28,10 +28,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/rootfs.sh
 . "$REPO/scripts/lib/rootfs.sh"
 IMAGE=docker.io/library/stratafs-e2e:latest
-step() { printf '\n=== %s\n' "$*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# shellcheck source=lib/e2e.sh
+. "$REPO/scripts/lib/e2e.sh"
 
-[ "$(id -u)" = 0 ] || fail "run as root"
+need_root
 
 # ---------------------------------------------------------------- prerequisites
 step "prerequisites"

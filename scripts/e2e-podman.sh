@@ -16,10 +16,10 @@ repo=$(cd "$here/.." && pwd)
 compare=0
 [ "${1:-}" = "--compare" ] && compare=1
 
-step() { printf '\n=== %s\n' "$*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# shellcheck source=lib/e2e.sh
+. "$here/lib/e2e.sh"
 
-[ "$(id -u)" = 0 ] || fail "run as root"
+need_root
 
 step "installing podman and buildah if missing"
 ensure_pkg podman podman

@@ -24,10 +24,10 @@ repo=$(cd "$here/.." && pwd)
 # shellcheck source=lib/rootless.sh
 . "$here/lib/rootless.sh"
 
-step() { printf '\n=== %s\n' "$*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# shellcheck source=lib/e2e.sh
+. "$here/lib/e2e.sh"
 
-[ "$(id -u)" = 0 ] || fail "run as root (the script creates the unprivileged user)"
+need_root "the script creates the unprivileged user"
 
 ensure_pkg fusermount3 fuse3
 ensure_pkg setpriv util-linux
