@@ -196,28 +196,34 @@ impl Core {
             (Kind::View, 0) => bind(own, "ro"),
             // A view of one layer is that layer, read-only: no FUSE server needed.
             (Kind::View, 1) => bind(lowers[0].clone(), "ro"),
-            (Kind::View, _) => fuse(vec![lower_option()?]),
+            (Kind::View, _) => layered(FUSE_MOUNT_TYPE, vec![lower_option()?]),
             // containerd unpacks each image layer into an `extract-` snapshot. Handed an
             // `overlay` mount, its diff applier writes the layer straight into `upperdir`, as for
             // its own overlayfs snapshotter (whiteouts as 0/0 devices, opaque directories as
             // `trusted.overlay.opaque`, both of which stratafs reads), instead of through a FUSE
             // server started for the one layer. The lower list is inline: containerd reads it
             // (for the layer's parents) but mounts nothing.
-            (Kind::Active, _) if is_unpack_key(key) => overlay(vec![
-                format!("lowerdir={}", lowers.join(":")),
-                format!("upperdir={own}"),
-                format!("workdir={}", self.store.work_dir(&top.id).display()),
-            ]),
-            _ => fuse(vec![
-                lower_option()?,
-                format!("upperdir={own}"),
-                format!("workdir={}", self.store.work_dir(&top.id).display()),
-                // The mount server runs detached under containerd: say where it logs.
-                format!(
-                    "log={}",
-                    self.store.layer_dir(&top.id).join("mount.log").display()
-                ),
-            ]),
+            (Kind::Active, _) if is_unpack_key(key) => layered(
+                "overlay",
+                vec![
+                    format!("lowerdir={}", lowers.join(":")),
+                    format!("upperdir={own}"),
+                    format!("workdir={}", self.store.work_dir(&top.id).display()),
+                ],
+            ),
+            _ => layered(
+                FUSE_MOUNT_TYPE,
+                vec![
+                    lower_option()?,
+                    format!("upperdir={own}"),
+                    format!("workdir={}", self.store.work_dir(&top.id).display()),
+                    // The mount server runs detached under containerd: say where it logs.
+                    format!(
+                        "log={}",
+                        self.store.layer_dir(&top.id).join("mount.log").display()
+                    ),
+                ],
+            ),
         }])
     }
 
@@ -419,15 +425,6 @@ fn is_unpack_key(key: &str) -> bool {
         .starts_with(UNPACK_KEY_PREFIX)
 }
 
-fn overlay(options: Vec<String>) -> Mount {
-    Mount {
-        r#type: "overlay".into(),
-        source: "overlay".into(),
-        target: String::new(),
-        options,
-    }
-}
-
 fn bind(source: String, access: &str) -> Mount {
     Mount {
         r#type: "bind".into(),
@@ -437,9 +434,11 @@ fn bind(source: String, access: &str) -> Mount {
     }
 }
 
-fn fuse(options: Vec<String>) -> Mount {
+/// A layered mount of type `fs_type` (`fuse3.stratafs`, or `overlay` for unpacking) with
+/// overlay-style options.
+fn layered(fs_type: &str, options: Vec<String>) -> Mount {
     Mount {
-        r#type: FUSE_MOUNT_TYPE.into(),
+        r#type: fs_type.into(),
         source: "overlay".into(),
         target: String::new(),
         options,
