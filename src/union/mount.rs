@@ -211,54 +211,45 @@ impl MountManager {
     /// counts: a plugin restarted under a running engine adopts the mounts of its containers,
     /// whose `put` comes later.
     pub fn release_stale(&self) -> Result<()> {
-        let mut first_err = None;
-        for rec in self.store.list()? {
-            if !self.state_path(&rec.id).exists() {
-                continue;
-            }
-            let res = (|| {
-                let _guard = self.store.lock_layer(&rec.id)?;
-                match self.read_state(&rec.id) {
-                    Some(st) if st.refs > 0 && self.live(&st) => {
-                        tracing::info!(
-                            id = rec.id,
-                            pid = st.pid,
-                            refs = st.refs,
-                            "keeping a live mount"
-                        );
-                    }
-                    Some(st) => {
-                        tracing::info!(id = rec.id, pid = st.pid, "cleaning up a stale mount");
-                        self.stop(&rec.id, &st)?;
-                        self.clear_state(&rec.id);
-                    }
-                    None => self.clear_state(&rec.id),
+        self.each_mount_state(|id, st| {
+            match st {
+                Some(st) if st.refs > 0 && self.live(&st) => {
+                    tracing::info!(id, pid = st.pid, refs = st.refs, "keeping a live mount");
                 }
-                Ok::<(), Error>(())
-            })();
-            if let Err(e) = res {
-                tracing::warn!(id = rec.id, %e, "cleanup of a stale mount failed");
-                first_err.get_or_insert(e);
+                Some(st) => {
+                    tracing::info!(id, pid = st.pid, "cleaning up a stale mount");
+                    self.stop(id, &st)?;
+                    self.clear_state(id);
+                }
+                None => self.clear_state(id),
             }
-        }
-        first_err.map_or(Ok(()), Err)
+            Ok(())
+        })
     }
 
     /// Unmount everything of this store.
     pub fn cleanup(&self) -> Result<()> {
+        self.each_mount_state(|id, st| {
+            if let Some(st) = st {
+                self.stop(id, &st)?;
+            }
+            self.clear_state(id);
+            Ok(())
+        })
+    }
+
+    /// Run `f` on every layer that has mount state (`None`: unreadable), under the layer's
+    /// lock; a failure is logged and the others still run; the first error is returned.
+    fn each_mount_state(&self, f: impl Fn(&str, Option<MountState>) -> Result<()>) -> Result<()> {
         let mut first_err = None;
         for rec in self.store.list()? {
             if !self.state_path(&rec.id).exists() {
                 continue;
             }
-            let res = (|| {
-                let _guard = self.store.lock_layer(&rec.id)?;
-                if let Some(st) = self.read_state(&rec.id) {
-                    self.stop(&rec.id, &st)?;
-                }
-                self.clear_state(&rec.id);
-                Ok::<(), Error>(())
-            })();
+            let res = self
+                .store
+                .lock_layer(&rec.id)
+                .and_then(|_guard| f(&rec.id, self.read_state(&rec.id)));
             if let Err(e) = res {
                 tracing::warn!(id = rec.id, %e, "cleanup of a mount failed");
                 first_err.get_or_insert(e);
@@ -355,23 +346,11 @@ fn detach(path: &Path) -> Result<()> {
 
 /// Whether `/proc/self/mountinfo` lists a FUSE mount at `path` (live or dead).
 pub fn fuse_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.as_os_str().as_encoded_bytes();
-    info.lines().any(|line| {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            return false;
-        };
-        let mp = pre.split(' ').nth(4).map(unescape_mountinfo);
-        let fstype = post.split(' ').next().unwrap_or("");
-        (fstype == "fuse" || fstype.starts_with("fuse.")) && mp.as_deref() == Some(want)
-    })
+    fuse_mount_device(path).is_some()
 }
 
-/// The kernel's directory for the FUSE connection mounted at `path` (fusectl), which exists
-/// for as long as any mount of that view does, in any mount namespace.
-fn fuse_connection(path: &Path) -> Option<PathBuf> {
+/// The device (`major:minor`, as mountinfo gives it) of a FUSE mount at `path`, if any.
+fn fuse_mount_device(path: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.as_os_str().as_encoded_bytes();
     info.lines().find_map(|line| {
@@ -380,16 +359,18 @@ fn fuse_connection(path: &Path) -> Option<PathBuf> {
         let dev = fields.nth(2)?;
         let mp = fields.nth(1).map(unescape_mountinfo)?;
         let fstype = post.split(' ').next().unwrap_or("");
-        if !(fstype == "fuse" || fstype.starts_with("fuse.")) || mp != want {
-            return None;
-        }
-        // The directory is named after the device number in the kernel's own encoding.
-        let (major, minor) = dev.split_once(':')?;
-        let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
-        let dir =
-            PathBuf::from("/sys/fs/fuse/connections").join(((major << 20) | minor).to_string());
-        Some(dir)
+        ((fstype == "fuse" || fstype.starts_with("fuse.")) && mp == want).then(|| dev.to_string())
     })
+}
+
+/// The kernel's directory for the FUSE connection mounted at `path` (fusectl), which exists
+/// for as long as any mount of that view does, in any mount namespace.
+fn fuse_connection(path: &Path) -> Option<PathBuf> {
+    let dev = fuse_mount_device(path)?;
+    // The directory is named after the device number in the kernel's own encoding.
+    let (major, minor) = dev.split_once(':')?;
+    let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+    Some(PathBuf::from("/sys/fs/fuse/connections").join(((major << 20) | minor).to_string()))
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space, ...).
