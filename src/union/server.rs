@@ -333,6 +333,14 @@ pub fn parse_args(args: &[String]) -> Result<ServerArgs> {
         }
         _ => return Err(bad("expected MERGED or SOURCE MERGED".into())),
     };
+    // Test hook: the test command reruns the FUSE suite with options every mount must take
+    // (a transport, `nopassthrough`), without each test knowing about them.
+    if let Ok(extra) = std::env::var(EXTRA_OPTS_ENV) {
+        if !extra.trim().is_empty() {
+            tracing::info!(%extra, "options added from {EXTRA_OPTS_ENV}");
+            opts.push(extra);
+        }
+    }
     let options = MountOptions::parse(&opts.join(","))?;
     Ok(ServerArgs {
         options,
@@ -342,6 +350,9 @@ pub fn parse_args(args: &[String]) -> Result<ServerArgs> {
         debug,
     })
 }
+
+/// Environment variable whose comma-separated mount options are added to every mount.
+pub const EXTRA_OPTS_ENV: &str = "STRATAFS_EXTRA_MOUNT_OPTS";
 
 /// Whether a command line (without the program name) is the mount-program form.
 pub fn is_mount_program_form(args: &[String]) -> bool {
