@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 
 mod dirent;
 mod host;
+mod long;
 mod mutate;
 mod open;
 mod process;
@@ -16,6 +17,7 @@ mod xattr;
 
 pub use dirent::*;
 pub use host::*;
+pub use long::{is_long, NAME_LIMIT, PATH_LIMIT};
 pub use mutate::*;
 pub use open::*;
 pub use process::*;

@@ -3,7 +3,9 @@
 //! Read: `.wh.NAME` files (aufs/OCI/fuse-overlayfs rootless), character devices 0/0 (kernel
 //! overlayfs, fuse-overlayfs as root), `.wh..wh..opq` files and the `trusted.overlay.opaque`,
 //! `user.overlay.opaque`, `user.fuseoverlayfs.opaque` xattrs (value `y`).
-//! Write: `.wh.NAME` and `.wh..wh..opq` empty files, which need no privilege and no xattrs.
+//! Write: `.wh.NAME` and `.wh..wh..opq` empty files, which need no privilege and no xattrs;
+//! for a name too long to carry the prefix (over 251 bytes) a character device 0/0 under the
+//! name itself (which Linux 5.8 and later let anyone make).
 //! This is the only module that knows these spellings.
 
 use std::ffi::OsStr;
@@ -68,6 +70,12 @@ pub fn whiteout_name(name: &OsStr) -> std::ffi::OsString {
     s
 }
 
+/// Whether `name` leaves room for the `.wh.` prefix within the kernel's 255-byte names: a longer
+/// one can only be deleted with a whiteout device.
+pub fn marker_fits(name: &OsStr) -> bool {
+    name.len() + WHITEOUT_PREFIX.len() <= sys::NAME_LIMIT
+}
+
 /// Whether a `stat` result is a kernel-overlay style whiteout (char device 0/0).
 pub fn is_whiteout_device(st: &libc::stat) -> bool {
     (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0
@@ -111,7 +119,7 @@ pub fn fd_is_opaque_dir(fd: BorrowedFd<'_>) -> bool {
 
 /// Whether the open directory `dir` records `name` as deleted, in either format.
 pub fn fd_has_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
-    sys::fstatat(dir, Path::new(&whiteout_name(name))).is_ok()
+    (marker_fits(name) && sys::fstatat(dir, Path::new(&whiteout_name(name))).is_ok())
         || matches!(sys::fstatat(dir, Path::new(name)), Ok(st) if is_whiteout_device(&st))
 }
 
@@ -120,8 +128,12 @@ pub fn is_opaque_dir(path: &Path) -> bool {
     has_opaque_xattr(path) || path.join(OPAQUE_MARKER).symlink_metadata().is_ok()
 }
 
-/// Record that `name` in `dir` is deleted: create `.wh.NAME` (an empty file, mode 0).
+/// Record that `name` in `dir` is deleted: create `.wh.NAME` (an empty file, mode 0), or, for
+/// a name too long for that, a whiteout device at `name` (which must then be free).
 pub fn write_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    if !marker_fits(name) {
+        return write_whiteout_device(dir, name);
+    }
     let wh = whiteout_name(name);
     match sys::openat(
         dir,
@@ -131,6 +143,20 @@ pub fn write_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     ) {
         Ok(_) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Make the whiteout device (character device 0/0) `name` in `dir`; one already there is fine.
+pub fn write_whiteout_device(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match sys::mknodat(dir, name, libc::S_IFCHR, 0) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            match sys::fstatat(dir, Path::new(name)) {
+                Ok(st) if is_whiteout_device(&st) => Ok(()),
+                _ => Err(e),
+            }
+        }
         Err(e) => Err(e),
     }
 }
@@ -146,6 +172,9 @@ pub fn link_whiteout(
     dir: BorrowedFd<'_>,
     name: &OsStr,
 ) -> io::Result<bool> {
+    if !marker_fits(name) {
+        return Ok(false);
+    }
     match sys::linkat(base_dir, base_name, dir, &whiteout_name(name)) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(true),

@@ -24,9 +24,10 @@ pub fn mkdirat<P: AsRef<Path> + ?Sized>(
     mode: u32,
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let c = cstr(r.name())?;
     // SAFETY: valid fd and C string.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
+    check(unsafe { libc::mkdirat(r.dir(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
 }
 
 /// `mknodat(dir, name, mode, dev)`.
@@ -37,11 +38,12 @@ pub fn mknodat<P: AsRef<Path> + ?Sized>(
     dev: u64,
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let c = cstr(r.name())?;
     // SAFETY: valid fd and C string.
     check(unsafe {
         libc::mknodat(
-            dir.as_raw_fd(),
+            r.dir(),
             c.as_ptr(),
             mode as libc::mode_t,
             dev as libc::dev_t,
@@ -58,9 +60,10 @@ pub fn symlinkat<P: AsRef<Path> + ?Sized>(
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
     let t = cstr(target)?;
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
+    let c = cstr(r.name())?;
     // SAFETY: valid C strings and fd.
-    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+    check(unsafe { libc::symlinkat(t.as_ptr(), r.dir(), c.as_ptr()) }).map(drop)
 }
 
 /// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink at `oldname`.
@@ -71,19 +74,14 @@ pub fn linkat<A: AsRef<Path> + ?Sized, B: AsRef<Path> + ?Sized>(
     newname: &B,
 ) -> io::Result<()> {
     let (oldname, newname): (&Path, &Path) = (oldname.as_ref(), newname.as_ref());
-    let o = cstr(oldname)?;
-    let n = cstr(newname)?;
+    let (ro, rn) = (
+        super::long::at(olddir.as_raw_fd(), oldname)?,
+        super::long::at(newdir.as_raw_fd(), newname)?,
+    );
+    let o = cstr(ro.name())?;
+    let n = cstr(rn.name())?;
     // SAFETY: valid C strings and fds.
-    check(unsafe {
-        libc::linkat(
-            olddir.as_raw_fd(),
-            o.as_ptr(),
-            newdir.as_raw_fd(),
-            n.as_ptr(),
-            0,
-        )
-    })
-    .map(drop)
+    check(unsafe { libc::linkat(ro.dir(), o.as_ptr(), rn.dir(), n.as_ptr(), 0) }).map(drop)
 }
 
 /// An unnamed regular file in directory `dir` (`O_TMPFILE`, read-write), with mode `mode`.
@@ -111,9 +109,10 @@ pub fn link_unnamed(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io
 
 /// `unlinkat(dir, name, flags)` (`libc::AT_REMOVEDIR` for directories).
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &Path, flags: i32) -> io::Result<()> {
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let c = cstr(r.name())?;
     // SAFETY: valid fd and C string.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+    check(unsafe { libc::unlinkat(r.dir(), c.as_ptr(), flags) }).map(drop)
 }
 
 /// `renameat2` flag: fail with `EEXIST` when the target exists.
@@ -129,14 +128,18 @@ pub fn renameat2(
     new: &OsStr,
     flags: u32,
 ) -> io::Result<()> {
-    let o = cstr(old)?;
-    let n = cstr(new)?;
+    let (ro, rn) = (
+        super::long::at(old_dir.as_raw_fd(), Path::new(old))?,
+        super::long::at(new_dir.as_raw_fd(), Path::new(new))?,
+    );
+    let o = cstr(ro.name())?;
+    let n = cstr(rn.name())?;
     // SAFETY: valid fds and C strings.
     check(unsafe {
         libc::renameat2(
-            old_dir.as_raw_fd(),
+            ro.dir(),
             o.as_ptr(),
-            new_dir.as_raw_fd(),
+            rn.dir(),
             n.as_ptr(),
             flags as libc::c_uint,
         )
@@ -178,11 +181,12 @@ pub fn set_times_at(
     atime: TimeSpec,
     mtime: TimeSpec,
 ) -> io::Result<()> {
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), Path::new(name))?;
+    let c = cstr(r.name())?;
     let times = [atime.raw(), mtime.raw()];
     let flags = nofollow_flags(name);
     // SAFETY: valid fd, C string and a two-element array.
-    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), flags) })?;
+    check(unsafe { libc::utimensat(r.dir(), c.as_ptr(), times.as_ptr(), flags) })?;
     Ok(())
 }
 
@@ -213,10 +217,11 @@ pub fn lchownat<P: AsRef<Path> + ?Sized>(
     gid: u32,
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let c = cstr(r.name())?;
     let flags = nofollow_flags(name.as_os_str());
     // SAFETY: valid fd and C string.
-    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, flags) }).map(drop)
+    check(unsafe { libc::fchownat(r.dir(), c.as_ptr(), uid, gid, flags) }).map(drop)
 }
 
 /// `fchmodat(dir, name, mode, 0)` (follows nothing because callers never pass symlinks).
@@ -226,9 +231,10 @@ pub fn fchmodat<P: AsRef<Path> + ?Sized>(
     mode: u32,
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let c = cstr(r.name())?;
     // SAFETY: valid fd and C string.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
+    check(unsafe { libc::fchmodat(r.dir(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
 }
 
 /// `fchmod(fd, mode)`.

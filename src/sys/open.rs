@@ -9,11 +9,12 @@ use super::{check, check_size, cstr, nofollow_flags};
 
 /// `openat(dirfd, name, flags | O_CLOEXEC, mode)`.
 pub fn openat(dir: BorrowedFd<'_>, name: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
+    let c = cstr(r.name())?;
     // SAFETY: c is a valid NUL-terminated string; the fd returned is owned by us.
     let fd = check(unsafe {
         libc::openat(
-            dir.as_raw_fd(),
+            r.dir(),
             c.as_ptr(),
             flags | libc::O_CLOEXEC,
             mode as libc::c_uint,
@@ -25,10 +26,12 @@ pub fn openat(dir: BorrowedFd<'_>, name: &Path, flags: i32, mode: u32) -> io::Re
 
 /// Open a directory (`O_DIRECTORY | O_RDONLY`), following no final symlink.
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    let c = cstr(path)?;
+    let r = super::long::at(libc::AT_FDCWD, path)?;
+    let c = cstr(r.name())?;
     // SAFETY: valid C string; fd ownership taken below.
     let fd = check(unsafe {
-        libc::open(
+        libc::openat(
+            r.dir(),
             c.as_ptr(),
             libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
         )
@@ -46,7 +49,8 @@ pub fn openat2(
     mode: u32,
     resolve: u64,
 ) -> io::Result<OwnedFd> {
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
+    let c = cstr(r.name())?;
     // SAFETY: zeroed open_how is valid (all-integer struct); fields set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
@@ -61,7 +65,7 @@ pub fn openat2(
         let r = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
-                dir.as_raw_fd(),
+                r.dir(),
                 c.as_ptr(),
                 &how as *const libc::open_how,
                 std::mem::size_of::<libc::open_how>(),
@@ -125,10 +129,12 @@ pub const RESOLVE_BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICL
 
 /// `open(path, O_PATH | O_NOFOLLOW)`: a handle on any file type, including symlinks.
 pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
-    let c = cstr(path)?;
+    let r = super::long::at(libc::AT_FDCWD, path)?;
+    let c = cstr(r.name())?;
     // SAFETY: valid C string; fd ownership taken below.
     let fd = check(unsafe {
-        libc::open(
+        libc::openat(
+            r.dir(),
             c.as_ptr(),
             libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
@@ -162,20 +168,22 @@ pub fn empty_stat() -> libc::stat {
 
 /// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dir` itself.
 pub fn fstatat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<libc::stat> {
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
+    let c = cstr(r.name())?;
     let flags = nofollow_flags(name.as_os_str());
     let mut st = empty_stat();
     // SAFETY: c is a valid C string and st a valid stat for the call's duration.
-    check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, flags) })?;
+    check(unsafe { libc::fstatat(r.dir(), c.as_ptr(), &mut st, flags) })?;
     Ok(st)
 }
 
 /// `lstat(path)`.
 pub fn lstat(path: &Path) -> io::Result<libc::stat> {
-    let c = cstr(path)?;
+    let r = super::long::at(libc::AT_FDCWD, path)?;
+    let c = cstr(r.name())?;
     let mut st = empty_stat();
     // SAFETY: valid pointers.
-    check(unsafe { libc::lstat(c.as_ptr(), &mut st) })?;
+    check(unsafe { libc::fstatat(r.dir(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(st)
 }
 
@@ -214,17 +222,13 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
 /// `readlinkat(dir, name)`; an empty name reads the symlink `dir` was opened on (O_PATH).
 pub fn readlinkat(dir: BorrowedFd<'_>, name: &Path) -> io::Result<std::ffi::OsString> {
     use std::os::unix::ffi::OsStringExt;
-    let c = cstr(name)?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
+    let c = cstr(r.name())?;
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: valid fd, C string and buffer of the given length.
         let n = check_size(unsafe {
-            libc::readlinkat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
+            libc::readlinkat(r.dir(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
         })?;
         if n < buf.len() {
             buf.truncate(n);

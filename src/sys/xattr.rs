@@ -30,7 +30,8 @@ fn xattr_buf_loop(
 
 /// `lgetxattr(path, name)`: `Ok(None)` when the attribute is absent or xattrs are unsupported.
 pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let p = cstr(path)?;
+    let r = super::long::path(path)?;
+    let p = cstr(r.name())?;
     let n = cstr(name)?;
     // SAFETY: p and n are valid C strings; buffers are valid for the given lengths.
     let res =
@@ -73,7 +74,8 @@ fn split_names(raw: &[u8]) -> Vec<Vec<u8>> {
 
 /// `llistxattr(path)`: the attribute names (empty when xattrs are unsupported).
 pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    let p = cstr(path)?;
+    let r = super::long::path(path)?;
+    let p = cstr(r.name())?;
     // SAFETY: valid C string and buffer.
     let res = xattr_buf_loop(|buf, len| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) });
     Ok(split_names(&unsupported_is_empty(res)?))
@@ -147,7 +149,8 @@ fn listxattrat_raw(dir: BorrowedFd<'_>, name: &Path) -> io::Result<Vec<u8>> {
 
 /// `lsetxattr(path, name, value, 0)`.
 pub fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = cstr(path)?;
+    let r = super::long::path(path)?;
+    let p = cstr(r.name())?;
     let n = cstr(name)?;
     // SAFETY: valid C strings; value valid for its length.
     check(unsafe {
@@ -180,7 +183,8 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()>
 
 /// `lremovexattr(path, name)`.
 pub fn lremovexattr(path: &Path, name: &str) -> io::Result<()> {
-    let p = cstr(path)?;
+    let r = super::long::path(path)?;
+    let p = cstr(r.name())?;
     let n = cstr(name)?;
     // SAFETY: valid C strings.
     check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })?;

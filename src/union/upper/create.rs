@@ -11,6 +11,7 @@ use crate::sys::{self, TimeSpec};
 use super::copyup::CopyUp;
 use super::layer::{errno, split, UpperLayer};
 use super::node::Shape;
+use super::remove::Slot;
 
 /// Owner and mode of a new entry (mode includes the file-type bits).
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +76,10 @@ impl UpperLayer {
         let (sfd, dfd) = (self.staging_fd.as_fd(), pfd.as_fd());
         let placed = self
             .free_whiteout_slot(dfd, name)
-            .and_then(|()| sys::renameat2(sfd, tmp, dfd, name, sys::RENAME_NOREPLACE));
+            .and_then(|slot| match slot {
+                Slot::Free => sys::renameat2(sfd, tmp, dfd, name, sys::RENAME_NOREPLACE),
+                Slot::Device => self.exchange_into(tmp, dfd, name),
+            });
         if let Err(e) = placed {
             let _ = self.discard(tmp);
             return Err(e);
@@ -133,8 +137,17 @@ impl UpperLayer {
         self.ensure_dir(dparent)?;
         let sfd = self.open_upper_dir(sparent)?;
         let dfd = self.open_upper_dir(dparent)?;
-        self.free_whiteout_slot(dfd.as_fd(), dname)?;
-        sys::linkat(sfd.as_fd(), sname, dfd.as_fd(), dname)?;
+        match self.free_whiteout_slot(dfd.as_fd(), dname)? {
+            Slot::Free => sys::linkat(sfd.as_fd(), sname, dfd.as_fd(), dname)?,
+            Slot::Device => {
+                let tmp = self.tmp_name();
+                sys::linkat(sfd.as_fd(), sname, self.staging_fd.as_fd(), &tmp)?;
+                if let Err(e) = self.exchange_into(&tmp, dfd.as_fd(), dname) {
+                    let _ = sys::unlink_entry(self.staging_fd.as_fd(), &tmp, false);
+                    return Err(e);
+                }
+            }
+        }
         self.drop_whiteout(dfd.as_fd(), dname)?;
         Ok(up)
     }

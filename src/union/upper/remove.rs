@@ -14,6 +14,16 @@ use crate::union::lowers::LowerEntry;
 use super::copyup::CopyUp;
 use super::layer::{errno, is_dir, split, UpperLayer, WHITEOUT_BASE};
 
+/// What [`UpperLayer::free_whiteout_slot`] left at a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Slot {
+    /// Nothing: place with `RENAME_NOREPLACE` (or link).
+    Free,
+    /// A whiteout device that stays, because the name is too long for a `.wh.` marker to stand
+    /// in for it meanwhile: place with [`UpperLayer::exchange_into`].
+    Device,
+}
+
 /// The merged entry at a path: its upper stat (if in the upper), the lower entry the view has
 /// there (if any), and the stat of the visible one.
 #[derive(Debug, Clone)]
@@ -28,19 +38,73 @@ impl UpperLayer {
     /// a whiteout device (kernel format) holds it: a directory cannot be renamed over a device,
     /// so the deletion is recorded as `.wh.NAME` first and the device removed after (no moment
     /// in between shows the lower entry again). The caller then places its entry with
-    /// `RENAME_NOREPLACE` (or links it) and drops the `.wh.NAME`.
-    pub(super) fn free_whiteout_slot(&self, pfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    /// `RENAME_NOREPLACE` (or links it) and drops the `.wh.NAME`. A name too long for a `.wh.`
+    /// marker keeps its device ([`Slot::Device`]), which the new entry is exchanged with.
+    pub(super) fn free_whiteout_slot(&self, pfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Slot> {
         if matches!(sys::fstatat(pfd, Path::new(name)), Ok(st) if whiteout::is_whiteout_device(&st))
         {
+            if !whiteout::marker_fits(name) {
+                return Ok(Slot::Device);
+            }
             self.write_whiteout(pfd, name)?;
             sys::unlink_entry(pfd, name, false)?;
         }
+        Ok(Slot::Free)
+    }
+
+    /// Put the staged `tmp` in place of the whiteout device at `pfd/name` in one step (an
+    /// exchange), then delete the device, which sits in staging under `tmp` after it.
+    pub(super) fn exchange_into(
+        &self,
+        tmp: &OsStr,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let sfd = self.staging_fd.as_fd();
+        sys::renameat2(sfd, tmp, pfd, name, sys::RENAME_EXCHANGE)?;
+        sys::unlink_entry(sfd, tmp, false)
+    }
+
+    /// Record that `name` in the upper directory `pfd` is deleted when the name is too long
+    /// for a `.wh.` marker: a whiteout device at the name itself, made in staging and
+    /// exchanged with the upper entry there (if any) in one step; that entry is then deleted
+    /// from staging.
+    fn write_whiteout_device(&self, pfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let old = match sys::fstatat(pfd, Path::new(name)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return whiteout::write_whiteout_device(pfd, name)
+            }
+            Err(e) => return Err(e),
+            Ok(st) if whiteout::is_whiteout_device(&st) => return Ok(()),
+            Ok(st) => st,
+        };
+        let tmp = self.tmp_name();
+        let sfd = self.staging_fd.as_fd();
+        whiteout::write_whiteout_device(sfd, &tmp)?;
+        if let Err(e) = sys::renameat2(sfd, &tmp, pfd, name, sys::RENAME_EXCHANGE) {
+            let _ = sys::unlink_entry(sfd, &tmp, false);
+            return Err(e);
+        }
+        let size = if is_dir(&old) {
+            crate::union::quota::usage_of(&self.staging.join(&tmp)).unwrap_or(0)
+        } else if old.st_mode & libc::S_IFMT == libc::S_IFREG && old.st_nlink == 1 {
+            old.st_size as u64
+        } else {
+            0
+        };
+        self.discard(&tmp)?;
+        self.quota.release(size);
         Ok(())
     }
 
     /// Record that `name` in the upper directory `pfd` is deleted: a hard link to the shared
-    /// whiteout file where the filesystem allows, else a new empty `.wh.NAME`.
+    /// whiteout file where the filesystem allows, else a new empty `.wh.NAME`. A name too long
+    /// for a marker gets a whiteout device, which replaces the upper entry of that name (see
+    /// [`UpperLayer::write_whiteout_device`]).
     pub(super) fn write_whiteout(&self, pfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        if !whiteout::marker_fits(name) {
+            return self.write_whiteout_device(pfd, name);
+        }
         let base = OsStr::new(WHITEOUT_BASE);
         if self.link_whiteouts.load(Ordering::Relaxed) {
             if whiteout::link_whiteout(self.staging_fd.as_fd(), base, pfd, name)? {
@@ -63,6 +127,9 @@ impl UpperLayer {
     }
 
     pub(super) fn drop_whiteout(&self, pfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        if !whiteout::marker_fits(name) {
+            return Ok(()); // no marker can have this name
+        }
         match sys::unlink_entry(pfd, &whiteout::whiteout_name(name), false) {
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
             _ => Ok(()),
@@ -118,12 +185,14 @@ impl UpperLayer {
                 }
             }
         }
+        // A whiteout device takes the upper entry's place itself.
+        let replaced = lower.is_some() && !whiteout::marker_fits(name);
         if lower.is_some() {
             self.ensure_dir(parent)?;
             let pfd = self.open_upper_dir(parent)?;
             self.write_whiteout(pfd.as_fd(), name)?;
         }
-        if let Some(ust) = upper {
+        if let Some(ust) = upper.filter(|_| !replaced) {
             let pfd = self.open_upper_dir(parent)?;
             if dir {
                 // Move it out of sight in one step, then delete its markers at leisure.

@@ -8,6 +8,7 @@ use crate::layer::whiteout;
 use crate::sys;
 
 use super::layer::{errno, is_dir, split, UpperLayer};
+use super::remove::Slot;
 
 impl UpperLayer {
     /// Make the merged entry `rel`, about to move to a name where lower layers have `dest_lower`,
@@ -99,7 +100,7 @@ impl UpperLayer {
         }
         self.ensure_dir(dparent)?;
         let dfd = self.open_upper_dir(dparent)?;
-        self.free_whiteout_slot(dfd.as_fd(), dname)?;
+        let slot = self.free_whiteout_slot(dfd.as_fd(), dname)?;
         // Clear the target: an upper directory being replaced holds only markers.
         if let Some(ust) = self.upper_stat(dst) {
             if is_dir(&ust) {
@@ -112,7 +113,11 @@ impl UpperLayer {
         }
         if is_dir(&sst) && self.merges_lower(src) {
             let tmp = self.materialize_dir(src)?;
-            if let Err(e) = sys::renameat2(self.staging_fd.as_fd(), &tmp, dfd.as_fd(), dname, 0) {
+            let placed = match slot {
+                Slot::Free => sys::renameat2(self.staging_fd.as_fd(), &tmp, dfd.as_fd(), dname, 0),
+                Slot::Device => self.exchange_into(&tmp, dfd.as_fd(), dname),
+            };
+            if let Err(e) = placed {
                 let _ = self.discard(&tmp);
                 return Err(e);
             }
@@ -132,6 +137,15 @@ impl UpperLayer {
         }
         self.prepare_move(src, dst_lower || dst_deleted)?;
         let sfd = self.open_upper_dir(sparent)?;
+        if slot == Slot::Device {
+            // The whiteout device comes to the old name: it stays there as its whiteout when
+            // a lower layer has that name, else it goes.
+            sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, sys::RENAME_EXCHANGE)?;
+            if !src_lower {
+                sys::unlink_entry(sfd.as_fd(), sname, false)?;
+            }
+            return Ok(());
+        }
         sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, 0)?;
         self.drop_whiteout(dfd.as_fd(), dname)?;
         if src_lower {
