@@ -332,3 +332,15 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     check(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
     Ok(())
 }
+
+/// `link(old, new)` (not following a symlink at `old`), for paths of any length.
+pub fn hard_link(old: &Path, new: &Path) -> io::Result<()> {
+    let (ro, rn) = (
+        super::long::at(libc::AT_FDCWD, old)?,
+        super::long::at(libc::AT_FDCWD, new)?,
+    );
+    let o = cstr(ro.name())?;
+    let n = cstr(rn.name())?;
+    // SAFETY: valid C strings and fds.
+    check(unsafe { libc::linkat(ro.dir(), o.as_ptr(), rn.dir(), n.as_ptr(), 0) }).map(drop)
+}

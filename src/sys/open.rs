@@ -248,3 +248,21 @@ pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
         Ok(r)
     }
 }
+
+/// `open(path, flags | O_CLOEXEC)`, for a path of any length (see `long`).
+pub fn open_file(path: &Path, flags: i32) -> io::Result<OwnedFd> {
+    let r = super::long::at(libc::AT_FDCWD, path)?;
+    let c = cstr(r.name())?;
+    // SAFETY: valid C string; fd ownership taken below.
+    let fd = check(unsafe { libc::openat(r.dir(), c.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `readlink(path)`, for a path of any length.
+pub fn readlink(path: &Path) -> io::Result<std::ffi::OsString> {
+    let r = super::long::at(libc::AT_FDCWD, path)?;
+    // SAFETY: the fd stays open (held by `r`) for this call.
+    let dir = unsafe { BorrowedFd::borrow_raw(r.dir()) };
+    readlinkat(dir, r.name())
+}

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -375,7 +374,7 @@ impl UpperLayer {
         let dst = dir_path.join(name);
         let built = (|| {
             let target = if shape.file_type() == libc::S_IFLNK {
-                Some(std::fs::read_link(src)?)
+                Some(std::path::PathBuf::from(sys::readlink(src)?))
             } else {
                 None
             };
@@ -388,10 +387,7 @@ impl UpperLayer {
             let flush = self.flush_copies && how.flush && st.st_size > 0;
             let made = self.make_node(dir, name, &shape, target.as_deref(), flush)?;
             if let Some(to) = &made.file {
-                let from = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(src)?;
+                let from = sys::open_file(src, libc::O_RDONLY | libc::O_NOFOLLOW)?;
                 copy_data(from.as_fd(), to.as_fd(), st, &self.reflink)?;
                 if flush {
                     sys::fsync(to.as_fd(), false)?;
@@ -420,11 +416,8 @@ impl UpperLayer {
             }))
         })();
         if built.is_err() {
-            let _ = if shape.file_type() == libc::S_IFDIR {
-                std::fs::remove_dir_all(&dst)
-            } else {
-                std::fs::remove_file(&dst)
-            };
+            // A directory is copied empty: nothing is below it to delete.
+            let _ = sys::unlink_entry(dir, name, shape.file_type() == libc::S_IFDIR);
         }
         built
     }
@@ -469,7 +462,7 @@ impl UpperLayer {
         let ty = st.st_mode & libc::S_IFMT;
         if ty == libc::S_IFREG && st.st_nlink > 1 {
             if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
-                return std::fs::hard_link(first, &dest);
+                return sys::hard_link(first, &dest);
             }
         }
         if ty == libc::S_IFREG {
