@@ -414,4 +414,32 @@ fn every_name_and_path_the_kernel_accepts_works_as_on_kernel_overlayfs() {
         want,
         "the merged trees differ after a remount of stratafs"
     );
+    drop(sroot);
+    drop(_sm);
+    // The upper layer as a layer tar (whiteouts of long names included), applied onto a copy
+    // of the lower layer: the tree the mounts show.
+    let applied = t.path().join("applied");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&lower)
+        .arg(&applied)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let mut tar = Vec::new();
+    stratafs::archive::export_dir(&t.path().join("supper"), &mut tar, &Default::default()).unwrap();
+    stratafs::archive::apply_to_dir(
+        &applied,
+        &mut tar.as_slice(),
+        &Default::default(),
+        stratafs::archive::ApplyMode::Merged,
+        None,
+    )
+    .unwrap();
+    let applied = sys::open_dir(&applied).unwrap();
+    assert_eq!(
+        tree(applied.as_fd()),
+        want,
+        "the exported upper applied onto the lower differs from the mounts"
+    );
 }

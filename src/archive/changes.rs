@@ -19,11 +19,7 @@ fn abs(rel: &Path) -> String {
 
 /// Whether `name` in `dir` is whited out in that layer (a `.wh.NAME` file or a char 0/0).
 fn whited_out(dir: &Path, name: &OsStr) -> bool {
-    if dir
-        .join(whiteout::whiteout_name(name))
-        .symlink_metadata()
-        .is_ok()
-    {
+    if whiteout::marker_fits(name) && sys::lstat(&dir.join(whiteout::whiteout_name(name))).is_ok() {
         return true;
     }
     matches!(sys::lstat(&dir.join(name)), Ok(st) if whiteout::is_whiteout_device(&st))
@@ -187,7 +183,9 @@ impl NodeAttrs {
     pub fn read(path: &Path) -> Result<NodeAttrs> {
         let st = walk::view_stat(path)?;
         let link = if file_type(st.st_mode) == libc::S_IFLNK {
-            Some(std::fs::read_link(path).ctx(|| format!("reading link {}", path.display()))?)
+            Some(PathBuf::from(
+                sys::readlink(path).ctx(|| format!("reading link {}", path.display()))?,
+            ))
         } else {
             None
         };

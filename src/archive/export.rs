@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
@@ -144,9 +143,8 @@ impl<'a, W: Write> TarWriter<'a, W> {
         // `//`): in the header when they fit, else as a PAX `linkpath` record.
         let target = if kind == T::Symlink {
             Some(
-                std::fs::read_link(path)
+                crate::sys::readlink(path)
                     .ctx(|| format!("reading link {}", path.display()))?
-                    .into_os_string()
                     .into_vec(),
             )
         } else {
@@ -172,10 +170,8 @@ impl<'a, W: Write> TarWriter<'a, W> {
             T::Regular => {
                 let size = raw.st_size as u64;
                 h.set_size(size);
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(path)
+                let f = crate::sys::open_file(path, libc::O_RDONLY | libc::O_NOFOLLOW)
+                    .map(std::fs::File::from)
                     .ctx(|| format!("opening {}", path.display()))?;
                 let data = Exact {
                     inner: f,

@@ -10,10 +10,13 @@ use crate::sys;
 
 /// Names in `dir`, sorted bytewise (the deterministic order of every walk).
 pub fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
-        names.push(e.ctx(|| format!("reading {}", dir.display()))?.file_name());
-    }
+    // Through a descriptor: a path of any length (see `sys::open_dir`).
+    let fd = sys::open_dir(dir).ctx(|| format!("reading {}", dir.display()))?;
+    let mut names: Vec<OsString> = sys::read_dir_fd(std::os::fd::AsFd::as_fd(&fd))
+        .ctx(|| format!("reading {}", dir.display()))?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(names)
 }

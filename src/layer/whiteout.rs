@@ -125,7 +125,7 @@ pub fn fd_has_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
 
 /// Whether the directory at `path` is opaque in any format (xattr or marker file).
 pub fn is_opaque_dir(path: &Path) -> bool {
-    has_opaque_xattr(path) || path.join(OPAQUE_MARKER).symlink_metadata().is_ok()
+    has_opaque_xattr(path) || sys::lstat(&path.join(OPAQUE_MARKER)).is_ok()
 }
 
 /// Record that `name` in `dir` is deleted: create `.wh.NAME` (an empty file, mode 0), or, for
