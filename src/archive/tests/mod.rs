@@ -599,3 +599,45 @@ fn merged_mode_applies_whiteouts_to_a_copy() {
 }
 
 mod round_trip;
+
+/// A deleted name too long for a `.wh.` marker (over 251 bytes) is a 0/0 device in a layer
+/// directory; it goes into a layer tar as `.wh.NAME` (a long name the tar crate carries in a
+/// GNU long-name record) and comes back out of the tar as a device again.
+#[test]
+fn whiteouts_of_names_too_long_for_a_marker_round_trip() {
+    if !sys::is_root() {
+        return; // mknod of a device needs root before Linux 5.8
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (layer, back) = (t.path().join("layer"), t.path().join("back"));
+    std::fs::create_dir_all(&layer).unwrap();
+    std::fs::create_dir_all(&back).unwrap();
+    let long = OsStr::from_bytes(&[b'n'; 253]).to_os_string();
+    let short = OsStr::new("gone");
+    let fd = sys::open_dir(&layer).unwrap();
+    whiteout::write_whiteout(fd.as_fd(), &long).unwrap();
+    whiteout::write_whiteout(fd.as_fd(), short).unwrap();
+    let st = sys::fstatat(fd.as_fd(), Path::new(&long)).unwrap();
+    assert!(whiteout::is_whiteout_device(&st));
+    let mut tar = Vec::new();
+    export_dir(&layer, &mut tar, &Default::default()).unwrap();
+    let mut names = Vec::new();
+    for e in tar::Archive::new(tar.as_slice()).entries().unwrap() {
+        names.push(e.unwrap().path_bytes().into_owned());
+    }
+    let mut want_long = b".wh.".to_vec();
+    want_long.extend_from_slice(long.as_bytes());
+    assert!(names.contains(&want_long), "{names:?}");
+    apply_to_dir(
+        &back,
+        &mut tar.as_slice(),
+        &Default::default(),
+        ApplyMode::Layer,
+        None,
+    )
+    .unwrap();
+    let bfd = sys::open_dir(&back).unwrap();
+    let st = sys::fstatat(bfd.as_fd(), Path::new(&long)).unwrap();
+    assert!(whiteout::is_whiteout_device(&st));
+    assert!(sys::fstatat(bfd.as_fd(), Path::new(".wh.gone")).is_ok());
+}
