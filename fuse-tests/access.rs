@@ -3,9 +3,9 @@
 //! in DIR directly; one run by root lets the kernel check each caller's rights.
 //!
 //! Found while writing these: the server, being that user, is refused by the kernel like the
-//! user is; the view is at times stricter than DIR (a name inside an execute-only directory,
-//! which the user may open directly, is refused through the view, since the view lists the
-//! directory to look names up). A rename or rmdir of a lower directory the user cannot list
+//! user is. A name inside an execute-only directory (0711), which the user may open directly,
+//! used to be refused through the view (it listed the directory to look names up); it is
+//! looked up by name now, as the kernel does. A rename or rmdir of a lower directory the user cannot list
 //! used to succeed as if it were empty: the rename left an empty directory, the rmdir hid
 //! the whole tree. Both are refused now.
 
@@ -121,6 +121,24 @@ fn assert_no_more_than_direct(lower: &Path, mp: &Path) {
     );
 }
 
+/// A known name in the lower directory `xonly` (mode 0711: search, no read) is found through
+/// the view as in the directory itself; listing it, and moving or removing it, stay refused.
+fn assert_searchable_but_not_listable(mp: &Path) {
+    assert_eq!(try_in(mp, "cat xonly/known"), (true, "known\n".into()));
+    assert_eq!(try_in(mp, "stat -c %s xonly/known"), (true, "6\n".into()));
+    for refused in [
+        "ls xonly",
+        "cat xonly/unknown",
+        "rmdir xonly",
+        "mv xonly moved",
+    ] {
+        assert!(
+            !try_in(mp, refused).0,
+            "`{refused}` through the view succeeded"
+        );
+    }
+}
+
 #[test]
 fn a_root_mount_checks_every_users_rights_as_the_layers_do() {
     // As root the server reads everything; the kernel checks each caller against the modes
@@ -148,6 +166,7 @@ fn a_rootless_mount_serves_with_the_users_rights() {
     // Read-only and read-write views of a partly readable one.
     let ro = mount_as_user(&format!("lowerdir={}", t.lower.display()), &t.mp).unwrap();
     assert_no_more_than_direct(&t.lower, &t.mp);
+    assert_searchable_but_not_listable(&t.mp);
     unmount_as_user(ro);
     let upper = t.root.join("upper");
     let rw = format!(
@@ -158,6 +177,7 @@ fn a_rootless_mount_serves_with_the_users_rights() {
     );
     let g = mount_as_user(&rw, &t.mp).unwrap();
     assert_no_more_than_direct(&t.lower, &t.mp);
+    assert_searchable_but_not_listable(&t.mp);
     // Writes that would copy up what the user cannot read are refused, and copy nothing.
     for w in [
         "echo x >> rootfile",

@@ -7,7 +7,7 @@
 //! (only `fs` and `server` name fuser). `server` is the background mount program and `mount`
 //! the get/put lifecycle the driver uses. The view's write path drives `upper` (mutations of
 //! the upper layer, copy-up included) and `quota`; `lowers` is what it asks of the lower
-//! layers, `background` where long requests run, `prefetch` the stat-ahead threads.
+//! layers, `background` where long requests run, `prefetch` the stat-ahead threads, `unlisted` look-ups in directories that cannot be listed.
 
 pub mod attr;
 pub mod background;
@@ -22,5 +22,6 @@ pub mod prefetch;
 pub mod quota;
 pub mod server;
 pub mod tree;
+pub mod unlisted;
 pub mod upper;
 pub mod view;

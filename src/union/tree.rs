@@ -256,7 +256,14 @@ impl Tree {
     /// Look `name` up in directory `parent`; on success the node's lookup count is raised by
     /// one (the kernel now holds a reference).
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Node>, Attr)> {
-        let listing = self.listing(parent)?;
+        let listing = match self.listing(parent) {
+            Ok(l) => l,
+            // Searchable but not listable: ask the layers for this one name.
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                return self.lookup_unlisted(parent, name)
+            }
+            Err(e) => return Err(e),
+        };
         let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
         let rel = self.path_of(parent)?.join(name);
         let at = self.layers.get(e.layer).at(&rel)?;
