@@ -24,7 +24,7 @@ pub fn mkdirat<P: AsRef<Path> + ?Sized>(
     mode: u32,
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
-    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
     let c = cstr(r.name())?;
     // SAFETY: valid fd and C string.
     check(unsafe { libc::mkdirat(r.dir(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
@@ -38,7 +38,7 @@ pub fn mknodat<P: AsRef<Path> + ?Sized>(
     dev: u64,
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
-    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
     let c = cstr(r.name())?;
     // SAFETY: valid fd and C string.
     check(unsafe {
@@ -109,7 +109,7 @@ pub fn link_unnamed(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io
 
 /// `unlinkat(dir, name, flags)` (`libc::AT_REMOVEDIR` for directories).
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &Path, flags: i32) -> io::Result<()> {
-    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
     let c = cstr(r.name())?;
     // SAFETY: valid fd and C string.
     check(unsafe { libc::unlinkat(r.dir(), c.as_ptr(), flags) }).map(drop)
@@ -217,7 +217,7 @@ pub fn lchownat<P: AsRef<Path> + ?Sized>(
     gid: u32,
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
-    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
     let c = cstr(r.name())?;
     let flags = nofollow_flags(name.as_os_str());
     // SAFETY: valid fd and C string.
@@ -231,7 +231,7 @@ pub fn fchmodat<P: AsRef<Path> + ?Sized>(
     mode: u32,
 ) -> io::Result<()> {
     let name: &Path = name.as_ref();
-    let r = super::long::at(dir.as_raw_fd(), name.as_ref())?;
+    let r = super::long::at(dir.as_raw_fd(), name)?;
     let c = cstr(r.name())?;
     // SAFETY: valid fd and C string.
     check(unsafe { libc::fchmodat(r.dir(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
