@@ -390,6 +390,16 @@ fn every_name_and_path_the_kernel_accepts_works_as_on_kernel_overlayfs() {
     for base in bases() {
         operations(&mut d, &base);
     }
+    // A directory whose path in the upper layer is longer than one call takes: it stays, so
+    // that the remount below scans it (quota usage) and lists it.
+    let kept = deep(b'Q').join(name(b'k', 255));
+    d.step("mkdir of a 4091-byte path", |root| {
+        format!(
+            "{} {}",
+            res(sys::mkdirat(root, &kept, 0o755)),
+            obs(root, &kept)
+        )
+    });
     // A path of the kernel's full length from the mount root.
     let full = deep(b'P').join(name(b'F', 255));
     assert_eq!(full.as_os_str().len(), 4091);

@@ -100,21 +100,37 @@ impl Quota {
     }
 }
 
-/// The apparent size of the regular files under `root`, each inode once.
+/// The apparent size of the regular files under `root`, each inode once. Walked through
+/// directory descriptors (one open per level), since an upper layer may hold paths longer than
+/// one call takes.
 pub fn usage_of(root: &Path) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
     let mut seen = HashSet::new();
+    let dir = crate::sys::open_dir(root)?;
+    usage_below(std::os::fd::AsFd::as_fd(&dir), &mut seen)
+}
+
+fn usage_below(
+    dir: std::os::fd::BorrowedFd<'_>,
+    seen: &mut HashSet<(u64, u64)>,
+) -> io::Result<u64> {
     let mut total = 0u64;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir)? {
-            let e = e?;
-            let md = e.metadata()?;
-            if md.is_dir() {
-                stack.push(e.path());
-            } else if md.is_file() && (md.nlink() == 1 || seen.insert((md.dev(), md.ino()))) {
-                total += md.size();
+    for e in crate::sys::read_dir_fd(dir)? {
+        let name = Path::new(&e.name);
+        let st = match crate::sys::fstatat(dir, name) {
+            Ok(st) => st,
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(err) => return Err(err),
+        };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+                let sub = crate::sys::openat(dir, name, flags, 0)?;
+                total += usage_below(std::os::fd::AsFd::as_fd(&sub), seen)?;
             }
+            libc::S_IFREG if st.st_nlink == 1 || seen.insert((st.st_dev, st.st_ino)) => {
+                total += st.st_size as u64;
+            }
+            _ => {}
         }
     }
     Ok(total)
