@@ -33,6 +33,7 @@ impl UpperLayer {
         if matches!(sys::fstatat(pfd, Path::new(name)), Ok(st) if whiteout::is_whiteout_device(&st))
         {
             self.write_whiteout(pfd, name)?;
+            super::layer::crash_point("whiteout device replaced: both")?;
             sys::unlink_entry(pfd, name, false)?;
         }
         Ok(())
