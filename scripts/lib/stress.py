@@ -158,6 +158,8 @@ def main():
         os.makedirs(d, exist_ok=True)
     make_lower(lower)
     opts = "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, upper, work)
+    if os.environ.get("STRESS_LOG"):
+        opts += ",log=" + os.environ["STRESS_LOG"]
     pidfile = os.path.join(args.work, "server.pid")
     pid = mount(args.bin, opts, mnt, pidfile)
     problems = []
