@@ -352,12 +352,18 @@ def unmount_server(mp, pidfile):
             pid = int(f.read().strip())
     except (OSError, ValueError):
         pid = None
-    run("umount", mp, check=False)
-    for _ in range(600):
+    r = run("umount", mp, check=False)
+    for _ in range(2400):
         if pid is None or not os.path.exists("/proc/%d" % pid):
             return
         time.sleep(0.05)
-    raise RuntimeError("stratafs server %d still running 30 s after the unmount" % pid)
+    try:
+        with open("/proc/%d/wchan" % pid) as f:
+            wchan = f.read()
+    except OSError:
+        wchan = "?"
+    raise RuntimeError("stratafs server %d still running 120 s after the unmount (umount: %s; wchan %s)" % (
+        pid, r.stdout.decode(errors="replace").strip() or "ok", wchan))
 
 
 def umount_retry(mp):
@@ -391,6 +397,9 @@ def check_cut(args, clone, lower, expect, tar_expect, dur, pos, tag):
                     unmount_server(cv, pidfile)
         finally:
             umount_retry(cm)
+        # Drop what the block device's own cache holds (mount's probe read the superblock
+        # before the journal was replayed): fsck must read what the disk holds now.
+        run("blockdev", "--flushbufs", loop, check=False)
         if args.fs == "xfs":
             r = run("xfs_repair", "-n", loop, check=False)
         else:

@@ -47,6 +47,7 @@ def worker(mnt, seconds, seed, out):
     rng = random.Random(seed)
     counts, unexpected = {}, []
     end = time.time() + seconds
+    trace = open(os.environ["STRESS_TRACE"] + ".%d" % seed, "w") if os.environ.get("STRESS_TRACE") else None
     while time.time() < end:
         op = rng.choice(("create", "write", "rename", "rename", "unlink", "link", "chmod",
                          "copyup", "read", "read", "mkdir", "rmdir", "list"))
@@ -83,7 +84,12 @@ def worker(mnt, seconds, seed, out):
                     except FileNotFoundError:
                         pass  # removed since the listing
             counts[op] = counts.get(op, 0) + 1
+            if trace:
+                trace.write("%s %s %s ok\n" % (op, os.path.relpath(a, mnt), os.path.relpath(b, mnt)))
         except OSError as e:
+            if trace:
+                trace.write("%s %s %s %s\n" % (op, os.path.relpath(a, mnt), os.path.relpath(b, mnt),
+                                               errno.errorcode.get(e.errno, e.errno)))
             # link(2) of a directory: EPERM (the source may have become one since it was picked).
             dir_link = op == "link" and e.errno == errno.EPERM and os.path.isdir(a)
             if e.errno in EXPECTED or dir_link:
