@@ -357,13 +357,26 @@ def unmount_server(mp, pidfile):
         if pid is None or not os.path.exists("/proc/%d" % pid):
             return
         time.sleep(0.05)
-    try:
-        with open("/proc/%d/wchan" % pid) as f:
-            wchan = f.read()
-    except OSError:
-        wchan = "?"
-    raise RuntimeError("stratafs server %d still running 120 s after the unmount (umount: %s; wchan %s)" % (
-        pid, r.stdout.decode(errors="replace").strip() or "ok", wchan))
+    threads = []
+    for t in sorted(os.listdir("/proc/%d/task" % pid)):
+        try:
+            with open("/proc/%d/task/%s/wchan" % (pid, t)) as f:
+                threads.append(f.read())
+        except OSError:
+            pass
+    dump = "/var/tmp/stratafs-crash-hang-%d.txt" % pid
+    if shutil.which("gdb"):
+        with open(dump, "w") as f:
+            subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 12"],
+                           stdout=f, stderr=subprocess.STDOUT, timeout=120)
+    os.kill(pid, 9)  # our own server: the run goes on with the next round
+    raise Hang("stratafs server %d still running 120 s after the unmount (umount: %s; threads wait in %s; "
+               "stacks in %s)" % (pid, r.stdout.decode(errors="replace").strip() or "ok",
+                                   sorted(set(threads)), dump))
+
+
+class Hang(RuntimeError):
+    pass
 
 
 def umount_retry(mp):
@@ -394,7 +407,10 @@ def check_cut(args, clone, lower, expect, tar_expect, dur, pos, tag):
                 try:
                     bad += ["%s: %s" % (tag, b) for b in check_view(cv, expect, tar_expect, dur, pos)]
                 finally:
-                    unmount_server(cv, pidfile)
+                    try:
+                        unmount_server(cv, pidfile)
+                    except Hang as e:
+                        bad.append("%s: %s" % (tag, e))
         finally:
             umount_retry(cm)
         # Drop what the block device's own cache holds (mount's probe read the superblock
@@ -484,7 +500,11 @@ def main():
                     print("WORKLOAD ERROR %s round %d: %s" % (args.fs, rounds, e), flush=True)
                     bad_all.append(e)
             finally:
-                unmount_server(mp, pidfile)
+                try:
+                    unmount_server(mp, pidfile)
+                except Hang as e:
+                    print("VIOLATION %s round %d: %s" % (args.fs, rounds, e), flush=True)
+                    bad_all.append(str(e))
         finally:
             umount_retry(disk)
     os.unlink(img)
