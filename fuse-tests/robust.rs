@@ -463,6 +463,10 @@ fn other_requests_are_served_during_a_large_copy_up() {
     // threads, the mount answered nothing else until the copy was made and flushed.
     const SIZE: u64 = 256 * MIB;
     let s = Setup::new();
+    if crate::common::reflinks(&s.upper) {
+        eprintln!("skipped: copy-ups are reflinks here, over before they can be caught");
+        return;
+    }
     populate(&s);
     make_pattern_file(&s.lower.join("append.bin"), SIZE, 0x21);
     make_pattern_file(&s.lower.join("chmod.bin"), SIZE, 0x22);

@@ -13,6 +13,7 @@ REQUIRED=(
     "fuse-overlayfs:fuse-overlayfs"
     "setpriv:util-linux"
     "filefrag:e2fsprogs"
+    "mkfs.xfs:xfsprogs"
 )
 
 install_missing() {
@@ -104,6 +105,11 @@ python3 scripts/check-house.py
 
 step "cargo test --all-targets (unit, fuse-tests, cli)"
 cargo test --all-targets 2>&1 | tee "$RUN_TMP/cargo-test.log"
+# Simulated power cuts (scripts/crash.sh): a few cuts on ext4 and XFS, about 1.5 minutes; the
+# script runs many more (200 by default).
+step "scripts/crash.sh 12 (simulated power cuts, ext4 and XFS)"
+scripts/crash.sh 12
+
 shopt -s nullglob
 e2e_passed=0 e2e_failed=0 failed_scripts=()
 for script in scripts/e2e-*.sh; do

@@ -169,3 +169,20 @@ pub fn awaits_writing(path: &Path) -> Option<bool> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).contains("delalloc"))
 }
+
+/// Whether files in `dir` can be reflinked (XFS with reflink=1, btrfs): a copy-up there is
+/// one `FICLONE`, too quick for a test to catch it under way.
+pub fn reflinks(dir: &Path) -> bool {
+    let (a, b) = (dir.join(".reflink-probe"), dir.join(".reflink-probe.copy"));
+    let ok = std::fs::write(&a, b"probe").is_ok()
+        && Command::new("cp")
+            .arg("--reflink=always")
+            .arg(&a)
+            .arg(&b)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|st| st.success());
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    ok
+}

@@ -119,6 +119,9 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &Path, flags: i32) -> io::Result<()> 
 pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 /// `renameat2` flag: swap the two names atomically.
 pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+/// `renameat2` flag: leave a 0/0 character device (an overlay whiteout) at the old name, in
+/// the same atomic step as the move.
+pub const RENAME_WHITEOUT: u32 = libc::RENAME_WHITEOUT;
 
 /// `renameat2(old_dir, old, new_dir, new, flags)`.
 pub fn renameat2(

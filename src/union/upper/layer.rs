@@ -277,3 +277,41 @@ fn unnamed_files_work(dir: BorrowedFd<'_>) -> bool {
     }
     named.is_ok()
 }
+
+/// A point between two steps of a change where a crash (of the machine or of the server) may
+/// stop it. In test builds, [`crash_after`] makes the n-th point met on this thread fail as if
+/// the process had died there, so a test can check what a fresh mount then shows; elsewhere it
+/// does nothing.
+#[inline]
+pub(super) fn crash_point(_what: &'static str) -> io::Result<()> {
+    #[cfg(test)]
+    {
+        let hit = CRASH_AFTER.with(|c| match c.get() {
+            Some(1) => {
+                c.set(None);
+                true
+            }
+            Some(n) => {
+                c.set(Some(n - 1));
+                false
+            }
+            None => false,
+        });
+        if hit {
+            return Err(io::Error::other(format!("simulated crash at {_what}")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    static CRASH_AFTER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Test builds: the `n`-th [`crash_point`] met on this thread from now fails (`None`: none).
+/// Returns whether the previous setting was used up (a crash was simulated).
+#[cfg(test)]
+pub(super) fn crash_after(n: Option<usize>) -> bool {
+    CRASH_AFTER.with(|c| c.replace(n)).is_none()
+}

@@ -47,6 +47,7 @@ impl UpperLayer {
                 return Ok(Slot::Device);
             }
             self.write_whiteout(pfd, name)?;
+            super::layer::crash_point("whiteout device replaced: both")?;
             sys::unlink_entry(pfd, name, false)?;
         }
         Ok(Slot::Free)

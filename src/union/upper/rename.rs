@@ -1,13 +1,14 @@
 //! `rename(2)` in the merged view, directories from lower layers included.
 
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use crate::layer::whiteout;
 use crate::sys;
 
-use super::layer::{errno, is_dir, split, UpperLayer};
+use super::layer::{crash_point, errno, is_dir, split, UpperLayer};
 use super::remove::Slot;
 
 impl UpperLayer {
@@ -111,31 +112,11 @@ impl UpperLayer {
                 self.quota.release(ust.st_size as u64);
             }
         }
-        if is_dir(&sst) && self.merges_lower(src) {
-            let tmp = self.materialize_dir(src)?;
-            let placed = match slot {
-                Slot::Free => sys::renameat2(self.staging_fd.as_fd(), &tmp, dfd.as_fd(), dname, 0),
-                Slot::Device => self.exchange_into(&tmp, dfd.as_fd(), dname),
-            };
-            if let Err(e) = placed {
-                let _ = self.discard(&tmp);
-                return Err(e);
-            }
-            self.drop_whiteout(dfd.as_fd(), dname)?;
-            // The old name: hide the lower directory, then drop the old upper part.
-            self.ensure_dir(sparent)?;
-            let sfd = self.open_upper_dir(sparent)?;
-            self.write_whiteout(sfd.as_fd(), sname)?;
-            if self.upper_stat(src).is_some() {
-                let old = self.tmp_name();
-                sys::renameat2(sfd.as_fd(), sname, self.staging_fd.as_fd(), &old, 0)?;
-                let size = quota_of(&self.staging.join(&old));
-                self.discard(&old)?;
-                self.quota.release(size);
-            }
-            return Ok(());
-        }
+        // `src` becomes a self-contained upper entry first (a copy-up; a directory with lower
+        // contents an opaque full copy, exchanged for its old upper part): the view at `src`
+        // is unchanged by it, so a crash here shows the old state.
         self.prepare_move(src, dst_lower || dst_deleted)?;
+        crash_point("rename: source self-contained")?;
         let sfd = self.open_upper_dir(sparent)?;
         if slot == Slot::Device {
             // The whiteout device comes to the old name: it stays there as its whiteout when
@@ -146,12 +127,41 @@ impl UpperLayer {
             }
             return Ok(());
         }
-        sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, 0)?;
-        self.drop_whiteout(dfd.as_fd(), dname)?;
         if src_lower {
-            self.write_whiteout(sfd.as_fd(), sname)?;
+            self.move_hiding_lower(sfd.as_fd(), sname, dfd.as_fd(), dname)?;
+        } else {
+            sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, 0)?;
         }
-        Ok(())
+        crash_point("rename: moved")?;
+        self.drop_whiteout(dfd.as_fd(), dname)
+    }
+
+    /// Move the upper entry `sname` (in `sfd`) over a lower one to `dname` (in `dfd`) and hide
+    /// the lower entry at the old name. One step where the filesystem can: a rename that
+    /// leaves a whiteout device behind (`RENAME_WHITEOUT`), then turned into the layer's own
+    /// `.wh.` spelling. A move followed by a separate whiteout would let a crash between the
+    /// two show the entry under both names (the lower one back at the old name).
+    fn move_hiding_lower(
+        &self,
+        sfd: BorrowedFd<'_>,
+        sname: &OsStr,
+        dfd: BorrowedFd<'_>,
+        dname: &OsStr,
+    ) -> io::Result<()> {
+        match sys::renameat2(sfd, sname, dfd, dname, sys::RENAME_WHITEOUT) {
+            Ok(()) => {
+                crash_point("rename: moved, device whiteout")?;
+                return self.free_whiteout_slot(sfd, sname).map(|_| ());
+            }
+            // Filesystems without whiteout renames (or callers not allowed to make devices).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
+                tracing::debug!(%e, "no RENAME_WHITEOUT: moving, then writing the whiteout");
+            }
+            Err(e) => return Err(e),
+        }
+        sys::renameat2(sfd, sname, dfd, dname, 0)?;
+        crash_point("rename: moved, no whiteout yet")?;
+        self.write_whiteout(sfd, sname)
     }
 }
 

@@ -382,3 +382,54 @@ fn staging_leftovers_are_removed_at_open() {
     let _up = e.layer(None);
     assert!(staging_is_empty(&e));
 }
+
+/// A crash at any step of a rename of a lower directory or file (the server or the machine
+/// stopping between two of its system calls) leaves the entry under exactly one name, with all
+/// its contents, for the next mount. A move followed by a separate whiteout failed this: a
+/// crash between the two showed the entry under both names.
+#[test]
+fn a_crash_at_any_step_of_a_rename_leaves_one_name() {
+    for (src, dst) in [("d", "e"), ("d", "sub/e"), ("f", "g"), ("f", "sub/g")] {
+        for n in 1.. {
+            let e = env();
+            fs::create_dir_all(e.lower.join("d")).unwrap();
+            fs::create_dir_all(e.lower.join("sub")).unwrap();
+            fs::write(e.lower.join("d/x"), b"x").unwrap();
+            fs::write(e.lower.join("d/y"), b"y").unwrap();
+            fs::write(e.lower.join("f"), b"lower f").unwrap();
+            let up = e.layer(None);
+            // Part of the directory is in the upper already, changed there.
+            up.copy_up(Path::new("d/x")).unwrap();
+            fs::write(e.upper.join("d/x"), b"x2").unwrap();
+            super::layer::crash_after(Some(n));
+            let res = up.rename(Path::new(src), Path::new(dst), 0);
+            let crashed = super::layer::crash_after(None);
+            drop(up);
+            // The next mount.
+            let up = e.layer(None);
+            let at: Vec<&str> = [src, dst]
+                .into_iter()
+                .filter(|p| up.source_of(Path::new(p)).is_some())
+                .collect();
+            assert_eq!(
+                at.len(),
+                1,
+                "{src} -> {dst}, crash at step {n}: shown as {at:?}"
+            );
+            let rel = Path::new(at[0]);
+            if src == "d" {
+                assert_eq!(up.merged_children(rel).unwrap(), ["x", "y"], "crash at {n}");
+                let x = fs::read(up.source_of(&rel.join("x")).unwrap()).unwrap();
+                assert_eq!(x, b"x2", "{src} -> {dst}, crash at step {n}");
+            } else {
+                let body = fs::read(up.source_of(rel).unwrap()).unwrap();
+                assert_eq!(body, b"lower f", "{src} -> {dst}, crash at step {n}");
+            }
+            if !crashed {
+                res.unwrap();
+                assert_eq!(at, [dst]);
+                break;
+            }
+        }
+    }
+}
