@@ -66,13 +66,15 @@ fn lower_children(lowers: &[PathBuf], rel: &Path) -> Result<BTreeSet<OsString>> 
     let mut names = BTreeSet::new();
     for layer in lowers {
         let d = layer.join(rel);
-        let Ok(rd) = std::fs::read_dir(&d) else {
+        // Through a descriptor: a path of any length.
+        let Ok(fd) = sys::open_dir(&d) else {
             continue;
         };
-        for e in rd {
-            let name = e.ctx(|| format!("reading {}", d.display()))?.file_name();
-            if whiteout::classify(&name) == NameKind::Plain {
-                names.insert(name);
+        let entries = sys::read_dir_fd(std::os::fd::AsFd::as_fd(&fd))
+            .ctx(|| format!("reading {}", d.display()))?;
+        for e in entries {
+            if whiteout::classify(&e.name) == NameKind::Plain {
+                names.insert(e.name);
             }
         }
     }
@@ -148,8 +150,8 @@ pub fn tree_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ctx(|| format!("reading {}", d.display()))? {
-            let p = e.ctx(|| format!("reading {}", d.display()))?.path();
+        for name in walk::sorted_names(&d)? {
+            let p = d.join(name);
             let st = sys::lstat(&p).ctx(|| format!("stat {}", p.display()))?;
             match file_type(st.st_mode) {
                 libc::S_IFDIR => stack.push(p),
