@@ -28,6 +28,11 @@ struct Setup {
 
 impl Setup {
     fn new(extra: &str, lower: &[(&str, &[u8])]) -> Setup {
+        Setup::with_upper(extra, lower, &[])
+    }
+
+    /// [`Setup::new`] with files already in the upper layer (copied up in an earlier mount).
+    fn with_upper(extra: &str, lower: &[(&str, &[u8])], upper: &[(&str, &[u8])]) -> Setup {
         let t = tempfile::tempdir().unwrap();
         let (l, u, w, mp) = (
             t.path().join("lower"),
@@ -40,6 +45,9 @@ impl Setup {
         }
         for (name, data) in lower {
             fs::write(l.join(name), data).unwrap();
+        }
+        for (name, data) in upper {
+            fs::write(u.join(name), data).unwrap();
         }
         let log = t.path().join("server.log");
         let mut opts = format!(
@@ -363,6 +371,25 @@ fn write_only_open_of_a_lower_file_then_partial_page_writes() {
     assert_eq!(fs::read(up.join("w")).unwrap(), want);
     assert_eq!(fs::read(up.join("a")).unwrap(), want_a);
     assert_eq!(fs::read(s.lower.join("w")).unwrap(), base);
+}
+
+#[test]
+fn write_only_open_of_an_upper_file_then_partial_page_writes() {
+    let base = pattern(3 * 4096 + 5, 11);
+    let mut s = Setup::with_upper("", &[], &[("u", &base)]);
+    // Nothing of it is cached: the kernel reads each page it writes part of.
+    let f = OpenOptions::new().write(true).open(s.at("u")).unwrap();
+    f.write_all_at(b"ab", 10).unwrap();
+    f.write_all_at(b"cd", 4096 + 4000).unwrap();
+    f.write_all_at(b"ef", 3 * 4096 + 1).unwrap();
+    drop(f);
+    let mut want = base.clone();
+    want[10..12].copy_from_slice(b"ab");
+    want[8096..8098].copy_from_slice(b"cd");
+    want[12289..12291].copy_from_slice(b"ef");
+    assert_eq!(fs::read(s.at("u")).unwrap(), want);
+    let up = s.unmount().to_path_buf();
+    assert_eq!(fs::read(up.join("u")).unwrap(), want);
 }
 
 #[test]

@@ -104,6 +104,11 @@ python3 scripts/check-house.py
 
 step "cargo test --all-targets (unit, fuse-tests, cli)"
 cargo test --all-targets 2>&1 | tee "$RUN_TMP/cargo-test.log"
+
+# The mode rootless mounts get (no passthrough: the kernel's writeback cache instead), for every
+# FUSE test; the mount servers add the options (src/union/server.rs).
+step "the FUSE tests again without passthrough (STRATAFS_EXTRA_MOUNT_OPTS=nopassthrough)"
+STRATAFS_EXTRA_MOUNT_OPTS=nopassthrough cargo test --test fuse 2>&1 | tee -a "$RUN_TMP/cargo-test.log"
 shopt -s nullglob
 e2e_passed=0 e2e_failed=0 failed_scripts=()
 for script in scripts/e2e-*.sh; do
