@@ -11,3 +11,4 @@ mod restart;
 mod robust;
 mod whiteout_replace;
 mod write;
+mod writeback;

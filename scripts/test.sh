@@ -105,6 +105,11 @@ python3 scripts/check-house.py
 
 step "cargo test --all-targets (unit, fuse-tests, cli)"
 cargo test --all-targets 2>&1 | tee "$RUN_TMP/cargo-test.log"
+# The mode rootless mounts get (no passthrough: the kernel's writeback cache instead), for every
+# FUSE test; the mount servers add the options (src/union/server.rs).
+step "the FUSE tests again without passthrough (STRATAFS_EXTRA_MOUNT_OPTS=nopassthrough)"
+STRATAFS_EXTRA_MOUNT_OPTS=nopassthrough cargo test --test fuse 2>&1 | tee -a "$RUN_TMP/cargo-test.log"
+
 # Simulated power cuts (scripts/crash.sh): a few cuts on ext4 and XFS, about 1.5 minutes; the
 # script runs many more (200 by default).
 step "scripts/crash.sh 12 (simulated power cuts, ext4 and XFS)"

@@ -12,6 +12,25 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether the process is root of the initial user namespace: euid 0 there, not only inside a
+/// user namespace (rootless Podman runs its mount program as the namespace's root). Only then
+/// does the kernel grant what needs `CAP_SYS_ADMIN` in the initial namespace, such as FUSE
+/// passthrough backing files.
+pub fn is_initial_ns_root() -> bool {
+    is_root()
+        && std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| is_identity_uid_map(&m))
+}
+
+/// Whether `uid_map` (the text of `/proc/PID/uid_map`) is the initial user namespace's: one
+/// line mapping every id to itself.
+pub fn is_identity_uid_map(uid_map: &str) -> bool {
+    let mut lines = uid_map.lines().filter(|l| !l.trim().is_empty());
+    let first: Vec<&str> = lines
+        .next()
+        .map_or(vec![], |l| l.split_whitespace().collect());
+    lines.next().is_none() && first == ["0", "0", "4294967295"]
+}
+
 /// The effective uid and gid of this process.
 pub fn effective_ids() -> (u32, u32) {
     // SAFETY: geteuid/getegid never fail.
@@ -151,4 +170,17 @@ pub fn limit_malloc_arenas(n: i32) {
     }
     #[cfg(not(target_env = "gnu"))]
     let _ = n;
+}
+
+#[cfg(test)]
+mod uid_map_tests {
+    use super::is_identity_uid_map;
+
+    #[test]
+    fn only_the_full_identity_map_is_the_initial_namespace() {
+        assert!(is_identity_uid_map("         0          0 4294967295\n"));
+        assert!(!is_identity_uid_map("0 1000 1\n1 100000 65536\n"));
+        assert!(!is_identity_uid_map("0 0 65536\n"));
+        assert!(!is_identity_uid_map(""));
+    }
 }

@@ -275,10 +275,10 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.view.read(fh.0, offset, size) {
-            Ok(buf) => reply.data(&buf),
+        self.view.read_with(fh.0, offset, size, |r| match r {
+            Ok(buf) => reply.data(buf),
             Err(e) => reply.error(err(e)),
-        }
+        })
     }
 
     fn release(

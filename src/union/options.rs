@@ -80,6 +80,9 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     /// Never use FUSE passthrough (`nopassthrough`).
     pub no_passthrough: bool,
+    /// Never ask for the kernel's writeback cache (`nowriteback`): without passthrough every
+    /// write then goes to the server as it is made.
+    pub no_writeback: bool,
 }
 
 impl MountOptions {
@@ -154,6 +157,7 @@ impl MountOptions {
                     })?)
                 }
                 "nopassthrough" => o.no_passthrough = true,
+                "nowriteback" => o.no_writeback = true,
                 "log" => o.log = Some(PathBuf::from(need()?)),
                 "pidfile" => o.pidfile = Some(PathBuf::from(need()?)),
                 "threads" => {

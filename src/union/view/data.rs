@@ -44,6 +44,19 @@ impl View {
         Ok(self.opened_file(ino, file, false, pass, reg))
     }
 
+    /// Whether an open of `ino` (backing file `file`) lets the kernel keep the inode's cached
+    /// pages: always for a lower file (lower layers never change while mounted), for an upper
+    /// one when it is as the view last saw it (every change made through the mount went
+    /// through that cache; a change made to the upper directory behind the mount's back
+    /// drops it).
+    fn keeps_cache(&self, ino: u64, file: &File) -> bool {
+        let in_upper = self
+            .tree
+            .node(ino)
+            .map_or(true, |n| self.tree.layers.get(n.state.read().layer).upper);
+        !in_upper || self.upper_unchanged(ino, file)
+    }
+
     /// Register an open of `file` for `ino`, through passthrough when `passthrough_ok` and the
     /// kernel allows it.
     fn opened_file(
@@ -57,17 +70,18 @@ impl View {
         let backing = passthrough_ok
             .then(|| self.backing_id(ino, file.as_fd(), reg))
             .flatten();
+        // The kernel refuses page-cache flags (KEEP_CACHE) on passthrough opens.
+        let keep = backing.is_none() && self.keeps_cache(ino, &file);
         let fh = self.add_handle(Handle {
             ino,
             file,
             writable,
             passthrough: backing.is_some(),
         });
-        let flags = match backing {
-            // The kernel refuses page-cache flags (KEEP_CACHE) on passthrough opens.
-            Some(_) => OpenFlags::NONE,
-            None if writable => OpenFlags::NONE,
-            None => OpenFlags::KEEP_CACHE,
+        let flags = if keep {
+            OpenFlags::KEEP_CACHE
+        } else {
+            OpenFlags::NONE
         };
         Opened { fh, flags, backing }
     }
@@ -77,20 +91,8 @@ impl View {
     fn open_upper(&self, ino: u64, file: File, perm: Option<u32>, reg: &dyn Registrar) -> Opened {
         let perm = perm.or_else(|| shown_perm(file.as_fd()).ok().map(|(p, _)| p));
         let bypass = perm.is_some_and(|p| writes_may_bypass(self, p));
-        if !bypass || self.writer.blocks_passthrough(ino) {
-            let fh = self.add_handle(Handle {
-                ino,
-                file,
-                writable: true,
-                passthrough: false,
-            });
-            return Opened {
-                fh,
-                flags: OpenFlags::NONE,
-                backing: None,
-            };
-        }
-        self.opened_file(ino, file, true, true, reg)
+        let pass = bypass && !self.writer.blocks_passthrough(ino);
+        self.opened_file(ino, file, true, pass, reg)
     }
 
     /// `open` with write access or `O_TRUNC`.
@@ -119,7 +121,7 @@ impl View {
                 }
                 (c.file, Some(c.perm))
             }
-            None => (up.open_write(&rel, flags & !libc::O_APPEND)?, None),
+            None => (self.open_upper_for_write(up, &rel, flags)?, None),
         };
         if truncating && req.uid != 0 {
             kill_privs(self, up, req, ino, fd.as_fd())?;
@@ -127,21 +129,74 @@ impl View {
         Ok(self.open_upper(ino, File::from(fd), perm, reg))
     }
 
-    /// READ of up to `size` bytes at `offset` (short only at the end of the file).
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Reply<Vec<u8>> {
-        let h = self.handle(fh).ok_or(Errno::EBADF)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0usize;
-        while done < buf.len() {
-            match h.file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+    /// Open the upper file at `rel` for a writable open with `flags`. Never with O_APPEND:
+    /// the kernel gives every write its offset (with the writeback cache it writes pages back
+    /// anywhere in the file). With the writeback cache a write-only open is opened read-write:
+    /// the kernel reads the rest of a page it writes part of through that handle. A file its
+    /// owner may not read (an unprivileged server) is then opened as asked.
+    fn open_upper_for_write(
+        &self,
+        up: &crate::union::upper::UpperLayer,
+        rel: &std::path::Path,
+        flags: i32,
+    ) -> io::Result<std::os::fd::OwnedFd> {
+        let flags = flags & !libc::O_APPEND;
+        let write_only = flags & libc::O_ACCMODE == libc::O_WRONLY;
+        if write_only && self.writeback.load(std::sync::atomic::Ordering::Relaxed) {
+            let rw = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+            match up.open_write(rel, rw) {
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
+                r => return r,
             }
         }
-        buf.truncate(done);
-        Ok(buf)
+        up.open_write(rel, flags)
+    }
+
+    /// READ of up to `size` bytes at `offset` (short only at the end of the file).
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Reply<Vec<u8>> {
+        self.read_with(fh, offset, size, |r| r.map(<[u8]>::to_vec))
+    }
+
+    /// [`View::read`] into a buffer this thread keeps, handed to `reply` (which sends it):
+    /// no allocation per request. A fresh buffer of a read's size (up to 1 MiB) comes from
+    /// mmap, zeroed page by page as it is filled, and goes back to the kernel after each read:
+    /// reads served without passthrough spent much of their time in those page faults.
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(Reply<&[u8]>) -> R,
+    ) -> R {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let Some(h) = self.handle(fh) else {
+            return reply(Err(Errno::EBADF));
+        };
+        BUF.with(|cell| {
+            // A reply that reads again on this thread (none does) gets a buffer of its own.
+            let mut own = Vec::new();
+            let mut borrowed = cell.try_borrow_mut();
+            let buf = match borrowed.as_mut() {
+                Ok(b) => &mut **b,
+                Err(_) => &mut own,
+            };
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let buf = &mut buf[..size as usize];
+            let mut done = 0usize;
+            while done < buf.len() {
+                match h.file.read_at(&mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return reply(Err(e.into())),
+                }
+            }
+            reply(Ok(&buf[..done]))
+        })
     }
 
     /// WRITE of `data` at `offset`; `kill_suidgid`: the kernel asks us to clear

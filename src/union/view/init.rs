@@ -12,6 +12,7 @@ pub mod caps {
     pub const ATOMIC_O_TRUNC: u64 = 1 << 3;
     pub const BIG_WRITES: u64 = 1 << 5;
     pub const DO_READDIRPLUS: u64 = 1 << 13;
+    pub const WRITEBACK_CACHE: u64 = 1 << 16;
     pub const PARALLEL_DIROPS: u64 = 1 << 18;
     pub const MAX_PAGES: u64 = 1 << 22;
     pub const CACHE_SYMLINKS: u64 = 1 << 23;
@@ -55,12 +56,7 @@ impl View {
     pub fn init(&self, offered: u64) -> Negotiated {
         let mut flags = offered & WANTED;
         let mut max_stack_depth = None;
-        let kernel_ok = sys::kernel_version().is_some_and(|v| v >= (6, 9));
-        if sys::is_root()
-            && kernel_ok
-            && !self.opts.no_passthrough
-            && offered & caps::PASSTHROUGH != 0
-        {
+        if self.passthrough_possible() && offered & caps::PASSTHROUGH != 0 {
             flags |= caps::PASSTHROUGH;
             // Backing files on a stacked filesystem (overlayfs) need depth 2.
             let stacked = self
@@ -71,12 +67,18 @@ impl View {
                 .any(|l| matches!(sys::fs_type_name(&l.path).as_str(), "overlayfs" | "fuse"));
             max_stack_depth = Some(if stacked { 2 } else { 1 });
             self.passthrough.store(true, Ordering::Relaxed);
+        } else if self.writeback_wanted() && offered & caps::WRITEBACK_CACHE != 0 {
+            // The kernel refuses passthrough together with the writeback cache; without
+            // passthrough, writes land in the page cache and reach us in large batches.
+            flags |= caps::WRITEBACK_CACHE;
+            self.writeback.store(true, Ordering::Relaxed);
         }
         if !self.read_only() {
             let _ = self.upper();
         }
         tracing::info!(
             passthrough = self.passthrough.load(Ordering::Relaxed),
+            writeback = self.writeback.load(Ordering::Relaxed),
             "FUSE session initialised"
         );
         Negotiated {
@@ -84,5 +86,23 @@ impl View {
             max_stack_depth,
             max_readahead: 1 << 20,
         }
+    }
+
+    /// Whether the kernel would give this server passthrough backing files: root of the
+    /// initial user namespace (the kernel checks `CAP_SYS_ADMIN` there at every
+    /// `FUSE_DEV_IOC_BACKING_OPEN`: the namespace root of rootless Podman is refused at each
+    /// open, after INIT accepted passthrough and so shut the writeback cache out), Linux 6.9
+    /// or later, not turned off.
+    fn passthrough_possible(&self) -> bool {
+        !self.opts.no_passthrough
+            && sys::kernel_version().is_some_and(|v| v >= (6, 9))
+            && sys::is_initial_ns_root()
+    }
+
+    /// Whether to ask for the writeback cache (when there is no passthrough): not for a
+    /// read-only view (nothing to write back), not with a quota (EDQUOT must come from the
+    /// write(2) that passes it, not from a later write-back), not when turned off.
+    fn writeback_wanted(&self) -> bool {
+        !self.opts.no_writeback && !self.read_only() && self.opts.quota.is_none()
     }
 }

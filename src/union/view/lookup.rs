@@ -40,6 +40,10 @@ impl View {
 
     pub fn forget(&self, ino: u64, nlookup: u64) {
         self.tree.forget(ino, nlookup);
+        if self.tree.node(ino).is_err() {
+            // The kernel dropped the inode and its cached pages with it.
+            self.forget_cache_key(ino);
+        }
     }
 
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Reply<AttrReply> {

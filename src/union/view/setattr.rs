@@ -9,12 +9,12 @@ use crate::layer::meta;
 use crate::sys::{self, TimeSpec};
 use crate::union::attr::Attr;
 use crate::union::ids::container_to_host;
-use crate::union::tree::Node;
+use crate::union::tree::{Node, ROOT_INO};
 use crate::union::upper::{SetAttr, UpperLayer};
 use crate::union::view::copy::{copies_much, copy_up_node_open};
 use crate::union::view::privs::privs_to_kill;
 use crate::union::view::state::{View, TTL};
-use crate::union::view::sync::errno;
+use crate::union::view::sync::{child_ino, errno};
 use crate::union::view::types::{AttrReply, Caller, Reply, SetAttrReq, SetTime};
 
 fn time_spec(t: SetTime) -> TimeSpec {
@@ -58,6 +58,9 @@ impl View {
             fh,
         } = *r;
         let up = fs.upper()?;
+        if !still_named(fs, ino) {
+            return setattr_unnamed(fs, up, ino, r);
+        }
         let rel = fs.tree.path_of(ino)?;
         // A truncate to zero needs none of the lower data.
         copy_up_node_open(fs, up, ino, &rel, size != Some(0))?;
@@ -119,6 +122,70 @@ impl View {
         }
         Ok(fs.tree.getattr(ino)?)
     }
+}
+
+/// Whether `ino` is still what its name shows: not unlinked, nor renamed over, while the
+/// kernel holds it. The kernel changes such inodes too: with the writeback cache it sends the
+/// times it kept (an unlink changes the ctime) for an inode whose name is gone.
+fn still_named(fs: &View, ino: u64) -> bool {
+    if ino == ROOT_INO {
+        return true;
+    }
+    let Ok(node) = fs.tree.node(ino) else {
+        return false;
+    };
+    let (parent, name) = {
+        let s = node.state.read();
+        (s.parent, s.name.clone())
+    };
+    child_ino(fs, parent, &name) == Some(ino)
+}
+
+/// SETATTR of an inode whose name is gone: through a file open for writing on it, if there is
+/// one (an upper file); never by its old name, where a lower file would be copied up again
+/// (and come back from the dead beside its whiteout) or a new file of that name be changed.
+/// Without such a file a change of times only has nothing left to change.
+fn setattr_unnamed(fs: &View, up: &UpperLayer, ino: u64, r: &SetAttrReq) -> Reply<Attr> {
+    let h =
+        r.fh.and_then(|f| fs.handle(f))
+            .filter(|h| h.writable && h.ino == ino)
+            .or_else(|| fs.writable_handle(ino));
+    let Some(h) = h else {
+        let changes_more = r.mode.is_some() || r.uid.is_some() || r.gid.is_some();
+        if changes_more || r.size.is_some() {
+            return Err(errno(libc::ENOENT).into());
+        }
+        return Ok(fs.getattr(ino, None)?.attr);
+    };
+    let fd = h.file.as_fd();
+    if let Some(size) = r.size {
+        up.truncate_fd(fd, size)?;
+    }
+    if let Some(m) = r.mode {
+        sys::fchmod(fd, m & 0o7777)?;
+    }
+    if r.uid.is_some() || r.gid.is_some() {
+        let map = |maps, id| container_to_host(maps, id).ok_or_else(|| errno(libc::EINVAL));
+        let uid = r.uid.map(|u| map(&fs.tree.ids.uid_map, u)).transpose()?;
+        let gid = r.gid.map(|g| map(&fs.tree.ids.gid_map, g)).transpose()?;
+        sys::lchownat(
+            fd,
+            OsStr::new(""),
+            uid.unwrap_or(u32::MAX),
+            gid.unwrap_or(u32::MAX),
+        )?;
+    }
+    if r.atime.is_some() || r.mtime.is_some() {
+        let omit = TimeSpec::Omit;
+        sys::futimens(
+            fd,
+            r.atime.map_or(omit, time_spec),
+            r.mtime.map_or(omit, time_spec),
+        )?;
+    }
+    let node = fs.tree.node(ino)?;
+    let st = sys::fstat(fd)?;
+    Ok(fs.tree.attr_with_override(&node, st, meta::fd_override(fd)))
 }
 
 /// A change of times only (`touch` of an open file, `futimens`) made through a file open for

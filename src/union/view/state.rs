@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
@@ -39,6 +39,28 @@ pub struct Handle {
     pub passthrough: bool,
 }
 
+/// The identity, size and modification time of a backing file: when they are as they were,
+/// nothing changed it behind the view's back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CacheKey {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+}
+
+impl CacheKey {
+    fn of(fd: BorrowedFd<'_>) -> Option<CacheKey> {
+        let st = sys::fstat(fd).ok()?;
+        Some(CacheKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        })
+    }
+}
+
 /// An open directory.
 #[derive(Debug)]
 pub struct DirHandle {
@@ -70,6 +92,13 @@ pub struct ViewState {
     pub opts: MountOptions,
     /// Whether the kernel accepted FUSE passthrough (set at INIT).
     pub passthrough: AtomicBool,
+    /// Whether the kernel's writeback cache is on (set at INIT): it then owns the size and
+    /// mtime of cached regular files and may read through a handle opened for writing only.
+    pub writeback: AtomicBool,
+    /// What each upper file's backing file looked like when the view last saw it unchanged
+    /// (at an open, or at the release of a writer): an open that finds it so again lets the
+    /// kernel keep the inode's cached pages.
+    cache_keys: DashMap<u64, CacheKey>,
     handles: DashMap<u64, Arc<Handle>>,
     /// A writable handle of each inode that has one (inode -> handle number): a times change
     /// goes through it instead of resolving the path again.
@@ -118,6 +147,8 @@ impl View {
             tree,
             opts,
             passthrough: AtomicBool::new(false),
+            writeback: AtomicBool::new(false),
+            cache_keys: DashMap::new(),
             handles: DashMap::new(),
             writers: DashMap::new(),
             dir_handles: DashMap::new(),
@@ -236,6 +267,11 @@ impl ViewState {
         let (_, h) = self.handles.remove(&fh)?;
         if h.writable {
             self.writers.remove_if(&h.ino, |_, f| *f == fh);
+            // What it wrote went through the kernel's cache of the inode: the file as it is
+            // now is what that cache holds.
+            if let Some(k) = CacheKey::of(h.file.as_fd()) {
+                self.cache_keys.insert(h.ino, k);
+            }
         }
         if h.passthrough {
             self.backing.remove_if_mut(&h.ino, |_, (_, n)| {
@@ -244,6 +280,21 @@ impl ViewState {
             });
         }
         Some(h)
+    }
+
+    /// Whether an open of the upper file `file` of `ino` may keep the kernel's cached pages of
+    /// the inode (`FOPEN_KEEP_CACHE`): only when the file is as the view last saw it, which also
+    /// becomes what it knows of it now.
+    pub(super) fn upper_unchanged(&self, ino: u64, file: &File) -> bool {
+        let Some(now) = CacheKey::of(file.as_fd()) else {
+            return false;
+        };
+        self.cache_keys.insert(ino, now) == Some(now)
+    }
+
+    /// Forget what the view knew of `ino`'s backing file (the node is gone).
+    pub fn forget_cache_key(&self, ino: u64) {
+        self.cache_keys.remove(&ino);
     }
 
     /// Open `ino`'s backing file in its visible layer with `flags`.
