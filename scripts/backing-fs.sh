@@ -6,6 +6,12 @@
 # Env: FUSE_FILTER (a test name filter for `cargo test --test fuse`), IMAGE_SIZE (default 4G).
 # Prints one line per filesystem: passed/failed counts, failing test names, copy-up time.
 set -euo pipefail
+# This run's mounts live in a mount namespace of its own: a namespace another process makes
+# meanwhile (unshare, a container engine) would else keep copies of them, so a FUSE server
+# served on and a filesystem stayed mounted (its log unwritten) after the unmount here.
+if [[ -z ${STRATAFS_OWN_MOUNT_NS:-} ]]; then
+    exec env STRATAFS_OWN_MOUNT_NS=1 unshare -m --propagation private "$(realpath "$0")" "$@"
+fi
 cd "$(dirname "$0")/.."
 . scripts/lib/e2e.sh
 need_root "loop mounts and FUSE"

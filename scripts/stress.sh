@@ -8,6 +8,12 @@
 # must show the same tree. Exits 1 on an unexpected error or any of these. Needs root.
 # Env: STRESS_SEED, STRESS_RELEASE=1 (release build).
 set -euo pipefail
+# This run's mounts live in a mount namespace of its own: a namespace another process makes
+# meanwhile (unshare, a container engine) would else keep copies of them, so a FUSE server
+# served on and a filesystem stayed mounted (its log unwritten) after the unmount here.
+if [[ -z ${STRATAFS_OWN_MOUNT_NS:-} ]]; then
+    exec env STRATAFS_OWN_MOUNT_NS=1 unshare -m --propagation private "$(realpath "$0")" "$@"
+fi
 cd "$(dirname "$0")/.."
 . scripts/lib/e2e.sh
 need_root "FUSE mounts"
