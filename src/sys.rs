@@ -12,6 +12,7 @@ mod host;
 mod mutate;
 mod open;
 mod process;
+mod uring;
 mod xattr;
 
 pub use dirent::*;
@@ -19,6 +20,7 @@ pub use host::*;
 pub use mutate::*;
 pub use open::*;
 pub use process::*;
+pub use uring::*;
 pub use xattr::*;
 
 /// A path or name as a C string; an interior NUL is `EINVAL`.

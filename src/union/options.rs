@@ -80,6 +80,21 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     /// Never use FUSE passthrough (`nopassthrough`).
     pub no_passthrough: bool,
+    /// How requests reach the server: `uring`, `nouring`, or (neither) the default.
+    pub transport: Transport,
+}
+
+/// The request transport a mount asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The default: `/dev/fuse` reader threads (the ring is opt-in until it is the proven
+    /// faster path; see docs/performance.md).
+    #[default]
+    Auto,
+    /// FUSE over io_uring when the kernel offers it (`uring`), else `/dev/fuse` with a warning.
+    Uring,
+    /// Never the ring (`nouring`).
+    DevFuse,
 }
 
 impl MountOptions {
@@ -154,6 +169,8 @@ impl MountOptions {
                     })?)
                 }
                 "nopassthrough" => o.no_passthrough = true,
+                "uring" => o.transport = Transport::Uring,
+                "nouring" => o.transport = Transport::DevFuse,
                 "log" => o.log = Some(PathBuf::from(need()?)),
                 "pidfile" => o.pidfile = Some(PathBuf::from(need()?)),
                 "threads" => {
