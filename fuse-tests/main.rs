@@ -7,6 +7,7 @@ mod conformance;
 mod image;
 mod read;
 mod restart;
+mod ring;
 mod robust;
 mod whiteout_replace;
 mod write;

@@ -13,7 +13,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::thread::ThreadId;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
@@ -68,7 +69,16 @@ pub struct FuseRing {
     slots: Vec<Slot>,
     sq: Mutex<()>,
     cq: Mutex<()>,
+    /// The queue's own thread: the one that registers and waits. Only it submits the
+    /// commits, since io_uring cancels the commands a thread submitted when it exits (a
+    /// handler answering from a thread of its own would lose its slot).
+    owner: OnceLock<ThreadId>,
+    /// Slots answered from other threads, for the owner to commit: (slot, commit id).
+    deferred: Mutex<Vec<(usize, u64)>>,
 }
+
+/// `user_data` of the NOP that wakes the owner for deferred commits.
+const WAKE: u64 = u64::MAX;
 
 // SAFETY: the raw pointers point into buffers this struct owns for its whole life; a slot is
 // written by at most one party at a time (the kernel between register/commit and completion,
@@ -118,6 +128,8 @@ impl FuseRing {
             slots,
             sq: Mutex::new(()),
             cq: Mutex::new(()),
+            owner: OnceLock::new(),
+            deferred: Mutex::new(Vec::new()),
         })
     }
 
@@ -163,8 +175,10 @@ impl FuseRing {
         Ok(())
     }
 
-    /// Register every slot with the kernel (`FUSE_IO_URING_CMD_REGISTER`).
+    /// Register every slot with the kernel (`FUSE_IO_URING_CMD_REGISTER`). The calling thread
+    /// becomes the queue's owner: the one that calls [`FuseRing::wait`].
     pub fn register(&self) -> io::Result<()> {
+        let _ = self.owner.set(std::thread::current().id());
         let entries: Vec<_> = (0..self.slots.len())
             .map(|i| {
                 let iov = self.slots[i].iov.as_ptr() as u64;
@@ -184,6 +198,7 @@ impl FuseRing {
     pub fn wait(&self) -> io::Result<Vec<Completion>> {
         let _g = self.cq.lock().unwrap_or_else(|p| p.into_inner());
         loop {
+            self.commit_deferred()?;
             // SAFETY: no argument struct; this submits nothing (to_submit 0) and waits for one
             // completion (IORING_ENTER_GETEVENTS).
             let r = unsafe { self.ring.submitter().enter::<libc::sigset_t>(0, 1, 1, None) };
@@ -199,6 +214,19 @@ impl FuseRing {
         }
     }
 
+    /// Submit the commits other threads left for the owner.
+    fn commit_deferred(&self) -> io::Result<()> {
+        let todo = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<_> = todo
+            .iter()
+            .map(|&(slot, id)| self.cmd(CMD_COMMIT_AND_FETCH, slot, id, None))
+            .collect();
+        self.submit(&entries)
+    }
+
     /// Take the completions already there, without waiting.
     pub fn poll_now(&self) -> io::Result<Vec<Completion>> {
         let _g = self.cq.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,6 +239,9 @@ impl FuseRing {
         // SAFETY: the CQ is used only under `self.cq`, which the caller holds.
         let cq = unsafe { self.ring.completion_shared() };
         for c in cq {
+            if c.user_data() == WAKE {
+                continue;
+            }
             let slot = c.user_data() as usize;
             if slot >= self.slots.len() {
                 continue;
@@ -275,7 +306,17 @@ impl FuseRing {
                 at += b.len();
             }
         }
-        self.submit(&[self.cmd(CMD_COMMIT_AND_FETCH, slot, commit_id, None)])
+        if self.owner.get() == Some(&std::thread::current().id()) {
+            return self.submit(&[self.cmd(CMD_COMMIT_AND_FETCH, slot, commit_id, None)]);
+        }
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((slot, commit_id));
+        // A NOP completes at once, in this thread's submission: nothing of this thread's
+        // stays in the ring, and the owner wakes to commit.
+        let nop: squeue::Entry128 = opcode::Nop::new().build().user_data(WAKE).into();
+        self.submit(&[nop])
     }
 }
 
