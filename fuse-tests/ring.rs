@@ -79,8 +79,7 @@ fn serve_some(root: &Path, extra: &str) -> Served {
     assert!(st.success());
     drop(guard);
     let t = Instant::now();
-    while PathBuf::from(format!("/proc/{pid}")).exists() && t.elapsed() < Duration::from_secs(20)
-    {
+    while PathBuf::from(format!("/proc/{pid}")).exists() && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(50));
     }
     Served {
