@@ -186,7 +186,7 @@ impl Out {
 }
 
 fn mode_bits(k: FileKind) -> u32 {
-    (match k {
+    match k {
         FileKind::NamedPipe => libc::S_IFIFO,
         FileKind::CharDevice => libc::S_IFCHR,
         FileKind::BlockDevice => libc::S_IFBLK,
@@ -194,7 +194,7 @@ fn mode_bits(k: FileKind) -> u32 {
         FileKind::RegularFile => libc::S_IFREG,
         FileKind::Symlink => libc::S_IFLNK,
         FileKind::Socket => libc::S_IFSOCK,
-    }) as u32
+    }
 }
 
 /// `struct fuse_attr` (88 bytes).
