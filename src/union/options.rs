@@ -295,6 +295,16 @@ mod tests {
     }
 
     #[test]
+    fn transport_options() {
+        let t = |s: &str| MountOptions::parse(s).unwrap().transport;
+        assert_eq!(t("lowerdir=/a"), Transport::Auto);
+        assert_eq!(t("lowerdir=/a,uring"), Transport::Uring);
+        assert_eq!(t("lowerdir=/a,nouring"), Transport::DevFuse);
+        // The last one given wins (STRATAFS_EXTRA_MOUNT_OPTS comes last).
+        assert_eq!(t("lowerdir=/a,nouring,uring"), Transport::Uring);
+    }
+
+    #[test]
     fn read_only_without_upper_and_escapes() {
         let o = MountOptions::parse(r"lowerdir=/a\:b:/c\,d,context=x,nodev,noexec,ro").unwrap();
         assert_eq!(
