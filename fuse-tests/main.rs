@@ -8,6 +8,7 @@ mod image;
 mod limits;
 mod read;
 mod restart;
+mod ring;
 mod robust;
 mod whiteout_replace;
 mod write;

@@ -53,6 +53,10 @@ cached layer set and prints a markdown table (also written to bench-results.md).
                     or --archive)
   --archive         also run the archive section (stratafs apply/diff/changes vs tar/diff)
   --backends LIST   comma-separated subset of stratafs,fuse-overlayfs,kernel (default: all)
+                    and stratafs-ring: stratafs with every request over io_uring (option uring;
+                    enable_uring is set for the run and put back at exit)
+  --transports      both stratafs transports beside fuse-overlayfs and kernel overlayfs
+                    (= --backends stratafs,stratafs-ring,fuse-overlayfs,kernel)
   --reps N          timings per cell, median reported (default: 3)
   --rootless        the read and write rows as an unprivileged user in a user namespace, as
                     rootless Podman runs its mount program (unshare --map-root-user --map-auto,
@@ -84,11 +88,12 @@ parse_args() {
         ;;
       --archive) SECTIONS+=",archive" ;;
       --backends)
-        [[ ${2:-} =~ ^(stratafs|fuse-overlayfs|kernel)(,(stratafs|fuse-overlayfs|kernel))*$ ]] ||
-          die "--backends takes a comma-separated list of stratafs, fuse-overlayfs, kernel"
+        [[ ${2:-} =~ ^(stratafs|stratafs-ring|fuse-overlayfs|kernel)(,(stratafs|stratafs-ring|fuse-overlayfs|kernel))*$ ]] ||
+          die "--backends takes a comma-separated list of stratafs, stratafs-ring, fuse-overlayfs, kernel"
         BACKENDS=$2
         shift
         ;;
+      --transports) BACKENDS="stratafs,stratafs-ring,fuse-overlayfs,kernel" ;;
       --reps)
         [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--reps takes a positive number"
         REPS=$2
@@ -225,7 +230,10 @@ main() {
   trap 'log "terminated"; exit 143' TERM
   export RUN_DIR WORKLOAD_LIMIT
   require_tools
-  if backend_selected stratafs || section_selected archive; then find_stratafs; fi
+  if backend_selected stratafs || backend_selected stratafs-ring || section_selected archive; then
+    find_stratafs
+  fi
+  if backend_selected stratafs-ring; then enable_uring; fi
   if [[ -z ${BENCH_ROOTLESS_ENV:-} ]]; then
     probe_drop_caches
     prepare_layers

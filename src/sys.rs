@@ -13,6 +13,7 @@ mod long;
 mod mutate;
 mod open;
 mod process;
+mod uring;
 mod xattr;
 
 pub use dirent::*;
@@ -21,6 +22,7 @@ pub use long::{is_long, NAME_LIMIT, PATH_LIMIT};
 pub use mutate::*;
 pub use open::*;
 pub use process::*;
+pub use uring::*;
 pub use xattr::*;
 
 /// A path or name as a C string; an interior NUL is `EINVAL`.

@@ -133,14 +133,27 @@ value_or_dash() { # value_or_dash ROW BACKEND
 }
 
 print_main_table() {
-  local section=$1 id s f k
-  printf '| workload | stratafs | fuse-overlayfs | kernel overlay | stratafs/fuse-overlayfs | stratafs/kernel |\n'
-  printf '|---|---:|---:|---:|---:|---:|\n'
+  local section=$1 id s f k r
+  if backend_selected stratafs-ring; then
+    printf '| workload | stratafs | stratafs ring | fuse-overlayfs | kernel overlay | ring/stratafs | stratafs/kernel | ring/kernel | ring/fuse-overlayfs |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+  else
+    printf '| workload | stratafs | fuse-overlayfs | kernel overlay | stratafs/fuse-overlayfs | stratafs/kernel |\n'
+    printf '|---|---:|---:|---:|---:|---:|\n'
+  fi
   for id in "${ROWS[@]}"; do
     [[ ${SECTION_OF[$id]} == "$section" ]] || continue
     s=$(value_or_dash "$id" stratafs)
     f=$(value_or_dash "$id" fuse-overlayfs)
     k=$(value_or_dash "$id" kernel)
+    if backend_selected stratafs-ring; then
+      r=$(value_or_dash "$id" stratafs-ring)
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(md_label "$id")" \
+        "$(fmt_value "$s" "${ROW_UNIT[$id]}")" "$(fmt_value "$r" "${ROW_UNIT[$id]}")" \
+        "$(fmt_value "$f" "${ROW_UNIT[$id]}")" "$(fmt_value "$k" "${ROW_UNIT[$id]}")" \
+        "$(fmt_ratio "$r" "$s")" "$(fmt_ratio "$s" "$k")" "$(fmt_ratio "$r" "$k")" "$(fmt_ratio "$r" "$f")"
+      continue
+    fi
     printf '| %s | %s | %s | %s | %s | %s |\n' "$(md_label "$id")" \
       "$(fmt_value "$s" "${ROW_UNIT[$id]}")" "$(fmt_value "$f" "${ROW_UNIT[$id]}")" \
       "$(fmt_value "$k" "${ROW_UNIT[$id]}")" "$(fmt_ratio "$s" "$f")" "$(fmt_ratio "$s" "$k")"

@@ -13,6 +13,7 @@ LAST_PEAK_KB="" # VmHWM of the server read just before the last unmount
 backend_mount_cmd() { # BACKEND OPTIONS MERGED
   case $1 in
     stratafs) run_step 60 "$STRATAFS" -o "$2" "$3" ;;
+    stratafs-ring) run_step 60 "$STRATAFS" -o "$2,uring" "$3" ;;
     fuse-overlayfs) run_step 60 fuse-overlayfs -o "$2" "$3" ;;
     # In a user namespace (--rootless) overlayfs keeps its xattrs in user.overlay.*.
     kernel) run_step 60 mount -t overlay overlay -o "$2${BENCH_ROOTLESS_ENV:+,userxattr}" "$3" ;;
@@ -133,10 +134,21 @@ empty_trash() {
 # Exit trap: stop the running workload, unmount everything under the run directory (deepest
 # first), stop the FUSE servers this run started (checked by pid and mount point), delete the run
 # directory.
+# FUSE over io_uring for the stratafs-ring column: the module parameter is set for the run
+# and put back as it was by cleanup_all.
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_OLD=
+enable_uring() {
+  [[ -w $URING_PARAM ]] || die "stratafs-ring: this kernel has no $URING_PARAM (Linux 6.14+)"
+  URING_OLD=$(cat "$URING_PARAM")
+  echo Y >"$URING_PARAM" || die "stratafs-ring: could not set $URING_PARAM"
+}
+
 cleanup_all() {
   local rc=$? mp pid
   trap - EXIT INT TERM
   set +e # best effort from here: one failed step must not skip the rest
+  if [[ -n $URING_OLD ]]; then echo "$URING_OLD" >"$URING_PARAM"; fi
   if [[ -n ${CHILD_PID:-} ]]; then
     kill -TERM "$CHILD_PID" 2>/dev/null
     wait "$CHILD_PID" 2>/dev/null

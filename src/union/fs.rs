@@ -29,10 +29,18 @@ use crate::union::view::View;
 /// Run when the session ends (from `destroy`, after the last request).
 pub type DestroyHook = Arc<OnceLock<Box<dyn Fn() + Send + Sync>>>;
 
+/// Set at INIT when the ring transport was negotiated: the payload size of its slots.
+pub type RingPlan = Arc<OnceLock<usize>>;
+
+/// `max_write` when the ring carries requests: each ring slot's payload buffer must hold
+/// `max_write` bytes, and the kernel sends no write larger than 256 pages anyway.
+const RING_MAX_WRITE: u32 = 1 << 20;
+
 /// The union filesystem served through fuser.
 pub struct UnionFs {
     view: View,
     on_destroy: DestroyHook,
+    ring: RingPlan,
 }
 
 impl UnionFs {
@@ -40,6 +48,7 @@ impl UnionFs {
         UnionFs {
             view: View::new(tree, opts),
             on_destroy: Arc::default(),
+            ring: Arc::default(),
         }
     }
 
@@ -47,6 +56,11 @@ impl UnionFs {
     /// took the adapter).
     pub fn view(&self) -> &View {
         &self.view
+    }
+
+    /// Whether (and how) INIT chose the ring transport; read after the handshake.
+    pub fn ring_plan(&self) -> RingPlan {
+        self.ring.clone()
     }
 
     /// Where the mount program puts what to do when the session ends.
@@ -232,6 +246,16 @@ impl Filesystem for UnionFs {
             let _ = config.set_max_stack_depth(depth);
         }
         let _ = config.set_max_readahead(n.max_readahead);
+        if n.over_io_uring
+            && config
+                .capabilities()
+                .contains(InitFlags::FUSE_OVER_IO_URING)
+        {
+            let _ = config.set_max_write(RING_MAX_WRITE);
+            let _ = self
+                .ring
+                .set(crate::union::ring::payload_size(RING_MAX_WRITE, 256));
+        }
         Ok(())
     }
 

@@ -4,7 +4,8 @@
 //! numbers inodes, `listing` merges directories, `tree` keeps the inode table and makes the
 //! attributes (`attr`) the view shows. `view` is the transport-neutral core: every request is
 //! handled there, once, against typed requests and replies; `fs` is the fuser adapter over it
-//! (only `fs` and `server` name fuser). `server` is the background mount program and `mount`
+//! (only `fs` and `server` name fuser); `ring` is the FUSE-over-io_uring adapter over the same
+//! core. `server` is the background mount program and `mount`
 //! the get/put lifecycle the driver uses. The view's write path drives `upper` (mutations of
 //! the upper layer, copy-up included) and `quota`; `lowers` is what it asks of the lower
 //! layers, `background` where long requests run, `prefetch` the stat-ahead threads, `unlisted` look-ups in directories that cannot be listed.
@@ -20,6 +21,7 @@ pub mod mount;
 pub mod options;
 pub mod prefetch;
 pub mod quota;
+pub mod ring;
 pub mod server;
 pub mod tree;
 pub mod unlisted;

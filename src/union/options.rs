@@ -83,6 +83,21 @@ pub struct MountOptions {
     /// Never ask for the kernel's writeback cache (`nowriteback`): without passthrough every
     /// write then goes to the server as it is made.
     pub no_writeback: bool,
+    /// How requests reach the server: `uring`, `nouring`, or (neither) the default.
+    pub transport: Transport,
+}
+
+/// The request transport a mount asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The default: `/dev/fuse` reader threads (the ring is opt-in until it is the proven
+    /// faster path; see docs/performance.md).
+    #[default]
+    Auto,
+    /// FUSE over io_uring when the kernel offers it (`uring`), else `/dev/fuse` with a warning.
+    Uring,
+    /// Never the ring (`nouring`).
+    DevFuse,
 }
 
 impl MountOptions {
@@ -158,6 +173,8 @@ impl MountOptions {
                 }
                 "nopassthrough" => o.no_passthrough = true,
                 "nowriteback" => o.no_writeback = true,
+                "uring" => o.transport = Transport::Uring,
+                "nouring" => o.transport = Transport::DevFuse,
                 "log" => o.log = Some(PathBuf::from(need()?)),
                 "pidfile" => o.pidfile = Some(PathBuf::from(need()?)),
                 "threads" => {
@@ -279,6 +296,16 @@ mod tests {
         assert_eq!(o.workdir.as_deref(), Some(Path::new("/w")));
         assert!(o.volatile);
         assert!(!o.read_only());
+    }
+
+    #[test]
+    fn transport_options() {
+        let t = |s: &str| MountOptions::parse(s).unwrap().transport;
+        assert_eq!(t("lowerdir=/a"), Transport::Auto);
+        assert_eq!(t("lowerdir=/a,uring"), Transport::Uring);
+        assert_eq!(t("lowerdir=/a,nouring"), Transport::DevFuse);
+        // The last one given wins (STRATAFS_EXTRA_MOUNT_OPTS comes last).
+        assert_eq!(t("lowerdir=/a,nouring,uring"), Transport::Uring);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::union::fs::{notifier, UnionFs};
 use crate::union::ids::IdView;
 use crate::union::layers::Layers;
 use crate::union::options::MountOptions;
+use crate::union::ring;
 use crate::union::tree::Tree;
 
 /// What the command line asked the mount program to do.
@@ -190,6 +191,7 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
     let fs = UnionFs::new(tree, o.clone());
     let view = fs.view().clone();
     let on_destroy = fs.on_destroy();
+    let ring_plan = fs.ring_plan();
     let cfg = session_config(args);
     let mut session = fuser::Session::new(fs, mp, &cfg).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && o.allow_other {
@@ -201,6 +203,18 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
     })?;
     view.start_invalidations(notifier(session.notifier()))
         .ctx(|| "starting the invalidation worker")?;
+    // The handshake (INIT) is done: start the ring if INIT chose it, before the mount is
+    // reported ready, so the ring carries the first request a user makes.
+    match ring_plan.get() {
+        Some(&payload) => match ring::start(view.clone(), session.as_fd(), payload) {
+            Ok(queues) => tracing::info!(transport = "io_uring", queues, "transport"),
+            Err(e) => {
+                tracing::warn!(%e, "FUSE over io_uring failed to start; serving /dev/fuse");
+                tracing::info!(transport = "dev-fuse", "transport");
+            }
+        },
+        None => tracing::info!(transport = "dev-fuse", "transport"),
+    }
     let session_end = Arc::new(SessionEnd {
         mountpoint: mp.clone(),
         connection: session
@@ -275,7 +289,11 @@ impl SessionEnd {
             tracing::warn!(mountpoint = %self.mountpoint.display(), "session ended while mounted, unmounting");
             return;
         }
-        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted, exiting");
+        tracing::info!(
+            mountpoint = %self.mountpoint.display(),
+            ring_requests = ring::served(),
+            "unmounted, exiting"
+        );
         self.flush_upper();
         std::process::exit(0);
     }

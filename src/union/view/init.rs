@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::sys;
+use crate::union::options::Transport;
 use crate::union::view::state::View;
 
 /// The kernel's INIT capability bits this view asks for (`include/uapi/linux/fuse.h`).
@@ -18,6 +19,8 @@ pub mod caps {
     pub const CACHE_SYMLINKS: u64 = 1 << 23;
     pub const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
     pub const PASSTHROUGH: u64 = 1 << 37;
+    /// FUSE over io_uring (offered only when the fuse module's `enable_uring` is set).
+    pub const OVER_IO_URING: u64 = 1 << 41;
 }
 
 /// What to answer the kernel's INIT with.
@@ -28,6 +31,8 @@ pub struct Negotiated {
     /// Stacking depth of passthrough backing files (`None`: no passthrough).
     pub max_stack_depth: Option<u32>,
     pub max_readahead: u32,
+    /// Serve requests over io_uring (`caps::OVER_IO_URING` is in `flags`).
+    pub over_io_uring: bool,
 }
 
 /// Asked for whenever the kernel offers them.
@@ -73,18 +78,41 @@ impl View {
             flags |= caps::WRITEBACK_CACHE;
             self.writeback.store(true, Ordering::Relaxed);
         }
+        let offered_ring = offered & caps::OVER_IO_URING != 0;
+        let over_io_uring = match self.opts.transport {
+            Transport::Uring if !offered_ring => {
+                tracing::warn!(
+                    "uring asked for, but the kernel does not offer FUSE over io_uring \
+                     (Linux 6.14+ with /sys/module/fuse/parameters/enable_uring = Y): /dev/fuse"
+                );
+                false
+            }
+            // The ring answers every request itself, without fuser's check of who may use a
+            // mount only its owner may use: served for mounts open to every user only.
+            Transport::Uring if !(sys::is_root() || self.opts.allow_other) => {
+                tracing::warn!("uring needs root or allow_other: /dev/fuse");
+                false
+            }
+            Transport::Uring => true,
+            Transport::Auto | Transport::DevFuse => false,
+        };
+        if over_io_uring {
+            flags |= caps::OVER_IO_URING;
+        }
         if !self.read_only() {
             let _ = self.upper();
         }
         tracing::info!(
             passthrough = self.passthrough.load(Ordering::Relaxed),
             writeback = self.writeback.load(Ordering::Relaxed),
+            over_io_uring,
             "FUSE session initialised"
         );
         Negotiated {
             flags,
             max_stack_depth,
             max_readahead: 1 << 20,
+            over_io_uring,
         }
     }
 
