@@ -21,6 +21,7 @@ pub mod options;
 pub mod prefetch;
 pub mod quota;
 pub mod server;
+pub mod tarlayer;
 pub mod tree;
 pub mod upper;
 pub mod view;

@@ -276,3 +276,49 @@ impl TarIndex {
         st
     }
 }
+
+/// Where the bytes of an indexed tar are: a file (an image archive, or the decompressed copy
+/// kept beside the index) and the tar's first byte in it. Kept beside the index as
+/// `<name>.src` (JSON); `dev`, `ino`, `len` and `mtime` tell whether the file is still the
+/// one that was indexed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataSource {
+    pub path: std::path::PathBuf,
+    pub offset: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime: i64,
+}
+
+impl DataSource {
+    /// Describe `path` as it is now, the tar starting at `offset`.
+    pub fn of(path: &Path, offset: u64) -> io::Result<DataSource> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(path)?;
+        Ok(DataSource {
+            path: path.to_path_buf(),
+            offset,
+            dev: md.dev(),
+            ino: md.ino(),
+            len: md.len(),
+            mtime: md.mtime(),
+        })
+    }
+
+    /// Whether the file is still there, unchanged.
+    pub fn still_valid(&self) -> bool {
+        DataSource::of(&self.path, self.offset).is_ok_and(|now| now == *self)
+    }
+
+    /// The sidecar path of index `idx` (`x.idx` -> `x.src`).
+    pub fn sidecar(idx: &Path) -> std::path::PathBuf {
+        idx.with_extension("src")
+    }
+
+    /// Read the sidecar of index `idx`.
+    pub fn load(idx: &Path) -> io::Result<DataSource> {
+        let raw = std::fs::read(DataSource::sidecar(idx))?;
+        serde_json::from_slice(&raw).map_err(|e| bad(&format!("data source: {e}")))
+    }
+}

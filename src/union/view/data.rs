@@ -39,6 +39,21 @@ impl View {
         if reopen_beside_readers(self, ino)? {
             return Err(Errno::ESTALE);
         }
+        if let Some((file, window)) = self.open_tar_file(ino)? {
+            // No passthrough: the kernel would need a whole backing file.
+            let fh = self.add_handle(Handle {
+                ino,
+                file,
+                writable: false,
+                passthrough: false,
+                window: Some(window),
+            });
+            return Ok(Opened {
+                fh,
+                flags: OpenFlags::KEEP_CACHE,
+                backing: None,
+            });
+        }
         let file = self.open_backing_file(ino, libc::O_RDONLY)?;
         let pass = reads_may_pass(self, ino, &file);
         Ok(self.opened_file(ino, file, false, pass, reg))
@@ -62,6 +77,7 @@ impl View {
             file,
             writable,
             passthrough: backing.is_some(),
+            window: None,
         });
         let flags = match backing {
             // The kernel refuses page-cache flags (KEEP_CACHE) on passthrough opens.
@@ -83,6 +99,7 @@ impl View {
                 file,
                 writable: true,
                 passthrough: false,
+                window: None,
             });
             return Opened {
                 fh,
@@ -131,6 +148,11 @@ impl View {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Reply<Vec<u8>> {
         let h = self.handle(fh).ok_or(Errno::EBADF)?;
         let mut buf = vec![0u8; size as usize];
+        if let Some(w) = h.window {
+            let n = w.read_at(&h.file, &mut buf, offset)?;
+            buf.truncate(n);
+            return Ok(buf);
+        }
         let mut done = 0usize;
         while done < buf.len() {
             match h.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -190,6 +212,16 @@ impl View {
     /// `SEEK_DATA`/`SEEK_HOLE` (and the others) on the backing file of `fh`.
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Reply<i64> {
         let h = self.handle(fh).ok_or(Errno::EBADF)?;
+        if let Some(w) = h.window {
+            // A file in a tar has no holes: data up to its end, one hole from there.
+            let len = w.len as i64;
+            return match whence {
+                libc::SEEK_DATA if (0..len).contains(&offset) => Ok(offset),
+                libc::SEEK_HOLE if (0..len).contains(&offset) => Ok(len),
+                libc::SEEK_DATA | libc::SEEK_HOLE => Err(Errno(libc::ENXIO)),
+                _ => Err(Errno::EINVAL),
+            };
+        }
         Ok(sys::lseek(h.file.as_fd(), offset, whence)?)
     }
 
