@@ -3,7 +3,7 @@
 //! between container and host owners.
 
 pub mod copy;
-pub mod tarindex;
 pub mod idmap;
 pub mod meta;
+pub mod tarindex;
 pub mod whiteout;

@@ -124,7 +124,10 @@ impl TarLayer {
 
     pub fn readlink(&self, rel: &Path) -> io::Result<OsString> {
         let id = self.entry(rel)?;
-        let t = self.index.link_target(id).ok_or_else(|| errno(libc::EINVAL))?;
+        let t = self
+            .index
+            .link_target(id)
+            .ok_or_else(|| errno(libc::EINVAL))?;
         Ok(OsStr::from_bytes(t).to_os_string())
     }
 

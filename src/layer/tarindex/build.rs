@@ -44,7 +44,10 @@ pub struct Built {
     paths: HashMap<Vec<u8>, u32>,
 }
 
-fn dir_node(name: Vec<u8>) -> Node {
+/// `file` of a node not placed yet.
+const UNSET: u32 = u32::MAX;
+
+fn dir_node(name: Vec<u8>, id: u32) -> Node {
     Node {
         name,
         mode: libc::S_IFDIR | 0o755,
@@ -55,7 +58,7 @@ fn dir_node(name: Vec<u8>) -> Node {
         data: 0,
         target: Vec::new(),
         xattrs: Vec::new(),
-        file: 0,
+        file: id,
         children: Vec::new(),
         live: true,
     }
@@ -82,7 +85,7 @@ fn components(raw: &[u8]) -> Result<Vec<&[u8]>> {
 /// Index the tar read from `tar` (stops at its end marker: the caller reads what follows).
 pub fn build<R: Read>(tar: R) -> Result<Built> {
     let mut b = Built {
-        nodes: vec![dir_node(Vec::new())],
+        nodes: vec![dir_node(Vec::new(), 0)],
         paths: HashMap::new(),
     };
     let mut ar = tar::Archive::new(tar);
@@ -121,16 +124,24 @@ impl Built {
         };
         let (kind, data, size, target) = match et {
             T::Directory => (libc::S_IFDIR, 0, 0, Vec::new()),
-            T::Regular | T::Continuous => (libc::S_IFREG, e.raw_file_position(), e.size(), Vec::new()),
+            T::Regular | T::Continuous => {
+                (libc::S_IFREG, e.raw_file_position(), e.size(), Vec::new())
+            }
             T::Symlink => {
-                let t = e.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                let t = e
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
                 (libc::S_IFLNK, 0, t.len() as u64, t)
             }
             T::Char => (libc::S_IFCHR, rdev()?, 0, Vec::new()),
             T::Block => (libc::S_IFBLK, rdev()?, 0, Vec::new()),
             T::Fifo => (libc::S_IFIFO, 0, 0, Vec::new()),
             T::Link => {
-                let t = e.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                let t = e
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
                 return self.hard_link(&raw, &parts, &t);
             }
             T::GNUSparse => {
@@ -174,7 +185,7 @@ impl Built {
             data,
             target,
             xattrs,
-            file: 0,
+            file: UNSET,
             children: Vec::new(),
             live: true,
         };
@@ -191,13 +202,14 @@ impl Built {
                 Some(&id) if self.nodes[id as usize].mode & libc::S_IFMT == libc::S_IFDIR => id,
                 Some(_) => return Err(malformed(raw, "a parent that is not a directory")),
                 None => {
-                    if matches!(whiteout::classify(std::ffi::OsStr::from_bytes(parts[i])),
-                        whiteout::NameKind::Whiteout(_) | whiteout::NameKind::OpaqueMarker)
-                    {
+                    if matches!(
+                        whiteout::classify(std::ffi::OsStr::from_bytes(parts[i])),
+                        whiteout::NameKind::Whiteout(_) | whiteout::NameKind::OpaqueMarker
+                    ) {
                         return Err(malformed(raw, "a whiteout name used as a directory"));
                     }
                     let id = self.nodes.len() as u32;
-                    self.nodes.push(dir_node(parts[i].to_vec()));
+                    self.nodes.push(dir_node(parts[i].to_vec(), id));
                     self.nodes[cur as usize].children.push(id);
                     self.paths.insert(key, id);
                     id
@@ -213,8 +225,8 @@ impl Built {
         let id = self.nodes.len() as u32;
         if let Some(&old) = self.paths.get(&key) {
             let o = &mut self.nodes[old as usize];
-            let both_dirs = o.mode & libc::S_IFMT == libc::S_IFDIR
-                && node.mode & libc::S_IFMT == libc::S_IFDIR;
+            let both_dirs =
+                o.mode & libc::S_IFMT == libc::S_IFDIR && node.mode & libc::S_IFMT == libc::S_IFDIR;
             if both_dirs {
                 (o.mode, o.uid, o.gid, o.mtime, o.xattrs) =
                     (node.mode, node.uid, node.gid, node.mtime, node.xattrs);
@@ -227,7 +239,7 @@ impl Built {
             prefix.push(b'/');
             self.paths.retain(|k, _| !k.starts_with(&prefix));
         }
-        if node.file == 0 {
+        if node.file == UNSET {
             node.file = id;
         }
         self.nodes.push(node);
@@ -272,7 +284,11 @@ impl Built {
         while i < order.len() {
             let id = order[i] as usize;
             let mut kids = std::mem::take(&mut self.nodes[id].children);
-            kids.sort_by(|a, b| self.nodes[*a as usize].name.cmp(&self.nodes[*b as usize].name));
+            kids.sort_by(|a, b| {
+                self.nodes[*a as usize]
+                    .name
+                    .cmp(&self.nodes[*b as usize].name)
+            });
             first_child.push(order.len() as u32);
             order.extend(kids.iter().copied());
             self.nodes[id].children = kids;
@@ -284,7 +300,9 @@ impl Built {
         // Hard links: every name of one file gets the position of the first as its number.
         let mut number: HashMap<u32, (u32, u32)> = HashMap::new();
         for (pos, &id) in order.iter().enumerate() {
-            let n = number.entry(self.nodes[id as usize].file).or_insert((pos as u32, 0));
+            let n = number
+                .entry(self.nodes[id as usize].file)
+                .or_insert((pos as u32, 0));
             n.1 += 1;
         }
         let mut arena: Vec<u8> = Vec::new();

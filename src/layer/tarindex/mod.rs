@@ -132,7 +132,11 @@ impl TarIndex {
                 libc::S_IFLNK if !in_arena(m.data, m.size) => {
                     return Err(bad("link target outside the arena"))
                 }
-                libc::S_IFREG if m.data.checked_add(m.size).map_or(true, |e| e > self.tar_len) => {
+                libc::S_IFREG
+                    if m.data
+                        .checked_add(m.size)
+                        .map_or(true, |e| e > self.tar_len) =>
+                {
                     return Err(bad("file data past the end of the tar"))
                 }
                 _ => {}
@@ -295,9 +299,10 @@ impl DataSource {
     /// Describe `path` as it is now, the tar starting at `offset`.
     pub fn of(path: &Path, offset: u64) -> io::Result<DataSource> {
         use std::os::unix::fs::MetadataExt;
-        let md = std::fs::metadata(path)?;
+        let path = std::fs::canonicalize(path)?;
+        let md = std::fs::metadata(&path)?;
         Ok(DataSource {
-            path: path.to_path_buf(),
+            path,
             offset,
             dev: md.dev(),
             ino: md.ino(),
