@@ -12,6 +12,9 @@ mod kit;
 
 use kit::{Comp, TestImage, E};
 
+#[path = "image_lazy.rs"]
+mod lazy;
+
 fn stratafs(root: &Path, args: &[&str]) -> Output {
     Command::new(stratafs_bin())
         .arg("--root")
@@ -125,7 +128,7 @@ fn docker_save_and_oci_archive_mount_the_same_tree_and_share_layers() {
     let oci = d.path().join("oci.tar");
     kit::write_tar(&oci, &kit::oci_files(&[&img], Comp::Gzip));
 
-    let m1 = mount(&root, &docker, &d.path().join("m1"), &[]);
+    let m1 = mount(&root, &docker, &d.path().join("m1"), &["--unpack"]);
     assert_eq!(tree(&m1.dir), SAMPLE_TREE);
     // Hard links stay one inode in the view.
     let a = std::fs::metadata(m1.dir.join("bin/tool")).unwrap();
@@ -138,7 +141,7 @@ fn docker_save_and_oci_archive_mount_the_same_tree_and_share_layers() {
         .join("images/layers")
         .join(img.diff_ids()[0].trim_start_matches("sha256:"));
     let before = std::fs::metadata(&base_dir).unwrap().ino();
-    let m2 = mount(&root, &oci, &d.path().join("m2"), &[]);
+    let m2 = mount(&root, &oci, &d.path().join("m2"), &["--unpack"]);
     assert_eq!(tree(&m2.dir), SAMPLE_TREE);
     // The second archive's layers were not unpacked again.
     assert_eq!(std::fs::metadata(&base_dir).unwrap().ino(), before);
@@ -207,7 +210,13 @@ fn a_corrupt_layer_is_refused_before_mounting() {
     };
     let out = stratafs(
         &root,
-        &["image", "mount", p.to_str().unwrap(), dir.to_str().unwrap()],
+        &[
+            "image",
+            "mount",
+            "--unpack",
+            p.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ],
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Time from an image archive to a mounted tree: `stratafs image mount` (first mount: unpack and
-# verify; second mount: layers reused) against what people do by hand (`mkdir` + `tar -x` of
-# each layer in order). The image is built from the cached Debian rootfs tar: three layers
+# Time from an image archive to a mounted tree: `stratafs image mount --unpack` (first mount:
+# unpack and verify; second mount: layers reused) against what people do by hand (`mkdir` +
+# `tar -x` of each layer in order), then the lazy mount (the default: layers indexed, served
+# from the tar): first `ls /` from mount start, second mount, find and tar -c against the
+# unpacked mount, the gzip index pass against `gzip -dc`, and the server's RSS. The image is built from the cached Debian rootfs tar: three layers
 # splitting the tree, plus a layer of changes (a 64 MiB file, edits, a deleted directory).
 # Usage: scripts/bench-image.sh  (run as root; builds the release binary)
 set -euo pipefail
@@ -88,17 +90,17 @@ now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 sync
 
-t0=$(now); "$BIN" --root "$W/root" image mount "$W/docker.tar" "$W/m1" >/dev/null; t1=$(now)
+t0=$(now); "$BIN" --root "$W/root" image mount --unpack "$W/docker.tar" "$W/m1" >/dev/null; t1=$(now)
 test -f "$W/m1/etc/motd" && test ! -e "$W/m1/usr/share/doc"
 echo "first mount (docker save, 4 layers unpacked + verified): $(secs "$t0" "$t1") s"
 "$BIN" --root "$W/root" image umount "$W/m1"
 
-t0=$(now); "$BIN" --root "$W/root" image mount "$W/oci" "$W/m2" >/dev/null; t1=$(now)
+t0=$(now); "$BIN" --root "$W/root" image mount --unpack "$W/oci" "$W/m2" >/dev/null; t1=$(now)
 echo "second mount (OCI gzip archive of the same image, layers reused): $(secs "$t0" "$t1") s"
 "$BIN" --root "$W/root" image umount "$W/m2"
 
 rm -rf "$W/root"
-t0=$(now); "$BIN" --root "$W/root" image mount "$W/oci" "$W/m3" >/dev/null; t1=$(now)
+t0=$(now); "$BIN" --root "$W/root" image mount --unpack "$W/oci" "$W/m3" >/dev/null; t1=$(now)
 echo "first mount (OCI layout, gzip layers): $(secs "$t0" "$t1") s"
 "$BIN" --root "$W/root" image umount "$W/m3"
 
@@ -118,3 +120,58 @@ for b in $(python3 -c "import json;m=json.load(open('$W/oci/index.json'))['manif
 done
 t1=$(now)
 echo "by hand (tar -xz of each gzip layer of the OCI layout): $(secs "$t0" "$t1") s"
+
+# Lazy mounts (the default): nothing unpacked, layers served from their tars.
+server_rss() {  # RSS (MiB) of the mount server serving $1
+    python3 - "$1" <<'PY'
+import os, sys
+want = sys.argv[1]
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        if want.encode() in args and b"-o" in args:
+            for l in open(f"/proc/{pid}/status"):
+                if l.startswith("VmRSS:"):
+                    print(f"{int(l.split()[1]) / 1024:.1f}")
+    except OSError:
+        pass
+PY
+}
+sync
+rm -rf "$W/lazy"
+t0=$(now); "$BIN" --root "$W/lazy" image mount "$W/docker.tar" "$W/m4" >/dev/null; ls "$W/m4/" >/dev/null; t1=$(now)
+echo "lazy: first ls / from image mount start (docker save, uncompressed, indexed now): $(secs "$t0" "$t1") s"
+"$BIN" --root "$W/lazy" image umount "$W/m4"
+t0=$(now); "$BIN" --root "$W/lazy" image mount "$W/docker.tar" "$W/m4" >/dev/null; ls "$W/m4/" >/dev/null; t1=$(now)
+echo "lazy: second mount + ls / (indexes reused): $(secs "$t0" "$t1") s"
+"$BIN" --root "$W/root" image mount --unpack "$W/docker.tar" "$W/m5" >/dev/null
+for round in 1 2; do
+    for m in m4 m5; do
+        t0=$(now); find "$W/$m" >/dev/null; t1=$(now)
+        echo "find ($m, round $round): $(secs "$t0" "$t1") s"
+    done
+done
+for round in 1 2; do
+    for m in m4 m5; do
+        t0=$(now); tar -cf - -C "$W/$m" . | cat >/dev/null; t1=$(now)
+        echo "tar -c ($m, round $round): $(secs "$t0" "$t1") s"
+    done
+done
+echo "lazy server RSS after find + tar: $(server_rss "$W/m4") MiB (unpacked mount: $(server_rss "$W/m5") MiB)"
+"$BIN" --root "$W/lazy" image umount "$W/m4"
+"$BIN" --root "$W/root" image umount "$W/m5"
+
+# A fresh store: the store above holds indexes of the same layers (read in docker.tar).
+t0=$(now); "$BIN" --root "$W/lazy-gz" image mount "$W/oci" "$W/m6" >/dev/null; ls "$W/m6/" >/dev/null; t1=$(now)
+echo "lazy: first ls / from image mount start (OCI layout, gzip layers, decompressed + indexed now): $(secs "$t0" "$t1") s"
+t0=$(now)
+for b in $(python3 -c "import json;m=json.load(open('$W/oci/index.json'))['manifests'][0]['digest'][7:];print(' '.join(l['digest'][7:] for l in json.load(open('$W/oci/blobs/sha256/'+m))['layers']))"); do
+    gzip -dc "$W/oci/blobs/sha256/$b" >/dev/null
+done
+t1=$(now)
+echo "gzip -dc > /dev/null of the same layers: $(secs "$t0" "$t1") s"
+t0=$(now); tar -cf - -C "$W/m6" . | cat >/dev/null; t1=$(now)
+echo "tar -c (lazy, gzip layers from their decompressed copies): $(secs "$t0" "$t1") s"
+"$BIN" --root "$W/lazy-gz" image umount "$W/m6"

@@ -58,9 +58,13 @@ pub enum ImageCommand {
         archive: PathBuf,
     },
     /// Mount an image read-only at DIR (IMAGE: an archive, or a stored image's id or tag).
+    /// An archive is served straight from its layer tars (indexed once, nothing unpacked).
     Mount {
         #[command(flatten)]
         pick: Pick,
+        /// Unpack the layers into the store first (as `image load`) and mount those.
+        #[arg(long)]
+        unpack: bool,
         image: String,
         dir: PathBuf,
     },
@@ -99,7 +103,12 @@ pub fn run(cli: &Cli, args: &ImageArgs) -> Result<ExitCode> {
                 output::line(&rec.id)?;
             }
         }
-        ImageCommand::Mount { pick, image, dir } => mount(cli, &store, pick, image, dir)?,
+        ImageCommand::Mount {
+            pick,
+            unpack,
+            image,
+            dir,
+        } => mount(cli, &store, pick, *unpack, image, dir)?,
         ImageCommand::Umount { dir } => umount(&store, dir)?,
         ImageCommand::Ls => ls(cli, &store)?,
         ImageCommand::Rm {
@@ -157,7 +166,7 @@ impl Progress for Bar {
         let short = &short[..short.len().min(12)];
         if reused {
             b.println(format!(
-                "layer {}/{total} {short}: already unpacked",
+                "layer {}/{total} {short}: already in the store",
                 index + 1
             ));
             return;
@@ -206,7 +215,35 @@ fn resolve(store: &ImageStore, image: &str, pick: &Pick) -> Result<ImageRecord> 
     }
 }
 
-fn mount(cli: &Cli, store: &ImageStore, pick: &Pick, image: &str, dir: &Path) -> Result<()> {
+/// The image to mount: its id and layers (topmost first), indexed in place of unpacked when
+/// `lazy` and `image` is an archive.
+fn mount_layers(
+    store: &ImageStore,
+    pick: &Pick,
+    lazy: bool,
+    image: &str,
+) -> Result<(String, String, Vec<PathBuf>)> {
+    if lazy && Path::new(image).exists() {
+        let bar = Bar::new();
+        let progress: &dyn Progress = if bar.0.is_some() { &bar } else { &Quiet };
+        let img = store.load_lazy(Path::new(image), &pick.selector(), progress)?;
+        drop(bar);
+        tracing::info!(indexed = img.indexed.len(), "image {} indexed", img.id);
+        return Ok((img.id, img.short_id, img.indexes));
+    }
+    let rec = resolve(store, image, pick)?;
+    let lowers = store.lower_dirs(&rec)?;
+    Ok((rec.id.clone(), rec.short_id().to_string(), lowers))
+}
+
+fn mount(
+    cli: &Cli,
+    store: &ImageStore,
+    pick: &Pick,
+    unpack: bool,
+    image: &str,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir).ctx(|| format!("resolving {}", dir.display()))?;
     if stratafs::union::mount::fuse_mounted(&dir) {
@@ -215,13 +252,9 @@ fn mount(cli: &Cli, store: &ImageStore, pick: &Pick, image: &str, dir: &Path) ->
             dir.display()
         )));
     }
-    let rec = resolve(store, image, pick)?;
-    let lowers = store.lower_dirs(&rec)?;
+    let (id, short_id, lowers) = mount_layers(store, pick, !unpack, image)?;
     if lowers.is_empty() {
-        return Err(Error::NotAnImage(format!(
-            "{} has no layers",
-            rec.short_id()
-        )));
+        return Err(Error::NotAnImage(format!("{short_id} has no layers")));
     }
     let (_, lowers_file, log) = store.mount_paths(&dir);
     let list: String = lowers
@@ -249,7 +282,7 @@ fn mount(cli: &Cli, store: &ImageStore, pick: &Pick, image: &str, dir: &Path) ->
     if !out.status.success() {
         let _ = store.forget_mount(&dir);
         return Err(Error::Mount {
-            id: rec.short_id().to_string(),
+            id: short_id,
             reason: format!(
                 "{} (log: {})",
                 String::from_utf8_lossy(&out.stderr).trim(),
@@ -259,10 +292,10 @@ fn mount(cli: &Cli, store: &ImageStore, pick: &Pick, image: &str, dir: &Path) ->
     }
     store.record_mount(&MountRecord {
         dir: dir.clone(),
-        image: rec.id.clone(),
+        image: id.clone(),
     })?;
     if cli.json {
-        output::json(&serde_json::json!({"image": rec.id, "dir": dir}))?;
+        output::json(&serde_json::json!({"image": id, "dir": dir}))?;
     } else {
         output::line(&dir.display().to_string())?;
     }

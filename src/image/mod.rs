@@ -18,6 +18,7 @@
 pub mod diff;
 pub mod digest;
 pub mod format;
+pub mod lazy;
 pub mod source;
 
 use std::collections::{BTreeMap, BTreeSet};

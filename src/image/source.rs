@@ -129,6 +129,26 @@ impl Source {
         }
     }
 
+    /// Where the file `name` is as a byte range of a file that outlives this source (the
+    /// archive itself or a layout's blob): (file, offset). `None` for a spooled copy.
+    pub fn region(&self, name: &str) -> Option<(PathBuf, u64)> {
+        match self {
+            Source::Dir(root) => {
+                let p = root.join(normalize(name)?);
+                p.is_file().then_some((p, 0))
+            }
+            Source::Tar {
+                path,
+                members,
+                _spool: None,
+            } => match resolve(members, name) {
+                Ok((_, Member::Data { offset, .. })) => Some((path.clone(), offset)),
+                _ => None,
+            },
+            Source::Tar { .. } => None,
+        }
+    }
+
     /// Read a small file (JSON) whole, refusing anything over [`MAX_JSON`].
     pub fn read_small(&self, name: &str) -> Result<Vec<u8>> {
         let (mut r, len) = self.open_file(name)?;

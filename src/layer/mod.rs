@@ -5,4 +5,5 @@
 pub mod copy;
 pub mod idmap;
 pub mod meta;
+pub mod tarindex;
 pub mod whiteout;

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::sys;
+use crate::union::tarlayer::TarLayer;
 
 /// Index of a layer in [`Layers::list`]: the upper (if any) is 0, then lowers topmost first.
 pub type LayerIdx = usize;
@@ -21,6 +22,8 @@ pub struct Layer {
     /// Index of the layer's `st_dev` in the device table (0-based).
     pub dev_index: u16,
     pub upper: bool,
+    /// A lower layer served from a tar index (`fd` is then the index file, `O_PATH`).
+    pub tar: Option<TarLayer>,
 }
 
 impl Layer {
@@ -116,6 +119,15 @@ impl Layers {
             .into_iter()
             .chain(lowers.iter().map(|l| (l.as_path(), false)));
         for (path, is_upper) in all {
+            if !is_upper && TarLayer::is_index(path) {
+                if upper.is_some() {
+                    return Err(Error::NotSupported(
+                        "an upper layer over a tar-index lower layer (copy-up from a tar)".into(),
+                    ));
+                }
+                list.push(open_tar(path, &mut devs)?);
+                continue;
+            }
             let fd = sys::open_dir(path).ctx(|| format!("opening layer {}", path.display()))?;
             let st = sys::fstatat(fd.as_fd(), Path::new(""))
                 .ctx(|| format!("stat of layer {}", path.display()))?;
@@ -132,6 +144,7 @@ impl Layers {
                 path: path.to_path_buf(),
                 dev_index: dev_index.min(0xFFFD) as u16,
                 upper: is_upper,
+                tar: None,
             });
         }
         Ok(Layers {
@@ -188,6 +201,24 @@ impl Layers {
         let dev = self.list[idx].dev_index;
         self.aliases.remove(&(dev, st_ino));
     }
+}
+
+/// A tar-index lower layer, numbered as a device of its own (its entries' numbers are its
+/// own, not the index file's filesystem's).
+fn open_tar(path: &Path, devs: &mut Vec<u64>) -> Result<Layer> {
+    let tar = TarLayer::open(path).map_err(|e| Error::Mount {
+        id: path.display().to_string(),
+        reason: format!("opening the tar index: {e}"),
+    })?;
+    let fd = sys::open_path(path).ctx(|| format!("opening layer {}", path.display()))?;
+    devs.push(u64::MAX - devs.len() as u64);
+    Ok(Layer {
+        fd,
+        path: path.to_path_buf(),
+        dev_index: (devs.len() - 1).min(0xFFFD) as u16,
+        upper: false,
+        tar: Some(tar),
+    })
 }
 
 /// `rel`, or `.` for the layer root (for `openat`).

@@ -133,15 +133,16 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
     };
     for (pos, &li) in layers.iter().enumerate() {
         let layer = all.get(li);
-        // Gone from this layer (only the upper can change under us): skip it.
-        let Some(dfd) = sys::open_dir_if_present(layer.fd(), rel)? else {
-            continue;
-        };
         let mut opaque = false;
         let mut whiteouts: Vec<Box<OsStr>> = Vec::new();
         let above = entries.len();
-        // dfd was just opened: read it directly (its offset is not needed after this).
-        sys::read_dirents(dfd.as_fd(), |name, d_ino, d_type| {
+        // One entry of this layer's directory as readdir gives it; `stat_child` answers for
+        // the types readdir leaves open.
+        let mut visit = |name: &OsStr,
+                         d_ino: u64,
+                         d_type: u8,
+                         stat_child: &dyn Fn(&OsStr) -> io::Result<libc::stat>|
+         -> io::Result<()> {
             let kind = match whiteout::classify(name) {
                 whiteout::NameKind::OpaqueMarker => {
                     opaque = true;
@@ -156,7 +157,7 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
                     Some(k) => k,
                     None => {
                         // DT_CHR may be a 0/0 whiteout; DT_UNKNOWN needs a stat anyway.
-                        let st = match sys::fstatat(dfd.as_fd(), Path::new(name)) {
+                        let st = match stat_child(name) {
                             Ok(st) => st,
                             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
                             Err(err) => return Err(err),
@@ -201,7 +202,27 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
             });
             open.push(is_dir);
             Ok(())
-        })?;
+        };
+        let dfd = match &layer.tar {
+            Some(t) => {
+                let Some(dir) = t.dir(rel) else { continue };
+                let stat_child = |name: &OsStr| t.stat(&rel.join(name));
+                t.each_child(dir, |name, ino, dt| visit(name, ino, dt, &stat_child))?;
+                None
+            }
+            None => {
+                // Gone from this layer (only the upper can change under us): skip it.
+                let Some(dfd) = sys::open_dir_if_present(layer.fd(), rel)? else {
+                    continue;
+                };
+                let stat_child = |name: &OsStr| sys::fstatat(dfd.as_fd(), Path::new(name));
+                // dfd was just opened: read it directly (its offset is not needed after this).
+                sys::read_dirents(dfd.as_fd(), |name, d_ino, d_type| {
+                    visit(name, d_ino, d_type, &stat_child)
+                })?;
+                Some(dfd)
+            }
+        };
         by_name.extend(above as u32..entries.len() as u32);
         sort_by_name(&entries, &mut by_name);
         // A whiteout ends its name for the layers below (a same-layer entry stays visible).
@@ -215,7 +236,7 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
         if opaque || pos + 1 == layers.len() {
             break;
         }
-        if whiteout::fd_has_opaque_xattr(dfd.as_fd()) {
+        if dfd.is_some_and(|d| whiteout::fd_has_opaque_xattr(d.as_fd())) {
             break;
         }
     }

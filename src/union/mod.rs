@@ -23,6 +23,7 @@ pub mod prefetch;
 pub mod quota;
 pub mod ring;
 pub mod server;
+pub mod tarlayer;
 pub mod tree;
 pub mod unlisted;
 pub mod upper;

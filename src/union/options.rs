@@ -233,7 +233,11 @@ impl MountOptions {
             Ok(c)
         }
         for l in &mut self.lowerdirs {
-            *l = canon(l)?;
+            // A tar index (`*.idx`) serves as a lower layer too.
+            *l = match std::fs::canonicalize(&*l) {
+                Ok(c) if crate::union::tarlayer::TarLayer::is_index(&c) => c,
+                _ => canon(l)?,
+            };
         }
         if let Some(u) = &self.upperdir {
             self.upperdir = Some(canon(u)?);

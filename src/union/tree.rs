@@ -22,6 +22,7 @@ use crate::union::attr::{Attr, FileKind, Timestamp};
 use crate::union::ids::IdView;
 use crate::union::layers::{LayerIdx, Layers};
 use crate::union::listing::{merge_dir, DirEntry, Listing};
+use crate::union::tarlayer::TarLayer;
 
 /// FUSE inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
@@ -266,6 +267,12 @@ impl Tree {
         };
         let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
         let rel = self.path_of(parent)?.join(name);
+        if let Some(t) = &self.layers.get(e.layer).tar {
+            let st = t.stat(&rel)?;
+            let node = self.get_or_insert(parent, e)?;
+            let attr = self.tar_attr(&node, t, &rel, st);
+            return Ok((node, attr));
+        }
         let at = self.layers.get(e.layer).at(&rel)?;
         let st = sys::fstatat(at.dir(), at.name())?;
         let node = self.get_or_insert(parent, e)?;
@@ -358,8 +365,7 @@ impl Tree {
                 continue;
             };
             let layer = node.state.read().layer;
-            let at = self.layers.get(layer).at(&rel);
-            if at.is_ok_and(|at| sys::fstatat(at.dir(), at.name()).is_ok()) {
+            if self.stat_in(layer, &rel).is_ok() {
                 self.reparent(node, p, m.clone());
                 if let Some(a) = node.state.write().aliases.as_mut() {
                     a.retain(|(q, n)| !(*q == p && *n == m));
@@ -372,14 +378,11 @@ impl Tree {
     /// Whether `node`'s own name still leads to its file in its layer.
     fn still_there(&self, node: &Node) -> bool {
         let layer = node.state.read().layer;
+        // The same file: a name that another file took since (a rename over it) is not a
+        // hard link of this one.
         self.path_of(node.ino).is_ok_and(|rel| {
-            let at = self.layers.get(layer).at(&rel);
-            // The same file: a name that another file took since (a rename over it) is not a
-            // hard link of this one.
-            at.is_ok_and(|at| {
-                sys::fstatat(at.dir(), at.name())
-                    .is_ok_and(|st| self.layers.ino_for(layer, st.st_ino) == node.ino)
-            })
+            self.stat_in(layer, &rel)
+                .is_ok_and(|st| self.layers.ino_for(layer, st.st_ino) == node.ino)
         })
     }
 
@@ -453,6 +456,9 @@ impl Tree {
         let node = self.node(ino)?;
         let layer = node.state.read().layer;
         let rel = self.path_of(ino)?;
+        if let Some(t) = &self.layers.get(layer).tar {
+            return Ok(self.tar_attr(&node, t, &rel, t.stat(&rel)?));
+        }
         let at = self.layers.get(layer).at(&rel)?;
         let st = sys::fstatat(at.dir(), at.name())?;
         Ok(self.attr_from_stat_at(&node, layer, at.dir(), at.name(), st))
@@ -470,6 +476,9 @@ impl Tree {
     /// Attributes to show for `node` given a stat of its backing file `rel` in `layer`:
     /// override_stat applied, owners mapped, the number being the node's.
     pub fn attr_from_stat(&self, node: &Node, layer: LayerIdx, rel: &Path, st: libc::stat) -> Attr {
+        if let Some(t) = &self.layers.get(layer).tar {
+            return self.tar_attr(node, t, rel, st);
+        }
         match self.layers.get(layer).at(rel) {
             Ok(at) => self.attr_from_stat_at(node, layer, at.dir(), at.name(), st),
             // No longer reachable by that path (unlinked, or refused): no xattrs to apply.
@@ -513,6 +522,25 @@ impl Tree {
                     }
                 }
             }
+        }
+        self.file_attr(node, st)
+    }
+
+    /// A stat of `rel` in `layer`, whichever kind of layer it is.
+    fn stat_in(&self, layer: LayerIdx, rel: &Path) -> io::Result<libc::stat> {
+        let l = self.layers.get(layer);
+        if let Some(t) = &l.tar {
+            return t.stat(rel);
+        }
+        let at = l.at(rel)?;
+        sys::fstatat(at.dir(), at.name())
+    }
+
+    /// Attributes of `node` backed by `rel` of a tar-index layer (which holds no
+    /// override_stat: the tar's owners are the ones shown).
+    pub fn tar_attr(&self, node: &Node, t: &TarLayer, rel: &Path, st: libc::stat) -> Attr {
+        if t.no_xattrs(rel) {
+            node.no_xattrs.store(true, Ordering::Relaxed);
         }
         self.file_attr(node, st)
     }

@@ -226,6 +226,7 @@ impl View {
             file,
             writable: true,
             passthrough: backing.is_some(),
+            window: None,
         });
         Ok(Created {
             entry: entry(attr),

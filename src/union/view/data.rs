@@ -39,6 +39,21 @@ impl View {
         if reopen_beside_readers(self, ino)? {
             return Err(Errno::ESTALE);
         }
+        if let Some((file, window)) = self.open_tar_file(ino)? {
+            // No passthrough: the kernel would need a whole backing file.
+            let fh = self.add_handle(Handle {
+                ino,
+                file,
+                writable: false,
+                passthrough: false,
+                window: Some(window),
+            });
+            return Ok(Opened {
+                fh,
+                flags: OpenFlags::KEEP_CACHE,
+                backing: None,
+            });
+        }
         let file = self.open_backing_file(ino, libc::O_RDONLY)?;
         let pass = reads_may_pass(self, ino, &file);
         Ok(self.opened_file(ino, file, false, pass, reg))
@@ -77,6 +92,7 @@ impl View {
             file,
             writable,
             passthrough: backing.is_some(),
+            window: None,
         });
         let flags = if keep {
             OpenFlags::KEEP_CACHE
@@ -186,6 +202,12 @@ impl View {
                 buf.resize(size as usize, 0);
             }
             let buf = &mut buf[..size as usize];
+            if let Some(w) = h.window {
+                return match w.read_at(&h.file, buf, offset) {
+                    Ok(n) => reply(Ok(&buf[..n])),
+                    Err(e) => reply(Err(e.into())),
+                };
+            }
             let mut done = 0usize;
             while done < buf.len() {
                 match h.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -245,6 +267,16 @@ impl View {
     /// `SEEK_DATA`/`SEEK_HOLE` (and the others) on the backing file of `fh`.
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Reply<i64> {
         let h = self.handle(fh).ok_or(Errno::EBADF)?;
+        if let Some(w) = h.window {
+            // A file in a tar has no holes: data up to its end, one hole from there.
+            let len = w.len as i64;
+            return match whence {
+                libc::SEEK_DATA if (0..len).contains(&offset) => Ok(offset),
+                libc::SEEK_HOLE if (0..len).contains(&offset) => Ok(len),
+                libc::SEEK_DATA | libc::SEEK_HOLE => Err(Errno(libc::ENXIO)),
+                _ => Err(Errno::EINVAL),
+            };
+        }
         Ok(sys::lseek(h.file.as_fd(), offset, whence)?)
     }
 

@@ -167,6 +167,10 @@ impl View {
         name: &OsStr,
     ) -> io::Result<Attr> {
         let l = self.tree.layers.get(layer);
+        if let Some(t) = &l.tar {
+            let path = rel.join(name);
+            return Ok(self.tree.tar_attr(node, t, &path, t.stat(&path)?));
+        }
         let dfd = dirs.entry(layer).or_insert_with(|| {
             sys::open_beneath(l.fd(), rel, libc::O_RDONLY | libc::O_DIRECTORY).ok()
         });

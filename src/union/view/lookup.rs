@@ -72,6 +72,9 @@ impl View {
 
     pub fn readlink(&self, ino: u64) -> Reply<Vec<u8>> {
         let (layer, rel) = self.tree.backing(ino)?;
+        if let Some(t) = &self.tree.layers.get(layer).tar {
+            return Ok(t.readlink(&rel)?.into_vec());
+        }
         let at = self.tree.layers.get(layer).at(&rel)?;
         let target = sys::readlinkat(at.dir(), at.name())?;
         Ok(target.into_vec())

@@ -20,6 +20,7 @@ use crate::union::listing::Listing;
 use crate::union::lowers::LowerStack;
 use crate::union::options::MountOptions;
 use crate::union::prefetch::{Front, Prefetcher};
+use crate::union::tarlayer::Window;
 use crate::union::tree::Tree;
 use crate::union::upper::UpperLayer;
 use crate::union::view::types::{Backing, Errno, Notify, Registrar};
@@ -37,6 +38,8 @@ pub struct Handle {
     pub writable: bool,
     /// Holds a reference on the inode's passthrough backing file.
     pub passthrough: bool,
+    /// A file of a tar-index layer: `file` is the tar's file and this the file's bytes in it.
+    pub window: Option<Window>,
 }
 
 /// The identity, size and modification time of a backing file: when they are as they were,
@@ -295,6 +298,16 @@ impl ViewState {
     /// Forget what the view knew of `ino`'s backing file (the node is gone).
     pub fn forget_cache_key(&self, ino: u64) {
         self.cache_keys.remove(&ino);
+    }
+
+    /// The data of `ino` when it is a file of a tar-index layer: the tar's file and where the
+    /// file's bytes are in it (`None`: a file of a layer directory).
+    pub fn open_tar_file(&self, ino: u64) -> io::Result<Option<(File, Window)>> {
+        let (layer, rel) = self.tree.backing(ino)?;
+        match &self.tree.layers.get(layer).tar {
+            Some(t) => Ok(Some((t.reopen()?, t.window(&rel)?))),
+            None => Ok(None),
+        }
     }
 
     /// Open `ino`'s backing file in its visible layer with `flags`.

@@ -28,6 +28,12 @@ impl View {
             return Err(Errno::ENODATA);
         }
         let (layer, rel) = self.tree.backing(ino)?;
+        if let Some(t) = &self.tree.layers.get(layer).tar {
+            return match t.getxattr(&rel, name)? {
+                Some(v) => Xattr::fit(v, size),
+                None => Err(Errno::ENODATA),
+            };
+        }
         // `at` holds the directory fd its xattr path goes through: it lives past the call.
         let at = self.tree.layers.get(layer).at(&rel)?;
         match sys::lgetxattr(&at.xattr_path(), name)? {
@@ -42,8 +48,10 @@ impl View {
             return Xattr::fit(Vec::new(), size);
         }
         let (layer, rel) = self.tree.backing(ino)?;
-        let at = self.tree.layers.get(layer).at(&rel)?;
-        let names = sys::llistxattr(&at.xattr_path())?;
+        let names = match &self.tree.layers.get(layer).tar {
+            Some(t) => t.listxattr(&rel)?,
+            None => sys::llistxattr(&self.tree.layers.get(layer).at(&rel)?.xattr_path())?,
+        };
         let mut out = Vec::new();
         for n in names.iter().filter(|n| !whiteout::is_internal_xattr(n)) {
             out.extend_from_slice(n);
