@@ -5,6 +5,7 @@ mod access;
 mod common;
 mod conformance;
 mod image;
+mod limits_disk;
 mod read;
 mod restart;
 mod robust;

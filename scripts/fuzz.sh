@@ -52,11 +52,12 @@ confined() {
         "$@"
         return
     fi
+    local scratch rc=0
+    scratch=$(mktemp -d "${TMPDIR:-/tmp}/stratafs-fuzz.XXXXXX")
     unshare --mount --propagation private -- bash -c '
         set -e
-        writable=$1; shift
-        for d in $writable; do mkdir -p "$d"; mount --bind "$d" "$d"; done
-        scratch=$(mktemp -d /tmp/stratafs-fuzz.XXXXXX)
+        writable=$1 scratch=$2; shift 2
+        for d in $writable; do mount --bind "$d" "$d"; done
         mount -t tmpfs -o size=512m tmpfs "$scratch"
         # Every other mount read-only, deepest last so the binds above stay writable.
         awk "{print \$2}" /proc/self/mounts | while read -r m; do
@@ -67,7 +68,9 @@ confined() {
         done
         export TMPDIR=$scratch
         exec "$@"
-    ' confined "$writable" "$@"
+    ' confined "$writable" "$scratch" "$@" || rc=$?
+    rmdir "$scratch" 2>/dev/null || true
+    return "$rc"
 }
 
 run() {
