@@ -50,14 +50,26 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        // `-d` frees the loop device the mount set up; lazily if something still holds it.
-        let ok = Command::new("umount")
-            .arg("-d")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
+        // `-d` frees the loop device the mount set up. The FUSE server over it may take a
+        // moment to leave after its lazy unmount; then lazily.
+        let mut ok = false;
+        for _ in 0..20 {
+            ok = Command::new("umount")
+                .arg("-d")
+                .arg(&self.dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         if !ok {
-            let _ = Command::new("umount").args(["-l", "-d"]).arg(&self.dir).status();
+            let _ = Command::new("umount")
+                .args(["-l", "-d"])
+                .arg(&self.dir)
+                .status();
         }
     }
 }
@@ -164,9 +176,20 @@ fn full_upper_fails_with_enospc_and_recovers() {
     assert_eq!(errno(&e), libc::ENOSPC, "mkdir: {e}");
 
     // Nothing half done is visible: the view, the upper and the staging area are as before.
-    assert_eq!(tree_listing(&mp), view_before, "the view changed after failed writes");
-    assert_eq!(fs::read(mp.join("big")).unwrap(), big, "lower content through the view");
-    assert!(!upper.join("big").exists(), "a short copy-up took the real name");
+    assert_eq!(
+        tree_listing(&mp),
+        view_before,
+        "the view changed after failed writes"
+    );
+    assert_eq!(
+        fs::read(mp.join("big")).unwrap(),
+        big,
+        "lower content through the view"
+    );
+    assert!(
+        !upper.join("big").exists(),
+        "a short copy-up took the real name"
+    );
     assert!(!upper.join("new").exists(), "a failed create left its file");
     assert_eq!(staging_leftovers(&work), Vec::<String>::new());
 
@@ -184,7 +207,11 @@ fn full_upper_fails_with_enospc_and_recovers() {
     assert_eq!(fs::read(mp.join("big")).unwrap(), want);
     assert_eq!(fs::read(mp.join("new")).unwrap(), b"new");
     assert!(!mp.join("dir/file").exists() && !mp.join("gone").exists());
-    assert_eq!(fs::read(lower.join("big")).unwrap(), big, "the lower file changed");
+    assert_eq!(
+        fs::read(lower.join("big")).unwrap(),
+        big,
+        "the lower file changed"
+    );
     assert_eq!(staging_leftovers(&work), Vec::<String>::new());
 }
 
@@ -220,15 +247,24 @@ fn writes_that_fill_the_upper_fail_cleanly() {
             Ok(n) => written += n,
             Err(e) => break e,
         }
-        assert!(written < 64 * MIB, "an 8 MiB filesystem took {written} bytes");
+        assert!(
+            written < 64 * MIB,
+            "an 8 MiB filesystem took {written} bytes"
+        );
     };
     assert_eq!(errno(&err), libc::ENOSPC, "write on a full disk: {err}");
     drop(f);
     // What was written is there, the rest was refused; the mount still answers.
     let len = fs::metadata(mp.join("small")).unwrap().len() as usize;
-    assert!(len >= 5 && len <= written + chunk.len(), "{len} vs {written}");
+    assert!(
+        len >= 5 && len <= written + chunk.len(),
+        "{len} vs {written}"
+    );
     let mut head = [0u8; 5];
-    fs::File::open(mp.join("small")).unwrap().read_exact(&mut head).unwrap();
+    fs::File::open(mp.join("small"))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
     assert_eq!(&head, b"small");
     assert_eq!(fs::read(lower.join("small")).unwrap(), b"small");
     // Truncating frees the space; writing works again.
@@ -374,7 +410,11 @@ fn listing_survives_rename(dir_in_upper: bool) {
     fs::rename(mp.join("big"), mp.join("moved")).expect("renaming the directory being listed");
     for e in it {
         let e = e.expect("listing on after the rename");
-        assert!(names.insert(e.file_name()), "{:?} listed twice", e.file_name());
+        assert!(
+            names.insert(e.file_name()),
+            "{:?} listed twice",
+            e.file_name()
+        );
     }
     assert_eq!(names.len(), N, "the listing lost entries");
     assert!(!mp.join("big").exists());

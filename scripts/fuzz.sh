@@ -5,6 +5,8 @@
 #
 #   scripts/fuzz.sh TARGET SECONDS [LIBFUZZER_ARGS...]   fuzz one target
 #   scripts/fuzz.sh all SECONDS                           each target in turn, SECONDS each
+#   scripts/fuzz.sh --check SECONDS                       each target for SECONDS on a throwaway
+#                                                         copy of the corpus (the test command)
 #   scripts/fuzz.sh --build                               build the targets only
 #   scripts/fuzz.sh --list                                name the targets
 #
@@ -22,7 +24,7 @@ TARGETS=(tar_apply image_archive mount_options plugin_json snapshotter)
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN="$FUZZ/target/$TRIPLE/release"
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 install_missing() {
     command -v c++ >/dev/null 2>&1 && return 0
@@ -35,6 +37,8 @@ install_missing() {
 }
 
 build() {
+    # FUZZ_NO_BUILD=1: run the targets as last built (several runs side by side).
+    [[ -n ${FUZZ_NO_BUILD:-} && -x $BIN/${TARGETS[0]} ]] && return 0
     install_missing
     # --target: the flags then reach only the targets' code, not build scripts or proc macros.
     (cd "$FUZZ" && RUSTFLAGS="${RUSTFLAGS:-} --cfg fuzzing -Cpasses=sancov-module \
@@ -75,7 +79,7 @@ confined() {
 
 run() {
     local target=$1 secs=$2; shift 2
-    local corpus="$FUZZ/corpus/$target" crashes="$FUZZ/regressions/$target"
+    local corpus="${CORPUS_ROOT:-$FUZZ/corpus}/$target" crashes="${CRASH_ROOT:-$FUZZ/regressions}/$target"
     mkdir -p "$corpus" "$crashes"
     local dict=()
     [[ -f "$FUZZ/dict/$target.dict" ]] && dict=(-dict="$FUZZ/dict/$target.dict")
@@ -90,6 +94,28 @@ case "${1:-}" in
     --list) printf '%s\n' "${TARGETS[@]}"; exit 0 ;;
     --build) build; exit 0 ;;
 esac
+if [[ ${1:-} == --check ]]; then
+    [[ $# -eq 2 ]] || usage 2
+    build
+    work=$(mktemp -d "${TMPDIR:-/tmp}/stratafs-fuzz-check.XXXXXX")
+    cp -r "$FUZZ/corpus" "$work/corpus"
+    export CORPUS_ROOT=$work/corpus CRASH_ROOT=$work/crashes
+    status=0
+    for t in "${TARGETS[@]}"; do
+        if ! run "$t" "$2" >"$work/$t.log" 2>&1; then
+            status=1
+            echo "fuzz.sh: $t FAILED; its log ends:" >&2
+            tail -n 40 "$work/$t.log" >&2
+            for c in "$work/crashes/$t"/*; do
+                [[ -f $c ]] && { echo "crash input $c (hex):" >&2; od -An -tx1 -v "$c" | head -n 64 >&2; }
+            done
+        else
+            grep -h '^stat::number_of_executed_units\|^#.*DONE' "$work/$t.log" | tail -n 1 | sed "s/^/fuzz.sh: $t: /"
+        fi
+    done
+    rm -rf "$work"
+    exit "$status"
+fi
 [[ $# -ge 2 ]] || usage 2
 target=$1 secs=$2; shift 2
 build

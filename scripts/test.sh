@@ -13,6 +13,9 @@ REQUIRED=(
     "fuse-overlayfs:fuse-overlayfs"
     "setpriv:util-linux"
     "filefrag:e2fsprogs"
+    "mkfs.ext4:e2fsprogs"
+    "prlimit:util-linux"
+    "c++:g++"
 )
 
 install_missing() {
@@ -104,6 +107,13 @@ python3 scripts/check-house.py
 
 step "cargo test --all-targets (unit, fuse-tests, cli)"
 cargo test --all-targets 2>&1 | tee "$RUN_TMP/cargo-test.log"
+# A short coverage-guided run of every fuzz target (the kept corpus and crashes are replayed by
+# tests/fuzz_corpus.rs above); STRATAFS_FUZZ_SECONDS per target, 0 skips.
+fuzz_secs=${STRATAFS_FUZZ_SECONDS:-20}
+if ((fuzz_secs > 0)); then
+    step "scripts/fuzz.sh --check $fuzz_secs (each target, instrumented build in fuzz/target)"
+    scripts/fuzz.sh --check "$fuzz_secs"
+fi
 shopt -s nullglob
 e2e_passed=0 e2e_failed=0 failed_scripts=()
 for script in scripts/e2e-*.sh; do

@@ -51,7 +51,13 @@ fn replay(target: &str) {
 fn every_target_has_a_replay() {
     assert_eq!(
         stratafs::fuzzing::TARGETS,
-        ["tar_apply", "image_archive", "mount_options", "plugin_json", "snapshotter"]
+        [
+            "tar_apply",
+            "image_archive",
+            "mount_options",
+            "plugin_json",
+            "snapshotter"
+        ]
     );
 }
 

@@ -35,7 +35,9 @@ fn substitute(text: &[u8], done: &[Vec<u8>]) -> Vec<u8> {
     let mut i = 0;
     while i < text.len() {
         let c = text[i];
-        let n = text.get(i + 1).and_then(|d| d.is_ascii_digit().then(|| (d - b'0') as usize));
+        let n = text
+            .get(i + 1)
+            .and_then(|d| d.is_ascii_digit().then(|| (d - b'0') as usize));
         match (c, n.and_then(|n| done.get(n))) {
             (b'@', Some(m)) => {
                 let hex = crate::image::digest::of_bytes(m);
@@ -110,7 +112,15 @@ fn selector(flags: u8) -> Selector {
             ..Default::default()
         },
         _ => Selector {
-            platform: Platform::parse(["linux/amd64", "linux/arm64/v8", "linux/arm", "windows/amd64"][v as usize]).ok(),
+            platform: Platform::parse(
+                [
+                    "linux/amd64",
+                    "linux/arm64/v8",
+                    "linux/arm",
+                    "windows/amd64",
+                ][v as usize],
+            )
+            .ok(),
             ..Default::default()
         },
     }
@@ -149,9 +159,18 @@ pub fn image_archive(data: &[u8]) {
     );
     match res {
         Ok(report) => {
-            let rec = store.find(&report.image.id).expect("a loaded image is found");
-            for d in store.lower_dirs(&rec).expect("a loaded image has its layers") {
-                assert!(d.is_dir(), "layer {} of a loaded image is missing", d.display());
+            let rec = store
+                .find(&report.image.id)
+                .expect("a loaded image is found");
+            for d in store
+                .lower_dirs(&rec)
+                .expect("a loaded image has its layers")
+            {
+                assert!(
+                    d.is_dir(),
+                    "layer {} of a loaded image is missing",
+                    d.display()
+                );
             }
         }
         Err(_) => {

@@ -64,7 +64,9 @@ pub fn plugin_json(data: &[u8]) {
             None => (c, &[][..]),
         };
         let head = String::from_utf8_lossy(head);
-        let head = head.trim_start_matches('/').trim_start_matches("GraphDriver.");
+        let head = head
+            .trim_start_matches('/')
+            .trim_start_matches("GraphDriver.");
         let (method, query) = head.split_once('?').unwrap_or((head, ""));
         call(&driver, method, query, body);
     }

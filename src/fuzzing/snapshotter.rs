@@ -76,11 +76,17 @@ pub fn snapshotter(data: &[u8]) {
             op @ (0 | 1) => {
                 let kind = if op == 0 { Kind::Active } else { Kind::View };
                 let (k, parent, labels) = (key(&mut input), key(&mut input), labels(&mut input));
-                let parent_ok =
-                    parent.is_empty() || model.get(&parent).is_some_and(|(k, _)| *k == Kind::Committed);
+                let parent_ok = parent.is_empty()
+                    || model
+                        .get(&parent)
+                        .is_some_and(|(k, _)| *k == Kind::Committed);
                 let may = !k.is_empty() && !model.contains_key(&k) && parent_ok;
                 let res = c.create(kind, &k, &parent, labels);
-                assert_eq!(res.is_ok(), may, "create {kind:?} {k:?} on {parent:?}: {res:?}");
+                assert_eq!(
+                    res.is_ok(),
+                    may,
+                    "create {kind:?} {k:?} on {parent:?}: {res:?}"
+                );
                 if let Ok(mounts) = res {
                     assert!(!mounts.is_empty(), "no mounts for {k:?}");
                     model.insert(k, (kind, parent));
@@ -127,7 +133,13 @@ pub fn snapshotter(data: &[u8]) {
                     .iter()
                     .all(|p| p == "labels" || p.starts_with("labels."));
                 let may = model.contains_key(&name) && paths_ok;
-                let res = c.update(Update { name: name.clone(), labels }, Some(paths));
+                let res = c.update(
+                    Update {
+                        name: name.clone(),
+                        labels,
+                    },
+                    Some(paths),
+                );
                 assert_eq!(res.is_ok(), may, "update {name:?}: {res:?}");
             }
             6 => {
@@ -145,13 +157,20 @@ pub fn snapshotter(data: &[u8]) {
             }
             8 => {
                 let removed = c.cleanup().expect("cleanup");
-                assert!(removed.is_empty(), "cleanup removed live layers {removed:?}");
+                assert!(
+                    removed.is_empty(),
+                    "cleanup removed live layers {removed:?}"
+                );
             }
             9 => {
                 let before = listing(c);
                 drop(core.take());
                 let again = Core::open(&root).expect("reopening the snapshotter");
-                assert_eq!(listing(&again), before, "the state changed across a restart");
+                assert_eq!(
+                    listing(&again),
+                    before,
+                    "the state changed across a restart"
+                );
                 core = Some(again);
             }
             _ => agree(c, &model),

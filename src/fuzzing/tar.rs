@@ -37,7 +37,11 @@ pub fn tar_apply(data: &[u8]) {
     let merged = flags & 1 != 0;
     let scratch = super::scratch();
     let root = scratch.path();
-    let (outside, parent, layer) = (root.join("outside"), root.join("parent"), root.join("layer"));
+    let (outside, parent, layer) = (
+        root.join("outside"),
+        root.join("parent"),
+        root.join("layer"),
+    );
     for d in [&outside, &parent, &layer] {
         std::fs::create_dir(d).expect("creating a scratch directory");
     }

@@ -25,11 +25,7 @@ pub(crate) struct Node {
 
 /// Every entry under `root` (relative paths, `""` for the root itself), except the relative
 /// paths in `skip` and what is below them.
-pub(crate) fn picture(
-    root: &Path,
-    skip: &[&Path],
-    dir_mtimes: bool,
-) -> BTreeMap<PathBuf, Node> {
+pub(crate) fn picture(root: &Path, skip: &[&Path], dir_mtimes: bool) -> BTreeMap<PathBuf, Node> {
     let mut out = BTreeMap::new();
     walk(root, Path::new(""), skip, dir_mtimes, &mut out);
     out
@@ -111,7 +107,11 @@ fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Panic naming the first difference between two pictures.
-pub(crate) fn assert_same(what: &str, before: &BTreeMap<PathBuf, Node>, after: &BTreeMap<PathBuf, Node>) {
+pub(crate) fn assert_same(
+    what: &str,
+    before: &BTreeMap<PathBuf, Node>,
+    after: &BTreeMap<PathBuf, Node>,
+) {
     if before == after {
         return;
     }

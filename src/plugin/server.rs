@@ -344,7 +344,11 @@ pub(crate) fn apply_diff_query(query: &str) -> (String, String) {
 }
 
 /// The JSON calls. `None` for an unknown method.
-pub(crate) fn dispatch(driver: &dyn Driver, method: &str, req: &LayerRequest) -> Result<Option<Reply>> {
+pub(crate) fn dispatch(
+    driver: &dyn Driver,
+    method: &str,
+    req: &LayerRequest,
+) -> Result<Option<Reply>> {
     let id = req.id();
     let parent = req.parent();
     let reply = match method {
@@ -463,8 +467,7 @@ async fn read_json<T: DeserializeOwned + Default>(
             ))
         }
     };
-    parse_body(&bytes)
-        .map_err(|e| json_reply(StatusCode::BAD_REQUEST, Reply::error(e)))
+    parse_body(&bytes).map_err(|e| json_reply(StatusCode::BAD_REQUEST, Reply::error(e)))
 }
 
 /// A request body as JSON; an empty (or blank) body is the default request.
