@@ -6,6 +6,7 @@ mod common;
 mod conformance;
 mod image;
 mod limits;
+mod limits_disk;
 mod read;
 mod restart;
 mod ring;

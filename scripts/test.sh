@@ -14,6 +14,9 @@ REQUIRED=(
     "setpriv:util-linux"
     "filefrag:e2fsprogs"
     "mkfs.xfs:xfsprogs"
+    "mkfs.ext4:e2fsprogs"
+    "prlimit:util-linux"
+    "c++:g++"
 )
 
 install_missing() {
@@ -83,6 +86,11 @@ install_missing
 if [[ ! -e /dev/fuse ]]; then
     modprobe fuse 2>/dev/null || true
 fi
+# The fuse control filesystem: the unmount code (and the restart tests) find a mount's
+# connection there, to abort one whose server is gone.
+if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/fuse/connections 2>/dev/null; then
+    mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null || true
+fi
 [[ -e /dev/fuse ]] || echo "warning: /dev/fuse is missing; FUSE tests will fail" >&2
 [[ $(id -u) -eq 0 ]] || echo "warning: not root; FUSE tests need root" >&2
 cargo --version
@@ -126,7 +134,6 @@ STRATAFS_EXTRA_MOUNT_OPTS=nopassthrough cargo test --test fuse 2>&1 | tee -a "$R
 step "scripts/crash.sh 12 (simulated power cuts, ext4 and XFS)"
 scripts/crash.sh 12
 
-
 # The FUSE suite again with every mount on the io_uring transport (issue 18, ~8 min on 2
 # cores): enable_uring is set for this step and put back as it was (also by the exit trap).
 step "cargo test --test fuse over io_uring (STRATAFS_EXTRA_MOUNT_OPTS=uring)"
@@ -136,6 +143,14 @@ if [[ -w $URING_PARAM ]] && uring_old=$(cat "$URING_PARAM") && echo Y >"$URING_P
 else
     uring_old=
     echo "skipped: this kernel has no settable $URING_PARAM (FUSE over io_uring needs Linux 6.14+ and root)" >&2
+fi
+
+# A short coverage-guided run of every fuzz target (the kept corpus and crashes are replayed by
+# tests/fuzz_corpus.rs above); STRATAFS_FUZZ_SECONDS per target, 0 skips.
+fuzz_secs=${STRATAFS_FUZZ_SECONDS:-20}
+if ((fuzz_secs > 0)); then
+    step "scripts/fuzz.sh --check $fuzz_secs (each target, instrumented build in fuzz/target)"
+    scripts/fuzz.sh --check "$fuzz_secs"
 fi
 shopt -s nullglob
 e2e_passed=0 e2e_failed=0 failed_scripts=()

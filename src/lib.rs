@@ -12,6 +12,8 @@
 pub mod archive;
 pub mod driver;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod layer;
 pub mod plugin;

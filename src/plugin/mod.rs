@@ -10,7 +10,7 @@
 
 pub mod bridge;
 pub mod proto;
-mod server;
+pub(crate) mod server;
 mod state;
 #[cfg(test)]
 mod tests;

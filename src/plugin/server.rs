@@ -307,15 +307,7 @@ impl Server {
         let Some(driver) = self.driver() else {
             return json_ok(Reply::error(Error::NotInitialized));
         };
-        let mut id = String::new();
-        let mut parent = String::new();
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
-                "id" => id = v.into_owned(),
-                "parent" => parent = v.into_owned(),
-                _ => {}
-            }
-        }
+        let (id, parent) = apply_diff_query(query);
         let mut reader = BodyReader::new(body, Handle::current());
         let result = blocking(move || {
             let parent = (!parent.is_empty()).then_some(parent.as_str());
@@ -337,8 +329,26 @@ impl Server {
     }
 }
 
+/// `ApplyDiff`'s layer and parent from its query string (`id=...&parent=...`).
+pub(crate) fn apply_diff_query(query: &str) -> (String, String) {
+    let mut id = String::new();
+    let mut parent = String::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "id" => id = v.into_owned(),
+            "parent" => parent = v.into_owned(),
+            _ => {}
+        }
+    }
+    (id, parent)
+}
+
 /// The JSON calls. `None` for an unknown method.
-fn dispatch(driver: &dyn Driver, method: &str, req: &LayerRequest) -> Result<Option<Reply>> {
+pub(crate) fn dispatch(
+    driver: &dyn Driver,
+    method: &str,
+    req: &LayerRequest,
+) -> Result<Option<Reply>> {
     let id = req.id();
     let parent = req.parent();
     let reply = match method {
@@ -457,15 +467,17 @@ async fn read_json<T: DeserializeOwned + Default>(
             ))
         }
     };
+    parse_body(&bytes).map_err(|e| json_reply(StatusCode::BAD_REQUEST, Reply::error(e)))
+}
+
+/// A request body as JSON; an empty (or blank) body is the default request.
+pub(crate) fn parse_body<T: DeserializeOwned + Default>(
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        json_reply(
-            StatusCode::BAD_REQUEST,
-            Reply::error(format!("parsing request body: {e}")),
-        )
-    })
+    serde_json::from_slice(bytes).map_err(|e| format!("parsing request body: {e}"))
 }
 
 fn json_ok(reply: Reply) -> Response<Body> {

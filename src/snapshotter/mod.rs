@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 use self::api::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
 use self::api::snapshots::*;
 pub use self::core::{Core, Update, FUSE_MOUNT_TYPE};
+pub use self::meta::Kind;
 use crate::error::{Error, IoContext};
 
 /// Default socket containerd's `[proxy_plugins.stratafs]` points at.

@@ -140,9 +140,7 @@ impl MountOptions {
                         .map(PathBuf::from),
                 ),
                 "lowerdir_file" => {
-                    let p = need()?;
-                    let text =
-                        std::fs::read_to_string(&p).ctx(|| format!("reading lowerdir_file {p}"))?;
+                    let text = read_lowerdir_file(&need()?)?;
                     o.lowerdirs
                         .extend(text.lines().filter(|l| !l.is_empty()).map(PathBuf::from));
                 }
@@ -255,6 +253,32 @@ impl MountOptions {
     }
 }
 
+/// Largest `lowerdir_file=` read: a path a line, far more layers than the kernel stacks.
+const LOWERDIR_FILE_MAX: u64 = 16 << 20;
+
+/// The text of a `lowerdir_file=`: a regular file (a FIFO would block the parse, `/dev/zero`
+/// would never end), at most [`LOWERDIR_FILE_MAX`] bytes.
+fn read_lowerdir_file(p: &str) -> Result<String> {
+    use std::io::Read as _;
+    let bad = |reason: String| Error::InvalidMountOption {
+        option: format!("lowerdir_file={p}"),
+        reason,
+    };
+    let md = std::fs::metadata(p).ctx(|| format!("reading lowerdir_file {p}"))?;
+    if !md.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let f = std::fs::File::open(p).ctx(|| format!("reading lowerdir_file {p}"))?;
+    let mut text = String::new();
+    f.take(LOWERDIR_FILE_MAX + 1)
+        .read_to_string(&mut text)
+        .ctx(|| format!("reading lowerdir_file {p}"))?;
+    if text.len() as u64 > LOWERDIR_FILE_MAX {
+        return Err(bad(format!("larger than {LOWERDIR_FILE_MAX} bytes")));
+    }
+    Ok(text)
+}
+
 /// Split on `sep` unless escaped with a backslash. `\SEP` becomes `SEP`; other escapes are kept
 /// for the inner split when `keep_other` (the outer comma split), else `\x` becomes `x`.
 fn split_escaped_with(s: &str, sep: char, keep_other: bool) -> Vec<String> {
@@ -347,6 +371,21 @@ mod tests {
         assert_eq!(o.lowerdirs.len(), 4);
         assert_eq!(o.lowerdirs[0], PathBuf::from("/top"));
         assert_eq!(o.lowerdirs[3], PathBuf::from("/x/3"));
+    }
+
+    #[test]
+    fn lowerdir_file_must_be_a_small_regular_file() {
+        // Found writing the fuzz target: /dev/zero was read until memory ran out.
+        let e = MountOptions::parse("lowerdir_file=/dev/zero").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("huge");
+        std::fs::File::create(&f)
+            .unwrap()
+            .set_len(LOWERDIR_FILE_MAX + 1)
+            .unwrap();
+        let e = MountOptions::parse(&format!("lowerdir_file={}", f.display())).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
     }
 
     #[test]
