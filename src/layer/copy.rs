@@ -81,8 +81,15 @@ fn copy_data(s: &Path, d: &Path) -> io::Result<()> {
     if sys::ficlone(dst.as_fd(), src.as_fd()).is_ok() {
         return Ok(());
     }
-    // std's File-to-File copy uses copy_file_range on Linux.
-    io::copy(&mut src, &mut dst).map(drop)
+    // std's File-to-File copy uses copy_file_range on Linux, which a signal can interrupt
+    // (EINTR); both files' offsets stand where it stopped, so go on from there. Found by the
+    // tar_apply fuzz target: an interrupted copy stopped a rollback half way.
+    loop {
+        match io::copy(&mut src, &mut dst) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
 }
 
 /// Owner, xattrs, mode and times of `s` onto `d` (in that order: chown clears set-id bits).
