@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{mount_stratafs, tree_listing, MountGuard};
+use crate::common::{mount_stratafs, run_has_writeback_cache, tree_listing, MountGuard};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: usize = 4096;
@@ -564,6 +564,11 @@ fn crash_during_overwrite_of_copied_up_file() {
     assert_eq!(fs::metadata(s.mp.join("data.bin")).unwrap().len(), SIZE);
     // Each block is old or new data; at least the part acknowledged before the kill is new.
     check_blocks(&up, SIZE, &[0x22, 0x33], false).unwrap();
+    if run_has_writeback_cache() {
+        // Acknowledged but unsynced writes may have been in the kernel's cache only.
+        check_blocks(&s.lower.join("data.bin"), SIZE, &[0x22], false).unwrap();
+        return;
+    }
     let mut head = vec![0u8; BLOCK];
     fs::File::open(&up).unwrap().read_exact(&mut head).unwrap();
     let mut want = vec![0u8; BLOCK];

@@ -186,3 +186,13 @@ pub fn reflinks(dir: &Path) -> bool {
     let _ = std::fs::remove_file(&b);
     ok
 }
+
+/// Whether this run's mounts get the kernel's writeback cache: every mount without passthrough
+/// (the test command's `STRATAFS_EXTRA_MOUNT_OPTS=nopassthrough` rerun) unless `nowriteback`.
+/// A write(2) the kernel has acknowledged may then still wait in its page cache: a server
+/// killed before the write-back loses it, as a power cut loses what was not fsynced.
+pub fn run_has_writeback_cache() -> bool {
+    let extra = std::env::var(stratafs::union::server::EXTRA_OPTS_ENV).unwrap_or_default();
+    let has = |name: &str| extra.split(',').any(|o| o.trim() == name);
+    has("nopassthrough") && !has("nowriteback")
+}
