@@ -151,33 +151,13 @@ impl ImageStore {
             // What the tar reader left (end padding) counts for the digest and the copy.
             let rest = io::copy(&mut tee, &mut io::sink());
             let built = built?;
-            rest.map_err(|e| Error::MalformedArchive {
-                entry: Some(l.path.clone()),
-                reason: format!("reading the layer: {e}"),
-            })?;
-            let (actual, count) = tee.inner.finish().map_err(|e| Error::MalformedArchive {
-                entry: Some(l.path.clone()),
-                reason: format!("reading the layer: {e}"),
-            })?;
-            if actual != l.diff_id {
-                return Err(Error::DigestMismatch {
-                    what: format!("uncompressed layer {}", l.path),
-                    expected: l.diff_id.clone(),
-                    actual,
-                });
-            }
+            rest.map_err(|e| l.read_error(e))?;
+            let (actual, count) = tee.inner.finish().map_err(|e| l.read_error(e))?;
+            l.check_diff_id(actual)?;
             (built, count)
         };
         let (actual, _) = raw.finish().ctx(|| format!("reading {}", l.path))?;
-        if let Some(want) = &l.blob_digest {
-            if &actual != want {
-                return Err(Error::DigestMismatch {
-                    what: format!("layer blob {}", l.path),
-                    expected: want.clone(),
-                    actual,
-                });
-            }
-        }
+        l.check_blob_digest(actual)?;
         let entries = built.len();
         let body = built.encode(tar_len)?;
         let source = match (in_place, tmp.take()) {

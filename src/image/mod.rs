@@ -393,29 +393,12 @@ impl ImageStore {
             let mut plain = digest::Hashing::new(dec);
             let size =
                 crate::archive::apply_layer(&self.layers, id, &mut plain, &IdMappings::default())?;
-            let (actual, _) = plain.finish().map_err(|e| Error::MalformedArchive {
-                entry: Some(l.path.clone()),
-                reason: format!("reading the layer: {e}"),
-            })?;
-            if actual != l.diff_id {
-                return Err(Error::DigestMismatch {
-                    what: format!("uncompressed layer {}", l.path),
-                    expected: l.diff_id.clone(),
-                    actual,
-                });
-            }
+            let (actual, _) = plain.finish().map_err(|e| l.read_error(e))?;
+            l.check_diff_id(actual)?;
             size
         };
         let (actual, _) = raw.finish().ctx(|| format!("reading {}", l.path))?;
-        if let Some(want) = &l.blob_digest {
-            if &actual != want {
-                return Err(Error::DigestMismatch {
-                    what: format!("layer blob {}", l.path),
-                    expected: want.clone(),
-                    actual,
-                });
-            }
-        }
+        l.check_blob_digest(actual)?;
         Ok(size)
     }
 
@@ -632,3 +615,38 @@ impl ImageStore {
 
 #[cfg(test)]
 mod tests;
+
+/// The checks every reader of a layer blob makes once it has read it all.
+impl format::LayerRef {
+    /// A read of the layer's tar that failed.
+    pub(crate) fn read_error(&self, e: std::io::Error) -> Error {
+        Error::MalformedArchive {
+            entry: Some(self.path.clone()),
+            reason: format!("reading the layer: {e}"),
+        }
+    }
+
+    /// `actual`, the digest of the uncompressed tar, must be the layer's diff id.
+    pub(crate) fn check_diff_id(&self, actual: String) -> Result<()> {
+        if actual != self.diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("uncompressed layer {}", self.path),
+                expected: self.diff_id.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// `actual`, the digest of the blob as stored, must be the one the archive names (if any).
+    pub(crate) fn check_blob_digest(&self, actual: String) -> Result<()> {
+        match &self.blob_digest {
+            Some(want) if &actual != want => Err(Error::DigestMismatch {
+                what: format!("layer blob {}", self.path),
+                expected: want.clone(),
+                actual,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
