@@ -28,6 +28,25 @@ pub struct DirEntry {
     pub dir_layers: Box<[LayerIdx]>,
 }
 
+impl DirEntry {
+    /// The entry `name` as one layer holds it: a directory made up of that layer only so far
+    /// (the merge adds the layers below it).
+    pub fn of_layer(name: Arc<OsStr>, ino: u64, kind: FileKind, layer: LayerIdx) -> DirEntry {
+        let dir_layers: Box<[LayerIdx]> = if kind == FileKind::Directory {
+            Box::new([layer])
+        } else {
+            Box::default()
+        };
+        DirEntry {
+            name,
+            ino,
+            kind,
+            layer,
+            dir_layers,
+        }
+    }
+}
+
 /// A merged directory: entries in readdir order plus their positions sorted by name (a
 /// name index that does not store every name a second time: listings are most of the memory).
 #[derive(Debug, Clone, Default)]
@@ -189,17 +208,12 @@ pub fn merge_dir(all: &Layers, rel: &Path, layers: &[LayerIdx]) -> io::Result<Li
                     return Ok(());
                 }
             }
-            entries.push(DirEntry {
-                name: name.into(),
-                ino: all.ino_for(li, d_ino),
+            entries.push(DirEntry::of_layer(
+                name.into(),
+                all.ino_for(li, d_ino),
                 kind,
-                layer: li,
-                dir_layers: if is_dir {
-                    Box::new([li])
-                } else {
-                    Box::default()
-                },
-            });
+                li,
+            ));
             open.push(is_dir);
             Ok(())
         };

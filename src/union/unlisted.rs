@@ -44,17 +44,12 @@ impl Tree {
                     let is_dir = kind == FileKind::Directory;
                     match &mut found {
                         None => {
-                            found = Some(DirEntry {
-                                name: Arc::from(name),
-                                ino: self.layers.ino_for(li, st.st_ino),
+                            found = Some(DirEntry::of_layer(
+                                Arc::from(name),
+                                self.layers.ino_for(li, st.st_ino),
                                 kind,
-                                layer: li,
-                                dir_layers: if is_dir {
-                                    Box::new([li])
-                                } else {
-                                    Box::default()
-                                },
-                            })
+                                li,
+                            ))
                         }
                         // A directory above merges with a directory below; anything else
                         // ends the name.

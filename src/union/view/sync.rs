@@ -99,18 +99,8 @@ pub(super) fn add_stat_to_listing(fs: &View, parent: u64, name: &OsStr, st: &lib
     if let Ok(n) = fs.tree.node(ino) {
         n.xattrs_changing();
     }
-    let entry = DirEntry {
-        name: name.into(),
-        ino,
-        kind,
-        layer: 0,
-        // New (or re-created over a whiteout, hence opaque): nothing below shows through.
-        dir_layers: if kind == FileKind::Directory {
-            Box::new([0])
-        } else {
-            Box::new([])
-        },
-    };
+    // New (or re-created over a whiteout, hence opaque): nothing below shows through.
+    let entry = DirEntry::of_layer(name.into(), ino, kind, 0);
     fs.tree.update_listing(parent, |l| l.insert(entry));
 }
 
