@@ -74,7 +74,7 @@ pub fn apply_to_dir(
     mode: ApplyMode,
     restore: Option<&Path>,
 ) -> Result<()> {
-    let before = crate::sys::lstat(dir).ctx(|| format!("stat {}", dir.display()))?;
+    let before = RootAttrs::read(dir)?;
     let res = apply::apply_tar(dir, tar, maps, mode);
     if let Err(err) = &res {
         tracing::warn!(dir = %dir.display(), %err, "apply failed; rolling the layer back");
@@ -83,7 +83,7 @@ pub fn apply_to_dir(
             if let Some(src) = restore {
                 crate::layer::copy::copy_tree_contents(src, dir)?;
             }
-            restore_root(dir, &before)
+            before.restore(dir)
         })();
         if let Err(e) = rollback {
             tracing::error!(dir = %dir.display(), %e, "could not roll back a failed apply");
@@ -92,19 +92,61 @@ pub fn apply_to_dir(
     res
 }
 
-fn restore_root(dir: &Path, st: &libc::stat) -> Result<()> {
-    use std::os::fd::AsFd;
-    let fd = crate::sys::open_dir(dir).ctx(|| format!("opening {}", dir.display()))?;
-    let _ = crate::sys::lchownat(fd.as_fd(), Path::new(""), st.st_uid, st.st_gid);
-    crate::sys::fchmod(fd.as_fd(), st.st_mode & 0o7777)
-        .ctx(|| format!("chmod {}", dir.display()))?;
-    crate::sys::lutimensat(
-        fd.as_fd(),
-        Path::new(""),
-        (st.st_atime, st.st_atime_nsec),
-        (st.st_mtime, st.st_mtime_nsec),
-    )
-    .ctx(|| format!("setting times of {}", dir.display()))
+/// The layer root's own attributes before an apply: a `./` entry of the tar changes its owner,
+/// mode, times and xattrs, so a rollback puts all of them back (found by the tar_apply fuzzer:
+/// a failed apply left the root with the tar's `user.*` xattr).
+struct RootAttrs {
+    st: libc::stat,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl RootAttrs {
+    fn read(dir: &Path) -> Result<RootAttrs> {
+        let st = crate::sys::lstat(dir).ctx(|| format!("stat {}", dir.display()))?;
+        let names =
+            crate::sys::llistxattr(dir).ctx(|| format!("listing xattrs of {}", dir.display()))?;
+        let mut xattrs = Vec::new();
+        for name in names {
+            // The kernel's xattr names are prefixed ASCII ("user.", "trusted."...).
+            let Ok(name) = String::from_utf8(name) else {
+                continue;
+            };
+            if let Some(value) = crate::sys::lgetxattr(dir, &name)
+                .ctx(|| format!("reading xattr {name} of {}", dir.display()))?
+            {
+                xattrs.push((name, value));
+            }
+        }
+        Ok(RootAttrs { st, xattrs })
+    }
+
+    fn restore(&self, dir: &Path) -> Result<()> {
+        use std::os::fd::AsFd;
+        let st = &self.st;
+        let fd = crate::sys::open_dir(dir).ctx(|| format!("opening {}", dir.display()))?;
+        let _ = crate::sys::lchownat(fd.as_fd(), Path::new(""), st.st_uid, st.st_gid);
+        crate::sys::fchmod(fd.as_fd(), st.st_mode & 0o7777)
+            .ctx(|| format!("chmod {}", dir.display()))?;
+        let now =
+            crate::sys::llistxattr(dir).ctx(|| format!("listing xattrs of {}", dir.display()))?;
+        for name in now.iter().filter_map(|n| std::str::from_utf8(n).ok()) {
+            if !self.xattrs.iter().any(|(kept, _)| kept == name) {
+                crate::sys::lremovexattr_if_present(dir, name)
+                    .ctx(|| format!("removing xattr {name} of {}", dir.display()))?;
+            }
+        }
+        for (name, value) in &self.xattrs {
+            crate::sys::lsetxattr(dir, name, value)
+                .ctx(|| format!("restoring xattr {name} of {}", dir.display()))?;
+        }
+        crate::sys::lutimensat(
+            fd.as_fd(),
+            Path::new(""),
+            (st.st_atime, st.st_atime_nsec),
+            (st.st_mtime, st.st_mtime_nsec),
+        )
+        .ctx(|| format!("setting times of {}", dir.display()))
+    }
 }
 
 /// Write layer `id`'s own changes (against its own parent) as a tar, walking only its `diff/`.
