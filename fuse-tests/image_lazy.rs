@@ -12,7 +12,7 @@ use super::{fuse_mounted, mount, ok, stratafs, Mounted};
 
 /// A deterministic pseudo-random byte sequence (xorshift), incompressible enough to make
 /// gzip and zstd streams of real length.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -81,7 +81,7 @@ impl Layer {
 
 /// Three layers with owners, modes, mtimes, xattrs, hard links, symlinks, a fifo, whiteouts,
 /// an opaque directory, a long name and a big file.
-fn rich_layers(big: &[u8]) -> Vec<Vec<u8>> {
+pub(super) fn rich_layers(big: &[u8]) -> Vec<Vec<u8>> {
     let long = format!("deep/{}", "n".repeat(200));
     vec![
         Layer::new()
@@ -117,7 +117,7 @@ fn rich_layers(big: &[u8]) -> Vec<Vec<u8>> {
 
 /// Everything the view shows of each path under `dir`: type, mode, owner, size, mtime,
 /// content digest, link target, user xattrs, and which names share an inode.
-fn full_tree(dir: &Path) -> BTreeMap<String, String> {
+pub(super) fn full_tree(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];

@@ -20,6 +20,7 @@ pub mod digest;
 pub mod format;
 pub mod lazy;
 pub mod source;
+pub mod writable;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -99,6 +100,9 @@ pub struct LayerMeta {
 pub struct MountRecord {
     pub dir: PathBuf,
     pub image: String,
+    /// The upper directory of a writable mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
 }
 
 /// Unpacking progress, reported by [`ImageStore::load`].
