@@ -89,7 +89,7 @@ pub enum ImageCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
-    /// Remove layers no stored image uses.
+    /// Remove layers no stored image uses, and tar indexes no lazily indexed image uses.
     Prune,
     /// The changes from image A to image B (archives or stored images), as `docker diff`.
     Diff { a: String, b: String },
@@ -393,12 +393,19 @@ fn umount(store: &ImageStore, dir: &Path) -> Result<()> {
 }
 
 fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
-    let images = store.list()?;
+    // Unpacked images, then the lazily indexed ones (sizes in tar bytes).
+    let images: Vec<(&str, ImageRecord)> = store
+        .list()?
+        .into_iter()
+        .map(|r| ("unpacked", r))
+        .chain(store.list_lazy()?.into_iter().map(|r| ("lazy", r)))
+        .collect();
     let mounts = store.mounts()?;
     #[derive(Serialize)]
     struct Row<'a> {
         #[serde(flatten)]
         image: &'a ImageRecord,
+        kind: &'a str,
         size: u64,
         mounted_at: Vec<&'a Path>,
     }
@@ -412,8 +419,9 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
     if cli.json {
         let rows: Vec<Row> = images
             .iter()
-            .map(|i| Row {
+            .map(|(kind, i)| Row {
                 image: i,
+                kind,
                 size: i.size(),
                 mounted_at: mounted(&i.id),
             })
@@ -424,11 +432,12 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
         "IMAGE".to_string(),
         "TAGS".into(),
         "PLATFORM".into(),
+        "KIND".into(),
         "LAYERS".into(),
         "SIZE".into(),
         "MOUNTED AT".into(),
     ]];
-    for i in &images {
+    for (kind, i) in &images {
         let m: Vec<String> = mounted(&i.id)
             .iter()
             .map(|p| p.display().to_string())
@@ -441,6 +450,7 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
                 i.tags.join(",")
             },
             format!("{}/{}", i.os, i.architecture),
+            kind.to_string(),
             i.layers.len().to_string(),
             human_size(i.size()),
             if m.is_empty() {
@@ -454,6 +464,7 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
             rows.push(vec![
                 format!("  {}", n),
                 hex[..hex.len().min(12)].to_string(),
+                String::new(),
                 String::new(),
                 String::new(),
                 human_size(l.size),

@@ -77,7 +77,7 @@ impl ImageStore {
             }
         }
         let total = img.layers.len();
-        let (mut indexes, mut indexed) = (Vec::new(), Vec::new());
+        let (mut indexes, mut indexed, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
         for (i, l) in img.layers.iter().enumerate() {
             let idx = dir.join(format!("{}.idx", key(&l.diff_id)?));
             let fresh = idx.is_file() && DataSource::load(&idx).is_ok_and(|s| s.still_valid());
@@ -87,9 +87,11 @@ impl ImageStore {
                 indexed.push(l.diff_id.clone());
             }
             progress.layer_done();
+            sizes.push(tarindex::tar_len_of(&idx).ctx(|| format!("reading {}", idx.display()))?);
             indexes.push(idx);
         }
         indexes.reverse();
+        self.record_lazy(&img, archive, &sizes)?;
         let short = img.id.trim_start_matches("sha256:");
         Ok(LazyImage {
             short_id: short[..short.len().min(12)].to_string(),

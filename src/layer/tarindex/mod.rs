@@ -313,6 +313,17 @@ impl TarIndex {
     }
 }
 
+/// The bytes of the tar that the index file at `path` describes (read from its header only).
+pub fn tar_len_of(path: &Path) -> io::Result<u64> {
+    use std::io::Read;
+    let mut head = [0u8; HEADER];
+    std::fs::File::open(path)?.read_exact(&mut head)?;
+    if &head[..8] != MAGIC {
+        return Err(bad("not a stratafs tar index"));
+    }
+    Ok(u64_at(&head, 24))
+}
+
 /// Where the bytes of an indexed tar are: a file (an image archive, or the decompressed copy
 /// kept beside the index) and the tar's first byte in it. Kept beside the index as
 /// `<name>.src` (JSON); `dev`, `ino`, `len` and `mtime` tell whether the file is still the
