@@ -138,8 +138,14 @@ impl ImageStore {
                 });
             }
         }
-        let mut raw = digest::Hashing::new(blob).with_progress(Box::new(|n| progress.advance(n)));
-        let (built, tar_len) = {
+        // An uncompressed blob is the tar itself: one digest serves as both (hashing it twice
+        // was half of the index pass of a big docker-save layer).
+        let mut raw = match compressed {
+            true => digest::Hashing::new(blob),
+            false => digest::Hashing::counting(blob),
+        }
+        .with_progress(Box::new(|n| progress.advance(n)));
+        let (built, tar_len, tar_digest) = {
             let dec = decompress::auto(&mut raw)?;
             let out = match &tmp {
                 Some(t) => Some(t.as_file().try_clone().ctx(|| "opening the layer copy")?),
@@ -155,11 +161,13 @@ impl ImageStore {
             let built = built?;
             rest.map_err(|e| l.read_error(e))?;
             let (actual, count) = tee.inner.finish().map_err(|e| l.read_error(e))?;
-            l.check_diff_id(actual)?;
-            (built, count)
+            l.check_diff_id(actual.clone())?;
+            (built, count, actual)
         };
-        let (actual, _) = raw.finish().ctx(|| format!("reading {}", l.path))?;
-        l.check_blob_digest(actual)?;
+        let (blob_digest, _) = raw
+            .finish_counting()
+            .ctx(|| format!("reading {}", l.path))?;
+        l.check_blob_digest(blob_digest.unwrap_or(tar_digest))?;
         let entries = built.len();
         let body = built.encode(tar_len)?;
         let source = match (in_place, tmp.take()) {
