@@ -15,6 +15,9 @@ use kit::{Comp, TestImage, E};
 #[path = "image_lazy.rs"]
 mod lazy;
 
+#[path = "image_writable.rs"]
+mod writable;
+
 fn stratafs(root: &Path, args: &[&str]) -> Output {
     Command::new(stratafs_bin())
         .arg("--root")

@@ -12,7 +12,7 @@ use super::{fuse_mounted, mount, ok, stratafs, Mounted};
 
 /// A deterministic pseudo-random byte sequence (xorshift), incompressible enough to make
 /// gzip and zstd streams of real length.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -81,7 +81,7 @@ impl Layer {
 
 /// Three layers with owners, modes, mtimes, xattrs, hard links, symlinks, a fifo, whiteouts,
 /// an opaque directory, a long name and a big file.
-fn rich_layers(big: &[u8]) -> Vec<Vec<u8>> {
+pub(super) fn rich_layers(big: &[u8]) -> Vec<Vec<u8>> {
     let long = format!("deep/{}", "n".repeat(200));
     vec![
         Layer::new()
@@ -117,7 +117,7 @@ fn rich_layers(big: &[u8]) -> Vec<Vec<u8>> {
 
 /// Everything the view shows of each path under `dir`: type, mode, owner, size, mtime,
 /// content digest, link target, user xattrs, and which names share an inode.
-fn full_tree(dir: &Path) -> BTreeMap<String, String> {
+pub(super) fn full_tree(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -352,4 +352,59 @@ fn a_corrupt_or_cut_archive_is_refused_by_a_lazy_mount() {
         })
         .unwrap_or_default();
     assert!(!left.iter().any(|n| n.starts_with(&base)), "{left:?}");
+}
+
+/// The layer files (`.idx`, `.src`, `.tar`) in the index directory under `root`.
+fn index_files(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root.join("images/index"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".idx") || n.ends_with(".src") || n.ends_with(".tar"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn lazily_indexed_images_are_listed_removed_and_pruned() {
+    let d = tempfile::tempdir().unwrap();
+    let img = TestImage::new("sample:1", kit::sample_layers());
+    let archive = d.path().join("a.tar");
+    kit::write_tar(&archive, &kit::docker_files(&[&img], Comp::Gzip));
+    let root = d.path().join("root");
+    let m = mount(&root, &archive, &d.path().join("m"), &[]);
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(stratafs(&root, &["--json", "image", "ls"]))).unwrap();
+    let rows = ls.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{ls:#}");
+    assert_eq!(rows[0]["kind"], "lazy");
+    assert_eq!(rows[0]["tags"][0], "sample:1");
+    assert_eq!(rows[0]["mounted_at"].as_array().unwrap().len(), 1);
+    let layers = img.diff_ids().len();
+    // Index, source and decompressed copy of each layer.
+    assert_eq!(index_files(&root).len(), 3 * layers);
+    let rm = stratafs(&root, &["image", "rm", "sample:1"]);
+    assert!(!rm.status.success());
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("mounted"));
+    // Pruning keeps what a lazily indexed image names.
+    ok(stratafs(&root, &["image", "prune"]));
+    assert_eq!(index_files(&root).len(), 3 * layers);
+    ok(stratafs(
+        &root,
+        &["image", "umount", m.dir.to_str().unwrap()],
+    ));
+    ok(stratafs(&root, &["image", "rm", "sample:1"]));
+    assert!(index_files(&root).is_empty(), "{:?}", index_files(&root));
+    let ls = ok(stratafs(&root, &["--json", "image", "ls"]));
+    assert_eq!(ls.trim(), "[]");
+    // rm --keep-layers leaves the indexes for prune.
+    drop(mount(&root, &archive, &d.path().join("m2"), &[]));
+    ok(stratafs(
+        &root,
+        &["image", "rm", "--keep-layers", "sample:1"],
+    ));
+    assert_eq!(index_files(&root).len(), 3 * layers);
+    let pruned = ok(stratafs(&root, &["image", "prune"]));
+    assert_eq!(pruned.lines().count(), layers, "{pruned}");
+    assert!(index_files(&root).is_empty());
 }

@@ -5,11 +5,13 @@
 # from the tar): first `ls /` from mount start, second mount, find and tar -c against the
 # unpacked mount, the gzip index pass against `gzip -dc`, and the server's RSS. The image is built from the cached Debian rootfs tar: three layers
 # splitting the tree, plus a layer of changes (a 64 MiB file, edits, a deleted directory).
-# Usage: scripts/bench-image.sh  (run as root; builds the release binary)
+# Synthetic rows (scripts/lib/make-image.py): a 1.16 GB docker-save image (first ls / from mount
+# start, and the CPU time of `image mount`, which the machine's load does not change) and a
+# 1M-entry layer (server RSS after ls /, after find).
+# Usage: scripts/bench-image.sh [--lazy-only]  (run as root; builds the release binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/lib/rootfs.sh
-ROOTFS_TAR=$(ensure_rootfs_tar)
+LAZY_ONLY=${1:-}
 
 cargo build --release --quiet
 BIN=$PWD/target/release/stratafs
@@ -21,6 +23,41 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
+
+now() { date +%s.%N; }
+secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
+mount_rss() {  # RSS (MiB) of the mount server whose option file names the mount $1
+    for p in $(pgrep -f lowerdir_file); do
+        grep -qF "$1" "/proc/$p/cmdline" 2>/dev/null && awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$p/status"
+    done
+}
+synthetic_rows() {
+    python3 scripts/lib/make-image.py "$W/big.tar" big
+    python3 scripts/lib/make-image.py "$W/many.tar" many 1000000
+    sync
+    for round in 1 2; do
+        rm -rf "$W/syn"
+        t0=$(now)
+        /usr/bin/time -o "$W/cpu" -f "%U %S" "$BIN" --root "$W/syn" image mount "$W/big.tar" "$W/mb" >/dev/null
+        ls "$W/mb/" >/dev/null; t1=$(now)
+        echo "lazy, 1.16 GB docker save: first ls / from image mount start $(secs "$t0" "$t1") s, image mount CPU $(awk '{print $1 + $2}' "$W/cpu") s (round $round)"
+        "$BIN" --root "$W/syn" image umount "$W/mb"
+    done
+    rm -rf "$W/syn"
+    "$BIN" --root "$W/syn" image mount "$W/many.tar" "$W/mm" >/dev/null
+    ls "$W/mm/" >/dev/null
+    a=$(mount_rss "$W/mm")
+    find "$W/mm" >/dev/null
+    echo "lazy, 1M-entry layer: server RSS after ls / $a MiB, after find $(mount_rss "$W/mm") MiB"
+    "$BIN" --root "$W/syn" image umount "$W/mm"
+    rm -f "$W/big.tar" "$W/many.tar"
+}
+if [ "$LAZY_ONLY" = --lazy-only ]; then
+    synthetic_rows
+    exit 0
+fi
+source scripts/lib/rootfs.sh
+ROOTFS_TAR=$(ensure_rootfs_tar)
 
 echo "building the image from $ROOTFS_TAR" >&2
 mkdir -p "$W/src" "$W/layers"
@@ -86,8 +123,6 @@ open(f"{oci}/index.json", "w").write(json.dumps({"schemaVersion": 2, "manifests"
 EOF
 echo "docker.tar: $(du -sh "$W/docker.tar" | cut -f1), OCI layout (gzip): $(du -sh "$W/oci" | cut -f1)" >&2
 
-now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 sync
 
 t0=$(now); "$BIN" --root "$W/root" image mount --unpack "$W/docker.tar" "$W/m1" >/dev/null; t1=$(now)
@@ -175,3 +210,5 @@ echo "gzip -dc > /dev/null of the same layers: $(secs "$t0" "$t1") s"
 t0=$(now); tar -cf - -C "$W/m6" . | cat >/dev/null; t1=$(now)
 echo "tar -c (lazy, gzip layers from their decompressed copies): $(secs "$t0" "$t1") s"
 "$BIN" --root "$W/lazy-gz" image umount "$W/m6"
+
+synthetic_rows

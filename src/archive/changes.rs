@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Change, ChangeKind};
 use crate::error::{IoContext, Result};
+use crate::layer::tarindex::TarIndex;
 use crate::layer::whiteout::{self, NameKind};
 use crate::sys;
 
@@ -25,75 +26,171 @@ fn whited_out(dir: &Path, name: &OsStr) -> bool {
     matches!(sys::lstat(&dir.join(name)), Ok(st) if whiteout::is_whiteout_device(&st))
 }
 
+/// A lower layer as `changes` reads it: a directory, or the tar index of a lazily mounted
+/// image layer (which keeps whiteouts and opaque markers under their names, as a directory).
+enum LowerTree {
+    Dir(PathBuf),
+    Index(TarIndex),
+}
+
+impl LowerTree {
+    fn open(path: &Path) -> Result<LowerTree> {
+        let is_index = path.extension().is_some_and(|e| e == "idx")
+            && sys::lstat(path).is_ok_and(|st| !is_dir(&st));
+        if !is_index {
+            return Ok(LowerTree::Dir(path.to_path_buf()));
+        }
+        let idx = TarIndex::open(path).ctx(|| format!("reading {}", path.display()))?;
+        Ok(LowerTree::Index(idx))
+    }
+}
+
+fn open_lowers(lowers: &[PathBuf]) -> Result<Vec<LowerTree>> {
+    lowers.iter().map(|l| LowerTree::open(l)).collect()
+}
+
 /// Stat `rel` in the merged view of the lower layers `lowers` (topmost first): stops at
 /// whiteouts, opaque directories and non-directory components.
 pub fn lower_lookup(lowers: &[PathBuf], rel: &Path) -> Option<libc::stat> {
+    lookup_in(&open_lowers(lowers).ok()?, rel)
+}
+
+fn lookup_in(lowers: &[LowerTree], rel: &Path) -> Option<libc::stat> {
     let comps: Vec<&OsStr> = rel.iter().collect();
     if comps.is_empty() {
         return None;
     }
     for layer in lowers {
-        let mut dir = layer.clone();
-        let mut hides_lower = false;
-        for (i, c) in comps.iter().enumerate() {
-            if whited_out(&dir, c) {
-                return None;
-            }
-            let p = dir.join(c);
-            let Ok(st) = sys::lstat(&p) else {
-                break;
-            };
-            if i + 1 == comps.len() {
-                return Some(st);
-            }
-            if !is_dir(&st) {
-                return None;
-            }
-            if whiteout::is_opaque_dir(&p) {
-                hides_lower = true;
-            }
-            dir = p;
-        }
-        if hides_lower {
-            return None;
+        let found = match layer {
+            LowerTree::Dir(root) => dir_lookup(root, &comps),
+            LowerTree::Index(idx) => index_lookup(idx, &comps),
+        };
+        match found {
+            Found::Entry(st) => return Some(st),
+            Found::Hidden => return None,
+            Found::Absent => {}
         }
     }
     None
 }
 
+/// What one layer says of a path.
+enum Found {
+    Entry(libc::stat),
+    /// Whited out, below a non-directory, or below an opaque directory: lower layers do not
+    /// count.
+    Hidden,
+    /// Not in this layer: ask the next.
+    Absent,
+}
+
+fn dir_lookup(root: &Path, comps: &[&OsStr]) -> Found {
+    let mut dir = root.to_path_buf();
+    let mut hides_lower = false;
+    for (i, c) in comps.iter().enumerate() {
+        if whited_out(&dir, c) {
+            return Found::Hidden;
+        }
+        let p = dir.join(c);
+        let Ok(st) = sys::lstat(&p) else {
+            break;
+        };
+        if i + 1 == comps.len() {
+            return Found::Entry(st);
+        }
+        if !is_dir(&st) {
+            return Found::Hidden;
+        }
+        if whiteout::is_opaque_dir(&p) {
+            hides_lower = true;
+        }
+        dir = p;
+    }
+    if hides_lower {
+        Found::Hidden
+    } else {
+        Found::Absent
+    }
+}
+
+fn index_lookup(idx: &TarIndex, comps: &[&OsStr]) -> Found {
+    let mut dir = 0;
+    let mut hides_lower = false;
+    for (i, c) in comps.iter().enumerate() {
+        let marker = whiteout::whiteout_name(c);
+        if whiteout::marker_fits(c) && idx.child(dir, marker.as_bytes()).is_some() {
+            return Found::Hidden;
+        }
+        let Some(id) = idx.child(dir, c.as_bytes()) else {
+            break;
+        };
+        let st = idx.stat(id);
+        if i + 1 == comps.len() {
+            return Found::Entry(st);
+        }
+        if !is_dir(&st) {
+            return Found::Hidden;
+        }
+        if idx.child(id, whiteout::OPAQUE_MARKER.as_bytes()).is_some() {
+            hides_lower = true;
+        }
+        dir = id;
+    }
+    if hides_lower {
+        Found::Hidden
+    } else {
+        Found::Absent
+    }
+}
+
 /// Names visible in the lower view of directory `rel`.
-fn lower_children(lowers: &[PathBuf], rel: &Path) -> Result<BTreeSet<OsString>> {
+fn lower_children(lowers: &[LowerTree], rel: &Path) -> Result<BTreeSet<OsString>> {
     let mut names = BTreeSet::new();
     for layer in lowers {
-        let d = layer.join(rel);
-        // Through a descriptor: a path of any length.
-        let Ok(fd) = sys::open_dir(&d) else {
-            continue;
+        let mut add = |name: &OsStr| {
+            if whiteout::classify(name) == NameKind::Plain {
+                names.insert(name.to_os_string());
+            }
         };
-        let entries = sys::read_dir_fd(std::os::fd::AsFd::as_fd(&fd))
-            .ctx(|| format!("reading {}", d.display()))?;
-        for e in entries {
-            if whiteout::classify(&e.name) == NameKind::Plain {
-                names.insert(e.name);
+        match layer {
+            LowerTree::Dir(root) => {
+                let d = root.join(rel);
+                // Through a descriptor: a path of any length.
+                let Ok(fd) = sys::open_dir(&d) else {
+                    continue;
+                };
+                let entries = sys::read_dir_fd(std::os::fd::AsFd::as_fd(&fd))
+                    .ctx(|| format!("reading {}", d.display()))?;
+                for e in entries {
+                    add(&e.name);
+                }
+            }
+            LowerTree::Index(idx) => {
+                let Some(dir) = idx.lookup(rel) else { continue };
+                for c in idx.children(dir) {
+                    add(idx.name(c));
+                }
             }
         }
     }
     Ok(names
         .into_iter()
-        .filter(|n| lower_lookup(lowers, &rel.join(n)).is_some())
+        .filter(|n| lookup_in(lowers, &rel.join(n)).is_some())
         .collect())
 }
 
-/// Changes of the layer directory `upper` against the lower layers `lowers`.
+/// Changes of the layer directory `upper` against the lower layers `lowers` (directories or
+/// tar indexes, topmost first).
 pub fn layer_dir_changes(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
+    let lowers = open_lowers(lowers)?;
     let mut out = Vec::new();
-    walk_upper(upper, Path::new(""), lowers, &mut out)?;
+    walk_upper(upper, Path::new(""), &lowers, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path).then(a.kind.cmp(&b.kind)));
     out.dedup();
     Ok(out)
 }
 
-fn walk_upper(upper: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<Change>) -> Result<()> {
+fn walk_upper(upper: &Path, rel: &Path, lowers: &[LowerTree], out: &mut Vec<Change>) -> Result<()> {
     let dir = upper.join(rel);
     let names = walk::sorted_names(&dir)?;
     let mut present = HashSet::new();
@@ -115,7 +212,7 @@ fn walk_upper(upper: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<Change
                     continue;
                 }
                 present.insert(name.clone());
-                let kind = if lower_lookup(lowers, &crel).is_some() {
+                let kind = if lookup_in(lowers, &crel).is_some() {
                     ChangeKind::Modify
                 } else {
                     ChangeKind::Add

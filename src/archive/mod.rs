@@ -185,6 +185,12 @@ pub fn dir_getter(dir: &Path) -> Result<Box<dyn FileGetter>> {
     Ok(Box::new(getter::DirGetter::open(dir)?))
 }
 
+/// Changes of the upper directory `upper` of a mount against its lower layers (directories
+/// or tar indexes, topmost first), walking only `upper`.
+pub fn upper_changes(upper: &Path, lowers: &[std::path::PathBuf]) -> Result<Vec<Change>> {
+    changes::layer_dir_changes(upper, lowers)
+}
+
 /// Changes between two plain directory trees (`old` of `None` is the empty tree), comparing
 /// type, mode, owner, size, mtime, link target and xattrs.
 pub fn compare_trees(old: Option<&Path>, new: &Path) -> Result<Vec<Change>> {

@@ -65,9 +65,18 @@ pub enum ImageCommand {
         /// Unpack the layers into the store first (as `image load`) and mount those.
         #[arg(long)]
         unpack: bool,
+        /// Put an upper directory on top: changes go there (`image changes DIR` lists them).
+        #[arg(long)]
+        writable: bool,
+        /// The upper directory of a writable mount (made if missing; kept after unmount).
+        /// Default: a fresh one under `<root>/images/uppers/`.
+        #[arg(long, value_name = "UPPERDIR", requires = "writable")]
+        upper: Option<PathBuf>,
         image: String,
         dir: PathBuf,
     },
+    /// The changes a writable image mount at DIR made, as `docker diff` (A/C/D lines).
+    Changes { dir: PathBuf },
     /// Unmount an image mounted by `image mount`.
     Umount { dir: PathBuf },
     /// List stored images and their layers.
@@ -80,7 +89,7 @@ pub enum ImageCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
-    /// Remove layers no stored image uses.
+    /// Remove layers no stored image uses, and tar indexes no lazily indexed image uses.
     Prune,
     /// The changes from image A to image B (archives or stored images), as `docker diff`.
     Diff { a: String, b: String },
@@ -106,9 +115,19 @@ pub fn run(cli: &Cli, args: &ImageArgs) -> Result<ExitCode> {
         ImageCommand::Mount {
             pick,
             unpack,
+            writable,
+            upper,
             image,
             dir,
-        } => mount(cli, &store, pick, *unpack, image, dir)?,
+        } => {
+            let how = MountHow {
+                lazy: !*unpack,
+                writable: *writable,
+                upper: upper.as_deref(),
+            };
+            mount(cli, &store, pick, &how, image, dir)?
+        }
+        ImageCommand::Changes { dir } => changes(cli, &store, dir)?,
         ImageCommand::Umount { dir } => umount(&store, dir)?,
         ImageCommand::Ls => ls(cli, &store)?,
         ImageCommand::Rm {
@@ -236,11 +255,30 @@ fn mount_layers(
     Ok((rec.id.clone(), rec.short_id().to_string(), lowers))
 }
 
+/// How `image mount` mounts.
+struct MountHow<'a> {
+    /// Serve the layers from tar indexes (else unpack them).
+    lazy: bool,
+    writable: bool,
+    upper: Option<&'a Path>,
+}
+
+/// `path` as a value of a mount option (commas escaped).
+fn opt_path(path: &Path) -> Result<String> {
+    let s = path.to_str().filter(|s| !s.contains('\\')).ok_or_else(|| {
+        Error::Usage(format!(
+            "{}: a path for a mount option must be UTF-8 without backslashes",
+            path.display()
+        ))
+    })?;
+    Ok(s.replace(',', "\\,"))
+}
+
 fn mount(
     cli: &Cli,
     store: &ImageStore,
     pick: &Pick,
-    unpack: bool,
+    how: &MountHow<'_>,
     image: &str,
     dir: &Path,
 ) -> Result<()> {
@@ -252,7 +290,7 @@ fn mount(
             dir.display()
         )));
     }
-    let (id, short_id, lowers) = mount_layers(store, pick, !unpack, image)?;
+    let (id, short_id, lowers) = mount_layers(store, pick, how.lazy, image)?;
     if lowers.is_empty() {
         return Err(Error::NotAnImage(format!("{short_id} has no layers")));
     }
@@ -265,10 +303,22 @@ fn mount(
     let exe = std::env::current_exe().ctx(|| "finding the stratafs binary")?;
     // Paths go through a file: a long chain would not fit an option string, and commas or
     // colons in paths need no escaping there.
+    let upper = match how.writable {
+        true => Some(store.upper_dirs(how.upper)?),
+        false => None,
+    };
+    let mode = match &upper {
+        Some(u) => format!(
+            "upperdir={},workdir={}",
+            opt_path(&u.upper)?,
+            opt_path(&u.work)?
+        ),
+        None => "ro".to_string(),
+    };
     let opts = format!(
-        "ro,lowerdir_file={},log={}",
-        lowers_file.display(),
-        log.display()
+        "{mode},lowerdir_file={},log={}",
+        opt_path(&lowers_file)?,
+        opt_path(&log)?
     );
     let out = Command::new(&exe)
         .arg("-o")
@@ -290,14 +340,30 @@ fn mount(
             ),
         });
     }
+    let upper = upper.map(|u| u.upper);
     store.record_mount(&MountRecord {
         dir: dir.clone(),
         image: id.clone(),
+        upper: upper.clone(),
     })?;
     if cli.json {
-        output::json(&serde_json::json!({"image": id, "dir": dir}))?;
+        output::json(&serde_json::json!({"image": id, "dir": dir, "upper": upper}))?;
     } else {
         output::line(&dir.display().to_string())?;
+        if let Some(u) = &upper {
+            output::line(&format!("upper {}", u.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn changes(cli: &Cli, store: &ImageStore, dir: &Path) -> Result<()> {
+    let (_, changes) = store.mount_changes(dir)?;
+    if cli.json {
+        return output::json(&changes);
+    }
+    for c in changes {
+        output::line(&format!("{} {}", change_letter(c.kind), c.path))?;
     }
     Ok(())
 }
@@ -327,12 +393,19 @@ fn umount(store: &ImageStore, dir: &Path) -> Result<()> {
 }
 
 fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
-    let images = store.list()?;
+    // Unpacked images, then the lazily indexed ones (sizes in tar bytes).
+    let images: Vec<(&str, ImageRecord)> = store
+        .list()?
+        .into_iter()
+        .map(|r| ("unpacked", r))
+        .chain(store.list_lazy()?.into_iter().map(|r| ("lazy", r)))
+        .collect();
     let mounts = store.mounts()?;
     #[derive(Serialize)]
     struct Row<'a> {
         #[serde(flatten)]
         image: &'a ImageRecord,
+        kind: &'a str,
         size: u64,
         mounted_at: Vec<&'a Path>,
     }
@@ -346,8 +419,9 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
     if cli.json {
         let rows: Vec<Row> = images
             .iter()
-            .map(|i| Row {
+            .map(|(kind, i)| Row {
                 image: i,
+                kind,
                 size: i.size(),
                 mounted_at: mounted(&i.id),
             })
@@ -358,11 +432,12 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
         "IMAGE".to_string(),
         "TAGS".into(),
         "PLATFORM".into(),
+        "KIND".into(),
         "LAYERS".into(),
         "SIZE".into(),
         "MOUNTED AT".into(),
     ]];
-    for i in &images {
+    for (kind, i) in &images {
         let m: Vec<String> = mounted(&i.id)
             .iter()
             .map(|p| p.display().to_string())
@@ -375,6 +450,7 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
                 i.tags.join(",")
             },
             format!("{}/{}", i.os, i.architecture),
+            kind.to_string(),
             i.layers.len().to_string(),
             human_size(i.size()),
             if m.is_empty() {
@@ -388,6 +464,7 @@ fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {
             rows.push(vec![
                 format!("  {}", n),
                 hex[..hex.len().min(12)].to_string(),
+                String::new(),
                 String::new(),
                 String::new(),
                 human_size(l.size),

@@ -56,7 +56,8 @@ pub fn verify_bytes(what: &str, data: &[u8], expected: &str) -> Result<()> {
 /// A reader that hashes (and counts) what passes through it.
 pub struct Hashing<'a, R> {
     inner: R,
-    hasher: Sha256,
+    /// `None`: only counting (see [`Hashing::counting`]).
+    hasher: Option<Sha256>,
     count: u64,
     on_read: Option<Box<dyn FnMut(u64) + 'a>>,
 }
@@ -65,9 +66,18 @@ impl<'a, R: Read> Hashing<'a, R> {
     pub fn new(inner: R) -> Self {
         Hashing {
             inner,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             count: 0,
             on_read: None,
+        }
+    }
+
+    /// Count (and report progress) without hashing: for a stream whose digest another
+    /// [`Hashing`] computes from the same bytes.
+    pub fn counting(inner: R) -> Self {
+        Hashing {
+            hasher: None,
+            ..Hashing::new(inner)
         }
     }
 
@@ -79,19 +89,29 @@ impl<'a, R: Read> Hashing<'a, R> {
 
     /// Read the rest of the stream (trailing padding a tar reader leaves), then return
     /// `sha256:<hex>` and the byte count of everything read.
-    pub fn finish(mut self) -> io::Result<(String, u64)> {
+    pub fn finish(self) -> io::Result<(String, u64)> {
+        let (digest, count) = self.finish_counting()?;
+        let digest = digest.ok_or_else(|| io::Error::other("a counting reader has no digest"))?;
+        Ok((digest, count))
+    }
+
+    /// [`Hashing::finish`] of a reader that may only be counting (`None` digest then).
+    pub fn finish_counting(mut self) -> io::Result<(Option<String>, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((
-            format!("sha256:{}", hex(&self.hasher.finalize())),
-            self.count,
-        ))
+        let digest = self
+            .hasher
+            .take()
+            .map(|h| format!("sha256:{}", hex(&h.finalize())));
+        Ok((digest, self.count))
     }
 }
 
 impl<R: Read> Read for Hashing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         if let Some(f) = self.on_read.as_mut() {
             f(n as u64);

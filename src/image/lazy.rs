@@ -77,7 +77,7 @@ impl ImageStore {
             }
         }
         let total = img.layers.len();
-        let (mut indexes, mut indexed) = (Vec::new(), Vec::new());
+        let (mut indexes, mut indexed, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
         for (i, l) in img.layers.iter().enumerate() {
             let idx = dir.join(format!("{}.idx", key(&l.diff_id)?));
             let fresh = idx.is_file() && DataSource::load(&idx).is_ok_and(|s| s.still_valid());
@@ -87,9 +87,11 @@ impl ImageStore {
                 indexed.push(l.diff_id.clone());
             }
             progress.layer_done();
+            sizes.push(tarindex::tar_len_of(&idx).ctx(|| format!("reading {}", idx.display()))?);
             indexes.push(idx);
         }
         indexes.reverse();
+        self.record_lazy(&img, archive, &sizes)?;
         let short = img.id.trim_start_matches("sha256:");
         Ok(LazyImage {
             short_id: short[..short.len().min(12)].to_string(),
@@ -136,8 +138,14 @@ impl ImageStore {
                 });
             }
         }
-        let mut raw = digest::Hashing::new(blob).with_progress(Box::new(|n| progress.advance(n)));
-        let (built, tar_len) = {
+        // An uncompressed blob is the tar itself: one digest serves as both (hashing it twice
+        // was half of the index pass of a big docker-save layer).
+        let mut raw = match compressed {
+            true => digest::Hashing::new(blob),
+            false => digest::Hashing::counting(blob),
+        }
+        .with_progress(Box::new(|n| progress.advance(n)));
+        let (built, tar_len, tar_digest) = {
             let dec = decompress::auto(&mut raw)?;
             let out = match &tmp {
                 Some(t) => Some(t.as_file().try_clone().ctx(|| "opening the layer copy")?),
@@ -153,11 +161,13 @@ impl ImageStore {
             let built = built?;
             rest.map_err(|e| l.read_error(e))?;
             let (actual, count) = tee.inner.finish().map_err(|e| l.read_error(e))?;
-            l.check_diff_id(actual)?;
-            (built, count)
+            l.check_diff_id(actual.clone())?;
+            (built, count, actual)
         };
-        let (actual, _) = raw.finish().ctx(|| format!("reading {}", l.path))?;
-        l.check_blob_digest(actual)?;
+        let (blob_digest, _) = raw
+            .finish_counting()
+            .ctx(|| format!("reading {}", l.path))?;
+        l.check_blob_digest(blob_digest.unwrap_or(tar_digest))?;
         let entries = built.len();
         let body = built.encode(tar_len)?;
         let source = match (in_place, tmp.take()) {

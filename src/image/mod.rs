@@ -19,7 +19,9 @@ pub mod diff;
 pub mod digest;
 pub mod format;
 pub mod lazy;
+mod lazy_store;
 pub mod source;
+pub mod writable;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -99,6 +101,9 @@ pub struct LayerMeta {
 pub struct MountRecord {
     pub dir: PathBuf,
     pub image: String,
+    /// The upper directory of a writable mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
 }
 
 /// Unpacking progress, reported by [`ImageStore::load`].
@@ -544,9 +549,20 @@ impl ImageStore {
 
     /// Remove an image record (refused while it is mounted); unless `keep_layers`, also the
     /// layers no other image uses. Returns the record and the removed layers' diff_ids.
+    /// A lazily indexed image of that name goes too (its indexes, unless `keep_layers`).
     pub fn remove(&self, reference: &str, keep_layers: bool) -> Result<(ImageRecord, Vec<String>)> {
-        let rec = self.find(reference)?;
+        let found = self.find(reference);
         let _guard = self.lock()?;
+        let lazy = self.remove_lazy_record(reference)?;
+        let mut removed = match (&lazy, keep_layers) {
+            (Some(_), false) => self.prune_indexes()?,
+            _ => Vec::new(),
+        };
+        let rec = match (found, lazy) {
+            (Ok(rec), _) => rec,
+            (Err(_), Some(lazy)) => return Ok((lazy, removed)),
+            (Err(e), None) => return Err(e),
+        };
         if let Some(m) = self.mounts()?.into_iter().find(|m| m.image == rec.id) {
             return Err(Error::ImageMounted {
                 id: rec.short_id().to_string(),
@@ -555,18 +571,19 @@ impl ImageStore {
         }
         let dir = self.image_dir(&rec.id)?;
         fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
-        let removed = if keep_layers {
-            Vec::new()
-        } else {
-            self.prune_locked()?
-        };
+        if !keep_layers {
+            removed.extend(self.prune_locked()?);
+        }
         Ok((rec, removed))
     }
 
-    /// Remove every layer no stored image uses (and unfinished leftovers). Returns their ids.
+    /// Remove every layer no stored image uses (and unfinished leftovers), and every tar
+    /// index no lazily indexed image names. Returns their diff ids.
     pub fn prune(&self) -> Result<Vec<String>> {
         let _guard = self.lock()?;
-        self.prune_locked()
+        let mut removed = self.prune_locked()?;
+        removed.extend(self.prune_indexes()?);
+        Ok(removed)
     }
 
     fn prune_locked(&self) -> Result<Vec<String>> {

@@ -4,6 +4,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 
@@ -23,7 +24,7 @@ pub struct Layer {
     pub dev_index: u16,
     pub upper: bool,
     /// A lower layer served from a tar index (`fd` is then the index file, `O_PATH`).
-    pub tar: Option<TarLayer>,
+    pub tar: Option<Arc<TarLayer>>,
 }
 
 impl Layer {
@@ -120,11 +121,6 @@ impl Layers {
             .chain(lowers.iter().map(|l| (l.as_path(), false)));
         for (path, is_upper) in all {
             if !is_upper && TarLayer::is_index(path) {
-                if upper.is_some() {
-                    return Err(Error::NotSupported(
-                        "an upper layer over a tar-index lower layer (copy-up from a tar)".into(),
-                    ));
-                }
                 list.push(open_tar(path, &mut devs)?);
                 continue;
             }
@@ -206,18 +202,19 @@ impl Layers {
 /// A tar-index lower layer, numbered as a device of its own (its entries' numbers are its
 /// own, not the index file's filesystem's).
 fn open_tar(path: &Path, devs: &mut Vec<u64>) -> Result<Layer> {
-    let tar = TarLayer::open(path).map_err(|e| Error::Mount {
+    let mut tar = TarLayer::open(path).map_err(|e| Error::Mount {
         id: path.display().to_string(),
         reason: format!("opening the tar index: {e}"),
     })?;
     let fd = sys::open_path(path).ctx(|| format!("opening layer {}", path.display()))?;
-    devs.push(u64::MAX - devs.len() as u64);
+    tar.dev = u64::MAX - devs.len() as u64;
+    devs.push(tar.dev);
     Ok(Layer {
         fd,
         path: path.to_path_buf(),
         dev_index: (devs.len() - 1).min(0xFFFD) as u16,
         upper: false,
-        tar: Some(tar),
+        tar: Some(Arc::new(tar)),
     })
 }
 

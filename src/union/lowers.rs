@@ -16,16 +16,48 @@ use crate::union::attr::FileKind;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::union::layers::{LayerIdx, Layers};
+use crate::union::layers::{Layer, LayerIdx, Layers};
 use crate::union::listing::{merge_dir, Listing};
+use crate::union::source::{Source, TarEntry};
 
 /// A lower entry visible in the merged view: which layer holds it and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LowerEntry {
-    /// Root directory of the layer holding the entry.
+    /// Root directory of the layer holding the entry (a tar layer: its index file).
     pub layer: PathBuf,
-    /// The entry's path on disk (`layer/rel`).
+    /// The entry's path on disk (`layer/rel`; of a tar layer, only a name).
     pub path: PathBuf,
+    /// Set when the layer is a tar index: the entry is read from there.
+    pub tar: Option<TarEntry>,
+}
+
+impl LowerEntry {
+    /// The entry at `rel` of `layer`.
+    pub fn of(layer: &Layer, rel: &Path) -> LowerEntry {
+        LowerEntry {
+            layer: layer.path.clone(),
+            path: layer.abs(rel),
+            tar: layer.tar.as_ref().map(|t| TarEntry {
+                layer: t.clone(),
+                rel: rel.to_path_buf(),
+            }),
+        }
+    }
+
+    /// Where a copy of it reads from.
+    pub fn source(&self) -> Source {
+        match &self.tar {
+            Some(t) => Source::Tar {
+                entry: t.clone(),
+                path: self.path.clone(),
+            },
+            None => Source::Disk(self.path.clone()),
+        }
+    }
+
+    pub fn lstat(&self) -> io::Result<libc::stat> {
+        self.source().lstat()
+    }
 }
 
 /// The lower layers as the write path sees them. Lower layers never change while mounted.
@@ -139,11 +171,7 @@ impl LowerStack {
 impl LowerView for LowerStack {
     fn lower_entry(&self, rel: &Path) -> Option<LowerEntry> {
         let v = self.visible(rel)?;
-        let layer = self.layers.get(v.layer);
-        Some(LowerEntry {
-            layer: layer.path.clone(),
-            path: layer.abs(rel),
-        })
+        Some(LowerEntry::of(self.layers.get(v.layer), rel))
     }
 
     fn lower_children(&self, rel: &Path) -> io::Result<Vec<OsString>> {
@@ -159,17 +187,25 @@ impl LowerView for LowerStack {
     }
 
     fn hardlink_peers(&self, entry: &LowerEntry) -> Vec<PathBuf> {
-        let Ok(md) = entry.path.symlink_metadata() else {
+        let Ok(st) = entry.lstat() else {
             return Vec::new();
         };
         let mut links = self.links.lock();
         let map = links
             .entry(entry.layer.clone())
-            .or_insert_with(|| scan_links(&entry.layer));
+            .or_insert_with(|| match &entry.tar {
+                Some(t) => t
+                    .layer
+                    .hard_links()
+                    .into_iter()
+                    .map(|(ino, paths)| ((t.layer.dev, ino), paths))
+                    .collect(),
+                None => scan_links(&entry.layer),
+            });
         let Ok(me) = entry.path.strip_prefix(&entry.layer) else {
             return Vec::new();
         };
-        map.get(&(md.dev(), md.ino()))
+        map.get(&(st.st_dev, st.st_ino))
             .map(|v| v.iter().filter(|p| p.as_path() != me).cloned().collect())
             .unwrap_or_default()
     }

@@ -8,7 +8,7 @@
 //! core. `server` is the background mount program and `mount`
 //! the get/put lifecycle the driver uses. The view's write path drives `upper` (mutations of
 //! the upper layer, copy-up included) and `quota`; `lowers` is what it asks of the lower
-//! layers, `background` where long requests run, `prefetch` the stat-ahead threads, `unlisted` look-ups in directories that cannot be listed.
+//! layers and `source` where it reads what it copies (a file, or a member of a tar layer), `background` where long requests run, `prefetch` the stat-ahead threads, `unlisted` look-ups in directories that cannot be listed.
 
 pub mod attr;
 pub mod background;
@@ -23,6 +23,7 @@ pub mod prefetch;
 pub mod quota;
 pub mod ring;
 pub mod server;
+pub mod source;
 pub mod tarlayer;
 pub mod tree;
 pub mod unlisted;

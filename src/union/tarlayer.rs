@@ -24,6 +24,9 @@ pub struct TarLayer {
     pub data: File,
     /// The tar's first byte in `data`.
     pub base: u64,
+    /// The device number its entries show to the write path (one per tar layer of a mount,
+    /// so that hard links of two layers never look like one file).
+    pub dev: u64,
 }
 
 /// The byte range of a file's data in the tar's file.
@@ -82,6 +85,7 @@ impl TarLayer {
             index,
             data,
             base: src.offset,
+            dev: 0,
         })
     }
 
@@ -166,6 +170,31 @@ impl TarLayer {
             libc::S_IFDIR => Err(errno(libc::EISDIR)),
             _ => Err(errno(libc::ENXIO)),
         }
+    }
+
+    /// `stat` of `rel` as the write path sees it (with this layer's device number).
+    pub fn lstat(&self, rel: &Path) -> io::Result<libc::stat> {
+        let mut st = self.stat(rel)?;
+        st.st_dev = self.dev;
+        Ok(st)
+    }
+
+    /// The paths of every regular file with several names, by its number.
+    pub fn hard_links(&self) -> std::collections::HashMap<u64, Vec<std::path::PathBuf>> {
+        let mut map: std::collections::HashMap<u64, Vec<std::path::PathBuf>> = Default::default();
+        let mut stack = vec![(0, std::path::PathBuf::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            for c in self.index.children(dir) {
+                let m = self.index.meta(c);
+                let child = rel.join(self.index.name(c));
+                match m.file_type() {
+                    libc::S_IFDIR => stack.push((c, child)),
+                    libc::S_IFREG if m.nlink > 1 => map.entry(m.ino).or_default().push(child),
+                    _ => {}
+                }
+            }
+        }
+        map
     }
 
     /// A file of its own holding the tar's bytes (for an open handle).

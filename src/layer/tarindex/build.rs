@@ -383,6 +383,7 @@ impl Built {
 mod tests {
     use super::super::TarIndex;
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
 
     fn tar_of(f: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
@@ -477,5 +478,67 @@ mod tests {
         assert!(idx.lookup(Path::new("d/a")).is_none());
         assert!(components(b"a/../x").is_err());
         assert_eq!(components(b"./a//b/").unwrap(), [&b"a"[..], &b"b"[..]]);
+    }
+
+    /// Every accessor on every entry (what a mount may call).
+    fn touch_all(idx: &TarIndex) {
+        for id in 0..idx.len() as u32 {
+            let _ = (
+                idx.meta(id),
+                idx.name(id),
+                idx.stat(id),
+                idx.link_target(id),
+            );
+            let _ = idx.xattrs(id).count();
+            for c in idx.children(id) {
+                let _ = idx.child(id, idx.name(c).as_bytes());
+            }
+        }
+        let _ = idx.lookup(Path::new("etc/passwd"));
+    }
+
+    #[test]
+    fn a_corrupt_index_is_an_error_never_a_panic() {
+        let tar = tar_of(|b| {
+            file(b, "etc/passwd", b"root:x:0:0\n", 0o644);
+            b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
+                .unwrap();
+            file(b, "usr/bin/tool", b"#!/bin/sh\n", 0o755);
+            let mut h = header(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_cksum();
+            b.append_link(&mut h, "etc/link", "passwd").unwrap();
+        });
+        let raw = build(&tar[..]).unwrap().encode(tar.len() as u64).unwrap();
+        let (mut refused, mut taken) = (0, 0);
+        for at in 0..raw.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = raw.clone();
+                bad[at] ^= flip;
+                match TarIndex::from_bytes(bad) {
+                    Ok(idx) => {
+                        touch_all(&idx);
+                        taken += 1;
+                    }
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        assert!(refused > 0 && taken > 0, "{refused} refused, {taken} taken");
+        for len in 0..raw.len() {
+            assert!(
+                TarIndex::from_bytes(raw[..len].to_vec()).is_err(),
+                "cut at {len}"
+            );
+        }
+        // The same through a mapped file.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.idx");
+        std::fs::write(&p, &raw).unwrap();
+        touch_all(&TarIndex::open(&p).unwrap());
+        let mut bad = raw.clone();
+        bad[super::super::HEADER + 4] = 0xff; // a child count past the table
+        std::fs::write(&p, &bad).unwrap();
+        assert!(TarIndex::open(&p).is_err());
     }
 }

@@ -111,7 +111,7 @@ impl UpperLayer {
         }
         if self
             .source_of(rel)
-            .and_then(|p| sys::lgetxattr(&p, name).ok().flatten())
+            .and_then(|s| s.getxattr(name).ok().flatten())
             .is_none()
         {
             return Err(errno(libc::ENODATA));

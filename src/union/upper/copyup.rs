@@ -18,6 +18,7 @@ use crate::layer::meta::{OverrideStat, OVERRIDE_STAT_XATTR};
 use crate::layer::whiteout;
 use crate::sys;
 use crate::union::lowers::LowerEntry;
+use crate::union::source::Source;
 
 use super::layer::{errno, is_dir, split, UpperLayer};
 // Part of this module's public face before the split (a copy's shape).
@@ -26,9 +27,15 @@ pub use super::node::Shape;
 /// Chunk of one `copy_file_range`/`sendfile` call.
 const CHUNK: usize = 1 << 30;
 
-/// Copy `len` bytes at `start` of `src` to the same offset of `dst`, in the kernel.
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: i64, len: i64) -> io::Result<()> {
-    let (mut off_in, mut off_out) = (start, start);
+/// Copy `len` bytes at `start` of `src` to offset `to` of `dst`, in the kernel.
+fn copy_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    start: i64,
+    to: i64,
+    len: i64,
+) -> io::Result<()> {
+    let (mut off_in, mut off_out) = (start, to);
     let end = start + len;
     while off_in < end {
         let want = ((end - off_in) as usize).min(CHUNK);
@@ -83,7 +90,7 @@ pub fn copy_data(
     }
     // Fully allocated (the common case for small files): no holes to look for.
     if st.st_blocks.saturating_mul(512) >= size {
-        return copy_range(src, dst, 0, size);
+        return copy_range(src, dst, 0, 0, size);
     }
     let mut off = 0i64;
     while off < size {
@@ -91,7 +98,7 @@ pub fn copy_data(
             Ok(d) => d,
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole remains
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
-                copy_range(src, dst, off, size - off)?;
+                copy_range(src, dst, off, off, size - off)?;
                 break;
             }
             Err(e) => return Err(e),
@@ -102,7 +109,7 @@ pub fn copy_data(
         let hole = sys::lseek(src, data, libc::SEEK_HOLE)
             .unwrap_or(size)
             .min(size);
-        copy_range(src, dst, data, hole - data)?;
+        copy_range(src, dst, data, data, hole - data)?;
         off = hole;
     }
     // Trailing holes: give the copy its full length.
@@ -117,11 +124,31 @@ fn refused(e: &io::Error) -> bool {
     )
 }
 
-/// Copy the xattrs of `src` to `dst` (both paths, not following symlinks): all but the ones
+/// Copy the bytes of `src` (stat `st`) into the empty file `dst`: a file of its own with
+/// [`copy_data`], a member of a tar as its range of the tar's file (in the kernel too).
+fn copy_source_data(
+    src: &Source,
+    dst: BorrowedFd<'_>,
+    st: &libc::stat,
+    reflink: &AtomicBool,
+) -> io::Result<()> {
+    let (from, window) = src.data()?;
+    if src.is_disk() {
+        return copy_data(from.as_fd(), dst, st, reflink);
+    }
+    copy_range(from.as_fd(), dst, window.start as i64, 0, window.len as i64)?;
+    // A tar shorter than its index says must not give a short copy silently.
+    if sys::fstat(dst)?.st_size as u64 != window.len {
+        return Err(errno(libc::EIO));
+    }
+    Ok(())
+}
+
+/// Copy the xattrs of `src` to `dst` (a path, not following symlinks): all but the ones
 /// internal to overlay implementations, keeping `override_stat`. Returns the source's override.
-fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<Option<OverrideStat>> {
+fn copy_xattrs(src: &Source, dst: &Path) -> io::Result<Option<OverrideStat>> {
     let mut over = None;
-    for name in sys::llistxattr(src)? {
+    for name in src.xattr_names()? {
         let Ok(name) = std::str::from_utf8(&name) else {
             continue;
         };
@@ -129,7 +156,7 @@ fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<Option<OverrideStat>> {
         if whiteout::is_internal_xattr(name.as_bytes()) && !is_override {
             continue;
         }
-        let Some(value) = sys::lgetxattr(src, name)? else {
+        let Some(value) = src.getxattr(name)? else {
             continue;
         };
         if is_override {
@@ -202,11 +229,11 @@ impl UpperLayer {
         let (parent, _) = split(rel)?;
         self.ensure_dir(parent)?;
         let entry = self.lower_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
-        let st = sys::lstat(&entry.path)?;
+        let st = entry.lstat()?;
         if !is_dir(&st) {
             return Err(errno(libc::ENOTDIR));
         }
-        match self.place_copy(rel, &entry.path, &st, false).map(drop) {
+        match self.place_copy(rel, &entry.source(), &st, false).map(drop) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // Another thread copied it up first.
                 match self.upper_stat(rel) {
@@ -225,7 +252,7 @@ impl UpperLayer {
     fn place_copy(
         &self,
         rel: &Path,
-        src: &Path,
+        src: &Source,
         st: &libc::stat,
         no_xattrs: bool,
     ) -> io::Result<Option<OpenCopy>> {
@@ -290,7 +317,7 @@ impl UpperLayer {
         if rel.as_os_str().is_empty() {
             return Ok((CopyUp::Already, None));
         }
-        let mut st = sys::lstat(&entry.path)?;
+        let mut st = entry.lstat()?;
         if !with_data && st.st_mode & libc::S_IFMT == libc::S_IFREG {
             // An empty copy: nothing to read, nothing counted against the quota.
             st.st_size = 0;
@@ -311,7 +338,7 @@ impl UpperLayer {
         let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let size = if is_reg { st.st_size as u64 } else { 0 };
         self.quota.reserve(size)?;
-        let copy = match self.place_copy(rel, &entry.path, &st, known.no_xattrs) {
+        let copy = match self.place_copy(rel, &entry.source(), &st, known.no_xattrs) {
             Ok(copy) => copy,
             Err(e) => {
                 self.quota.release(size);
@@ -345,7 +372,7 @@ impl UpperLayer {
         let Some(e) = self.lower_of(peer) else {
             return Ok(false);
         };
-        let pst = sys::lstat(&e.path)?;
+        let pst = e.lstat()?;
         if (pst.st_dev, pst.st_ino) != (st.st_dev, st.st_ino) {
             return Ok(false);
         }
@@ -363,7 +390,7 @@ impl UpperLayer {
     /// comes back open.
     pub(crate) fn copy_node(
         &self,
-        src: &Path,
+        src: &Source,
         st: &libc::stat,
         dir: BorrowedFd<'_>,
         dir_path: &Path,
@@ -374,7 +401,7 @@ impl UpperLayer {
         let dst = dir_path.join(name);
         let built = (|| {
             let target = if shape.file_type() == libc::S_IFLNK {
-                Some(std::path::PathBuf::from(sys::readlink(src)?))
+                Some(std::path::PathBuf::from(src.readlink()?))
             } else {
                 None
             };
@@ -387,8 +414,7 @@ impl UpperLayer {
             let flush = self.flush_copies && how.flush && st.st_size > 0;
             let made = self.make_node(dir, name, &shape, target.as_deref(), flush)?;
             if let Some(to) = &made.file {
-                let from = sys::open_file(src, libc::O_RDONLY | libc::O_NOFOLLOW)?;
-                copy_data(from.as_fd(), to.as_fd(), st, &self.reflink)?;
+                copy_source_data(src, to.as_fd(), st, &self.reflink)?;
                 if flush {
                     sys::fsync(to.as_fd(), false)?;
                 }
@@ -456,7 +482,7 @@ impl UpperLayer {
         links: &mut HashMap<(u64, u64), std::path::PathBuf>,
     ) -> io::Result<()> {
         let (src, _held) = self.copy_source(rel)?;
-        let st = sys::lstat(&src)?;
+        let st = src.lstat()?;
         let dfd = sys::open_dir(dest_dir)?;
         let dest = dest_dir.join(name);
         let ty = st.st_mode & libc::S_IFMT;

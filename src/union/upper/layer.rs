@@ -15,6 +15,7 @@ use crate::layer::whiteout::{self, NameKind};
 use crate::sys;
 use crate::union::lowers::{LowerEntry, LowerView};
 use crate::union::quota::Quota;
+use crate::union::source::Source;
 
 /// Name of our staging directory inside the layer's work directory.
 pub(super) const STAGING: &str = "stratafs-staging";
@@ -198,7 +199,7 @@ impl UpperLayer {
     /// under it that the upper does not make opaque).
     pub(super) fn merges_lower(&self, rel: &Path) -> bool {
         match self.lower_of(rel) {
-            Some(e) if matches!(sys::lstat(&e.path), Ok(st) if is_dir(&st)) => {
+            Some(e) if matches!(e.lstat(), Ok(st) if is_dir(&st)) => {
                 !matches!(self.upper_stat(rel), Some(st) if !is_dir(&st) || whiteout::is_opaque_dir(&self.upath(rel)))
             }
             _ => false,
@@ -206,24 +207,25 @@ impl UpperLayer {
     }
 
     /// Where the merged view's entry at `rel` lives: the upper entry, else the visible lower one.
-    pub fn source_of(&self, rel: &Path) -> Option<PathBuf> {
+    pub fn source_of(&self, rel: &Path) -> Option<Source> {
         if self.upper_stat(rel).is_some() {
-            return Some(self.upath(rel));
+            return Some(Source::Disk(self.upath(rel)));
         }
-        self.lower_of(rel).map(|e| e.path)
+        self.lower_of(rel).map(|e| e.source())
     }
 
     /// Where to copy the merged entry `rel` from: the upper entry, named through its directory
     /// opened beneath the upper root (the returned fd keeps that name valid), else the visible
     /// lower one.
-    pub(crate) fn copy_source(&self, rel: &Path) -> io::Result<(PathBuf, Option<OwnedFd>)> {
+    pub(crate) fn copy_source(&self, rel: &Path) -> io::Result<(Source, Option<OwnedFd>)> {
         if self.upper_stat(rel).is_some() {
             let (parent, name) = split(rel)?;
             let pfd = self.open_upper_dir(parent)?;
-            return Ok((sys::fd_child_path(pfd.as_fd(), Path::new(name)), Some(pfd)));
+            let path = sys::fd_child_path(pfd.as_fd(), Path::new(name));
+            return Ok((Source::Disk(path), Some(pfd)));
         }
         let e = self.lower_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
-        Ok((e.path, None))
+        Ok((e.source(), None))
     }
 
     /// The names the merged directory `rel` shows.

@@ -154,7 +154,7 @@ impl UpperLayer {
         let upper = self.upper_stat(rel);
         let st = match (&upper, &lower) {
             (Some(st), _) => *st,
-            (None, Some(e)) => sys::lstat(&e.path)?,
+            (None, Some(e)) => e.lstat()?,
             (None, None) => return Err(errno(libc::ENOENT)),
         };
         Ok(Present { upper, lower, st })

@@ -18,7 +18,7 @@ impl UpperLayer {
     /// name is made opaque.
     fn prepare_move(&self, rel: &Path, dest_lower: bool) -> io::Result<()> {
         let src = self.source_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
-        let st = sys::lstat(&src)?;
+        let st = src.lstat()?;
         if !is_dir(&st) {
             self.copy_up(rel)?;
             return Ok(());
@@ -62,10 +62,10 @@ impl UpperLayer {
         let sst = self
             .source_of(src)
             .ok_or_else(|| errno(libc::ENOENT))
-            .and_then(|p| sys::lstat(&p))?;
+            .and_then(|s| s.lstat())?;
         let dst_src = self.source_of(dst);
         let dst_st = match &dst_src {
-            Some(p) => Some(sys::lstat(p)?),
+            Some(s) => Some(s.lstat()?),
             None => None,
         };
         if src == dst {

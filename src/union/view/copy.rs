@@ -35,12 +35,12 @@ pub(super) fn copies_much(fs: &View, ino: u64, with_tree: bool) -> bool {
         // The size alone: a stat, not the attributes (which may read xattrs).
         FileKind::RegularFile => fs.tree.backing(ino).is_ok_and(|(layer, rel)| {
             let size = |at: crate::union::layers::At<'_>| sys::fstatat(at.dir(), at.name());
-            fs.tree
-                .layers
-                .get(layer)
-                .at(&rel)
-                .and_then(size)
-                .is_ok_and(|st| st.st_size as u64 >= LONG_COPY_BYTES)
+            let l = fs.tree.layers.get(layer);
+            match &l.tar {
+                Some(t) => t.stat(&rel),
+                None => l.at(&rel).and_then(size),
+            }
+            .is_ok_and(|st| st.st_size as u64 >= LONG_COPY_BYTES)
         }),
         FileKind::Directory => with_tree,
         _ => false,
@@ -51,10 +51,7 @@ pub(super) fn copies_much(fs: &View, ino: u64, with_tree: bool) -> bool {
 /// is in the upper.
 fn lower_backing(fs: &View, node: &Node, rel: &Path) -> Option<LowerEntry> {
     let layer = fs.tree.layers.get(node.state.read().layer);
-    (!layer.upper).then(|| LowerEntry {
-        layer: layer.path.clone(),
-        path: layer.abs(rel),
-    })
+    (!layer.upper).then(|| LowerEntry::of(layer, rel))
 }
 
 /// Copy `ino` (at `rel`) up; afterwards the tree and the passthrough bookkeeping know.
