@@ -191,13 +191,23 @@ impl Layers {
                 return *a;
             }
         }
-        if !self.retired.is_empty() && self.retired.remove(&(dev, st_ino)).is_some() {
+        if !self.retired_nodes.is_empty() && self.reused(dev, st_ino) {
             // A new file on the inode of a deleted one the kernel still knows.
             let fresh = self.next_big.fetch_add(1, Ordering::Relaxed);
             self.set_alias((dev, st_ino), fresh);
             return fresh;
         }
         self.plain_number(dev, st_ino)
+    }
+
+    /// Whether a file on backing inode `st_ino` (which has no alias) would show as the number
+    /// of a deleted file the kernel still holds: the inode's last deleted file's, or its
+    /// plain number (an earlier file of that inode may have had it).
+    fn reused(&self, dev: u16, st_ino: u64) -> bool {
+        let last = self.retired.remove(&(dev, st_ino)).is_some();
+        last || self
+            .retired_nodes
+            .contains_key(&self.plain_number(dev, st_ino))
     }
 
     /// The number a backing inode shows as without alias or retirement.
@@ -218,7 +228,10 @@ impl Layers {
         if let Some(a) = self.aliases.get(&(dev, st_ino)) {
             return *a == fuse_ino;
         }
-        !self.retired.contains_key(&(dev, st_ino)) && self.plain_number(dev, st_ino) == fuse_ino
+        let plain = self.plain_number(dev, st_ino);
+        !self.retired.contains_key(&(dev, st_ino))
+            && !self.retired_nodes.contains_key(&plain)
+            && plain == fuse_ino
     }
 
     /// Copy-up hook: make backing inode `st_ino` of layer `idx` show as `fuse_ino` from now on
