@@ -108,6 +108,15 @@ pub struct Layers {
     next_big: AtomicU64,
     /// Copy-up hook: (device index, backing inode) of a copied-up file -> its original number.
     aliases: DashMap<(u16, u64), u64>,
+    /// The same pairs the other way round: a node has one backing inode at a time, so an
+    /// alias to a new one (a directory copied anew) ends the alias of the old one.
+    aliased: DashMap<u64, (u16, u64)>,
+    /// Backing inodes of the upper whose last name went while the kernel still held their node
+    /// (-> that node's number): the filesystem may give the inode to a new file, which must
+    /// then get a number of its own, else the kernel would take it for the deleted one.
+    retired: DashMap<(u16, u64), u64>,
+    /// The same pairs the other way round (node number -> upper backing inode).
+    retired_nodes: DashMap<u64, u64>,
 }
 
 impl Layers {
@@ -149,6 +158,9 @@ impl Layers {
             big: DashMap::new(),
             next_big: AtomicU64::new(BIG_BASE),
             aliases: DashMap::new(),
+            aliased: DashMap::new(),
+            retired: DashMap::new(),
+            retired_nodes: DashMap::new(),
         })
     }
 
@@ -175,6 +187,27 @@ impl Layers {
                 return *a;
             }
         }
+        if !self.retired_nodes.is_empty() && self.reused(dev, st_ino) {
+            // A new file on the inode of a deleted one the kernel still knows.
+            let fresh = self.next_big.fetch_add(1, Ordering::Relaxed);
+            self.set_alias((dev, st_ino), fresh);
+            return fresh;
+        }
+        self.plain_number(dev, st_ino)
+    }
+
+    /// Whether a file on backing inode `st_ino` (which has no alias) would show as the number
+    /// of a deleted file the kernel still holds: the inode's last deleted file's, or its
+    /// plain number (an earlier file of that inode may have had it).
+    fn reused(&self, dev: u16, st_ino: u64) -> bool {
+        let last = self.retired.remove(&(dev, st_ino)).is_some();
+        last || self
+            .retired_nodes
+            .contains_key(&self.plain_number(dev, st_ino))
+    }
+
+    /// The number a backing inode shows as without alias or retirement.
+    fn plain_number(&self, dev: u16, st_ino: u64) -> u64 {
         if st_ino < (1 << INO_BITS) {
             return ((dev as u64 + 1) << INO_BITS) | st_ino;
         }
@@ -184,18 +217,77 @@ impl Layers {
             .or_insert_with(|| self.next_big.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Whether backing inode `st_ino` of layer `idx` shows as `fuse_ino` now (a check that,
+    /// unlike [`Layers::ino_for`], never hands out a new number).
+    pub fn shows_as(&self, idx: LayerIdx, st_ino: u64, fuse_ino: u64) -> bool {
+        let dev = self.list[idx].dev_index;
+        if let Some(a) = self.aliases.get(&(dev, st_ino)) {
+            return *a == fuse_ino;
+        }
+        let plain = self.plain_number(dev, st_ino);
+        !self.retired.contains_key(&(dev, st_ino))
+            && !self.retired_nodes.contains_key(&plain)
+            && plain == fuse_ino
+    }
+
     /// Copy-up hook: make backing inode `st_ino` of layer `idx` show as `fuse_ino` from now on
     /// (a copied-up file keeps the number it had in the lower layer).
     pub fn alias_ino(&self, idx: LayerIdx, st_ino: u64, fuse_ino: u64) {
         let dev = self.list[idx].dev_index;
-        self.aliases.insert((dev, st_ino), fuse_ino);
+        self.set_alias((dev, st_ino), fuse_ino);
+        // The inode is a live file again: its number comes from the alias.
+        if !self.retired.is_empty() {
+            self.retired.remove(&(dev, st_ino));
+        }
+    }
+
+    fn set_alias(&self, key: (u16, u64), fuse_ino: u64) {
+        self.aliases.insert(key, fuse_ino);
+        if let Some(old) = self.aliased.insert(fuse_ino, key).filter(|k| *k != key) {
+            // The node left that inode (it was deleted, or stays for another use): a file
+            // there is not this node any more.
+            self.aliases.remove_if(&old, |_, n| *n == fuse_ino);
+        }
+    }
+
+    fn drop_alias(&self, key: (u16, u64)) {
+        if let Some((_, n)) = self.aliases.remove(&key) {
+            self.aliased.remove_if(&n, |_, k| *k == key);
+        }
+    }
+
+    /// The last name of upper backing inode `st_ino` is gone. Its alias goes with it (a new
+    /// file the filesystem puts on the inode is not the copied-up one), and while the kernel
+    /// holds `node` (the deleted file's number) a new file on it gets a fresh number.
+    pub fn retire_upper_ino(&self, st_ino: u64, node: Option<u64>) {
+        let Some(up) = self.upper() else { return };
+        let key = (up.dev_index, st_ino);
+        self.drop_alias(key);
+        if let Some(n) = node {
+            self.retired.insert(key, n);
+            self.retired_nodes.insert(n, st_ino);
+        }
+    }
+
+    /// The kernel forgot node `fuse_ino`: if it was a deleted file's, a new file on that
+    /// backing inode may show as the plain number again.
+    pub fn forget_retired(&self, fuse_ino: u64) {
+        if self.retired_nodes.is_empty() {
+            return;
+        }
+        let (Some(up), Some((_, st_ino))) = (self.upper(), self.retired_nodes.remove(&fuse_ino))
+        else {
+            return;
+        };
+        self.retired
+            .remove_if(&(up.dev_index, st_ino), |_, n| *n == fuse_ino);
     }
 
     /// Forget an alias of backing inode `st_ino` of layer `idx` (a number the filesystem gave
     /// a new file after the aliased one was deleted): it shows as its own number again.
     pub fn unalias_ino(&self, idx: LayerIdx, st_ino: u64) {
         let dev = self.list[idx].dev_index;
-        self.aliases.remove(&(dev, st_ino));
+        self.drop_alias((dev, st_ino));
     }
 }
 

@@ -382,7 +382,7 @@ impl Tree {
         // hard link of this one.
         self.path_of(node.ino).is_ok_and(|rel| {
             self.stat_in(layer, &rel)
-                .is_ok_and(|st| self.layers.ino_for(layer, st.st_ino) == node.ino)
+                .is_ok_and(|st| self.layers.shows_as(layer, st.st_ino, node.ino))
         })
     }
 
@@ -430,6 +430,7 @@ impl Tree {
                 node.lookups.load(Ordering::Relaxed) == 0 && node.kids.load(Ordering::Relaxed) == 0
             });
             let Some((_, node)) = removed else { break };
+            self.layers.forget_retired(cur);
             let parent = node.state.read().parent;
             match self.nodes.get(&parent) {
                 Some(p) => {

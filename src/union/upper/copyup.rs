@@ -481,7 +481,7 @@ impl UpperLayer {
         name: &OsStr,
         links: &mut HashMap<(u64, u64), std::path::PathBuf>,
     ) -> io::Result<()> {
-        let (src, _held) = self.copy_source(rel)?;
+        let (src, held) = self.copy_source(rel)?;
         let st = src.lstat()?;
         let dfd = sys::open_dir(dest_dir)?;
         let dest = dest_dir.join(name);
@@ -492,7 +492,22 @@ impl UpperLayer {
             }
         }
         if ty == libc::S_IFREG {
+            // For an upper file linked below too: the release of the old tree counts it.
             self.quota.reserve(st.st_size as u64)?;
+        }
+        if ty != libc::S_IFDIR && held.is_some() {
+            // An upper entry moves with its inode, not as a copy: hard links to it from
+            // outside the directory stay links, and its number in the view stays.
+            if let Err(e) = sys::hard_link(src.as_ref(), &dest) {
+                if ty == libc::S_IFREG {
+                    self.quota.release(st.st_size as u64);
+                }
+                return Err(e);
+            }
+            if st.st_nlink > 1 {
+                links.insert((st.st_dev, st.st_ino), dest);
+            }
+            return Ok(());
         }
         let how = CopyHow {
             no_xattrs: false,

@@ -45,7 +45,16 @@ impl View {
             .then(|| child_ino(fs, parent, name))
             .flatten()
             .and_then(|i| fs.tree.node(i).ok());
+        // The last name of an upper inode: the filesystem may give the inode to a new file.
+        let last = found
+            .upper
+            .filter(|st| dir || st.st_nlink <= 1)
+            .map(|st| st.st_ino);
+        let victim = last.and_then(|_| child_ino(fs, parent, name));
         up.remove_present(&rel, dir, found)?;
+        if let Some(st_ino) = last {
+            fs.tree.layers.retire_upper_ino(st_ino, victim);
+        }
         if let Some(node) = gone {
             // A hard link loses one name: the node answers to another from now on, and the
             // removal copied a lower link group up, so it points at the upper too.

@@ -60,9 +60,18 @@ impl View {
         let dst = fs.tree.path_of(newparent)?.join(newname);
         let moved = child_ino(fs, parent, name);
         let other = child_ino(fs, newparent, newname);
-        up.rename(&src, &dst, flags)?;
-        // Point the moved nodes at their new names.
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        // A replaced upper inode with no other name: the filesystem may reuse it.
+        let replaced = other
+            .filter(|o| !exchange && Some(*o) != moved)
+            .and_then(|_| up.upper_stat(&dst))
+            .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR || st.st_nlink <= 1)
+            .map(|st| st.st_ino);
+        up.rename(&src, &dst, flags)?;
+        if let Some(st_ino) = replaced {
+            fs.tree.layers.retire_upper_ino(st_ino, other);
+        }
+        // Point the moved nodes at their new names.
         let set = |ino: Option<u64>, p: u64, n: &OsStr| {
             if let Some(node) = ino.and_then(|i| fs.tree.node(i).ok()) {
                 fs.tree.reparent(&node, p, n.into());
