@@ -85,7 +85,11 @@ last_error() {
 declare -a ROWS=()
 declare -A ROW_LABEL=() ROW_UNIT=() CELL=() MEM=() SECTION_OF=()
 
+# --rows: a row outside ROW_FILTER is neither registered nor measured.
+row_selected() { [[ -z ${ROW_FILTER:-} || ,$ROW_FILTER, == *",$1,"* ]]; }
+
 row() { # row ID SECTION UNIT LABEL
+  row_selected "$1" || return 0
   ROWS+=("$1")
   SECTION_OF[$1]=$2
   ROW_UNIT[$1]=$3
