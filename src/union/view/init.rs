@@ -87,12 +87,6 @@ impl View {
                 );
                 false
             }
-            // The ring answers every request itself, without fuser's check of who may use a
-            // mount only its owner may use: served for mounts open to every user only.
-            Transport::Uring if !(sys::is_root() || self.opts.allow_other) => {
-                tracing::warn!("uring needs root or allow_other: /dev/fuse");
-                false
-            }
             Transport::Uring => true,
             Transport::Auto | Transport::DevFuse => false,
         };
