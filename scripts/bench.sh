@@ -54,7 +54,8 @@ cached layer set and prints a markdown table (also written to bench-results.md).
   --archive         also run the archive section (stratafs apply/diff/changes vs tar/diff)
   --backends LIST   comma-separated subset of stratafs,fuse-overlayfs,kernel (default: all)
                     and stratafs-ring: stratafs with every request over io_uring (option uring;
-                    enable_uring is set for the run and put back at exit)
+                    enable_uring is set for the run and put back at exit; the stratafs column
+                    then mounts with nouring, /dev/fuse)
   --transports      both stratafs transports beside fuse-overlayfs and kernel overlayfs
                     (= --backends stratafs,stratafs-ring,fuse-overlayfs,kernel)
   --reps N          timings per cell, median reported (default: 3)

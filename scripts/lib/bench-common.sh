@@ -139,7 +139,7 @@ value_or_dash() { # value_or_dash ROW BACKEND
 print_main_table() {
   local section=$1 id s f k r
   if backend_selected stratafs-ring; then
-    printf '| workload | stratafs | stratafs ring | fuse-overlayfs | kernel overlay | ring/stratafs | stratafs/kernel | ring/kernel | ring/fuse-overlayfs |\n'
+    printf '| workload | stratafs /dev/fuse | stratafs ring | fuse-overlayfs | kernel overlay | ring/dev-fuse | dev-fuse/kernel | ring/kernel | ring/fuse-overlayfs |\n'
     printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
   else
     printf '| workload | stratafs | fuse-overlayfs | kernel overlay | stratafs/fuse-overlayfs | stratafs/kernel |\n'
