@@ -127,3 +127,181 @@ fn uring_serves_on_the_ring_when_offered_and_nouring_does_not() {
     assert!(s.log.contains("transport=\"dev-fuse\""), "{}", s.log);
     assert_eq!(ring_requests(&s.log), 0, "{}", s.log);
 }
+
+/// `stratafs --root ROOT ARGS` with `STRATAFS_EXTRA_MOUNT_OPTS=extra` (which the mount
+/// servers it starts read); panics unless it succeeds; its stdout.
+fn cli(root: &Path, extra: &str, args: &[&str]) -> String {
+    let out = Command::new(crate::common::stratafs_bin())
+        .arg("--root")
+        .arg(root)
+        .args(["--driver", "stratafs"])
+        .args(args)
+        .env("STRATAFS_EXTRA_MOUNT_OPTS", extra)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running stratafs");
+    assert!(
+        out.status.success(),
+        "stratafs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What `stratafs status` says of the mount of layer `id`.
+fn status_of_mount(root: &Path, id: &str) -> String {
+    let out = cli(root, "", &["--json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    v["status"][format!("Mount {id}")]
+        .as_str()
+        .unwrap_or_else(|| panic!("no line for the mount of {id}: {out}"))
+        .to_string()
+}
+
+/// Mount layer `id` of the store at `root` with `extra` options; unmounted when dropped.
+fn driver_mount(root: &Path, id: &str, extra: &str) -> crate::common::MountGuard {
+    let mp = cli(root, extra, &["mount", id]);
+    crate::common::MountGuard::new(Path::new(mp.trim()))
+}
+
+#[test]
+fn status_shows_each_mounts_transport() {
+    let _lock = PARAM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    cli(root, "", &["create", "base"]);
+    cli(root, "", &["create-rw", "--parent", "base", "top"]);
+
+    let guard = driver_mount(root, "top", "nouring");
+    let line = status_of_mount(root, "top");
+    assert!(line.ends_with("transport /dev/fuse"), "{line}");
+    assert!(
+        line.starts_with(&guard.path.display().to_string()),
+        "{line}"
+    );
+    cli(root, "", &["umount", "top"]);
+    drop(guard);
+
+    let Some(_enabled) = UringEnabled::set() else {
+        eprintln!("ring part skipped: this kernel has no {PARAM}");
+        return;
+    };
+    let guard = driver_mount(root, "top", "uring");
+    let line = status_of_mount(root, "top");
+    let queues = stratafs::sys::possible_cpus();
+    let want = if queues == 1 {
+        "transport io_uring (1 queue)".to_string()
+    } else {
+        format!("transport io_uring ({queues} queues)")
+    };
+    assert!(line.ends_with(&want), "{line}, wanted {want}");
+    cli(root, "", &["umount", "top"]);
+    drop(guard);
+    let out = cli(root, "", &["--json", "status"]);
+    assert!(!out.contains("Mount top"), "{out}");
+}
+
+/// `/etc/fuse.conf` with `user_allow_other` (which fusermount3 wants before it mounts
+/// `allow_root` for a user) for the test; put back as it was when dropped.
+struct UserAllowOther {
+    old: Option<Vec<u8>>,
+}
+
+const FUSE_CONF: &str = "/etc/fuse.conf";
+
+impl UserAllowOther {
+    fn set() -> UserAllowOther {
+        let old = std::fs::read(FUSE_CONF).ok();
+        let mut text = old.clone().unwrap_or_default();
+        text.extend_from_slice(b"\nuser_allow_other\n");
+        std::fs::write(FUSE_CONF, text).unwrap();
+        UserAllowOther { old }
+    }
+}
+
+impl Drop for UserAllowOther {
+    fn drop(&mut self) {
+        let _ = match &self.old {
+            Some(t) => std::fs::write(FUSE_CONF, t),
+            None => std::fs::remove_file(FUSE_CONF),
+        };
+    }
+}
+
+/// A uid that is neither root nor the mount's owner (`nobody`).
+const STRANGER: u32 = 65533;
+
+/// `stat PATH` as `uid`: Ok, or the error it printed.
+fn stat_as(uid: u32, path: &Path) -> Result<(), String> {
+    let out = Command::new("setpriv")
+        .args([format!("--reuid={uid}"), format!("--regid={uid}")])
+        .args(["--clear-groups", "stat", "--"])
+        .arg(path)
+        .output()
+        .expect("running setpriv");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// As on /dev/fuse (fuser's check), a mount its owner made `allow_root` serves its owner and
+/// root over the ring and refuses every other user, whom the kernel lets in.
+#[test]
+fn ring_serves_the_owner_and_root_of_an_allow_root_mount_and_refuses_others() {
+    use crate::robust::{as_nobody, DevFuseOpen, NOBODY};
+    use std::os::unix::fs::{chown, PermissionsExt};
+
+    let _lock = PARAM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_enabled) = UringEnabled::set() else {
+        eprintln!("skipped: this kernel has no {PARAM} (FUSE over io_uring needs Linux 6.14+)");
+        return;
+    };
+    let _dev = DevFuseOpen::new();
+    let _conf = UserAllowOther::set();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for transport in ["uring", "nouring"] {
+        let root = dir.path().join(transport);
+        for d in ["l", "m"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("l/f"), "x").unwrap();
+        chown(root.join("m"), Some(NOBODY), Some(NOBODY)).unwrap();
+        chown(&root, Some(NOBODY), Some(NOBODY)).unwrap();
+        let (mp, log) = (root.join("m"), root.join("log"));
+        let out = as_nobody(
+            &format!(
+                "STRATAFS_EXTRA_MOUNT_OPTS={transport} {} -o lowerdir={},allow_root,log={} {}",
+                crate::common::stratafs_bin(),
+                root.join("l").display(),
+                log.display(),
+                mp.display()
+            ),
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "mount as nobody ({transport}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let guard = crate::common::MountGuard::new(&mp);
+        let f = mp.join("f");
+        // The stranger first: once an entry is in the kernel's cache, a stat of it is
+        // answered there without asking the server, on either transport.
+        let e = stat_as(STRANGER, &f).expect_err("another user got in");
+        assert!(e.contains("Permission denied"), "{transport}: {e}");
+        assert_eq!(stat_as(NOBODY, &f), Ok(()), "the owner ({transport})");
+        assert_eq!(stat_as(0, &f), Ok(()), "root ({transport})");
+        let st = Command::new("umount").arg(&mp).status().unwrap();
+        assert!(st.success());
+        drop(guard);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if transport == "uring" {
+            assert!(text.contains("transport=\"io_uring\""), "{text}");
+        } else {
+            assert!(text.contains("transport=\"dev-fuse\""), "{text}");
+        }
+    }
+}

@@ -43,7 +43,7 @@ source "$LIB_DIR/bench-rootless.sh"
 usage() {
   cat <<EOF
 usage: scripts/bench.sh [--quick] [--only read|write|archive] [--backends LIST] [--reps N]
-                        [--rootless]
+                        [--rows IDS] [--rootless]
 
 Runs read, write and archive workloads on stratafs, fuse-overlayfs and kernel overlayfs over one
 cached layer set and prints a markdown table (also written to bench-results.md). Must run as root.
@@ -54,10 +54,15 @@ cached layer set and prints a markdown table (also written to bench-results.md).
   --archive         also run the archive section (stratafs apply/diff/changes vs tar/diff)
   --backends LIST   comma-separated subset of stratafs,fuse-overlayfs,kernel (default: all)
                     and stratafs-ring: stratafs with every request over io_uring (option uring;
-                    enable_uring is set for the run and put back at exit)
+                    enable_uring is set for the run and put back at exit; the stratafs column
+                    then mounts with nouring, /dev/fuse)
   --transports      both stratafs transports beside fuse-overlayfs and kernel overlayfs
                     (= --backends stratafs,stratafs-ring,fuse-overlayfs,kernel)
   --reps N          timings per cell, median reported (default: 3)
+  --rows IDS        only these rows (comma-separated ids) of the read and write sections:
+                    r_mount r_find_cold (with r_mount_find) r_find_warm r_ls_big r_tar
+                    r_big_cold r_big_warm w_untar w_touch w_touch_v w_append w_append_v
+                    w_during w_rm w_dd
   --rootless        the read and write rows as an unprivileged user in a user namespace, as
                     rootless Podman runs its mount program (unshare --map-root-user --map-auto,
                     subuids through newuidmap; kernel overlay with userxattr); the table goes to
@@ -78,6 +83,7 @@ parse_args() {
   SECTIONS="read,write"
   BACKENDS="stratafs,fuse-overlayfs,kernel"
   REPS=3
+  ROW_FILTER=""
   while (($#)); do
     case $1 in
       --quick) PROFILE=quick ;;
@@ -97,6 +103,11 @@ parse_args() {
       --reps)
         [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--reps takes a positive number"
         REPS=$2
+        shift
+        ;;
+      --rows)
+        [[ ${2:-} =~ ^[rw]_[a-z_]+(,[rw]_[a-z_]+)*$ ]] || die "--rows takes comma-separated row ids (see --help)"
+        ROW_FILTER=$2
         shift
         ;;
       --rootless) ROOTLESS=1 ;;
@@ -242,6 +253,10 @@ main() {
   section_selected read && run_read_section
   section_selected write && run_write_section
   section_selected archive && run_archive_section
+  local id
+  for id in ${ROW_FILTER//,/ }; do
+    [[ -n ${ROW_LABEL[$id]:-} || $id == r_mount_find ]] || note "--rows: no row $id in the sections run"
+  done
   report | tee "${BENCH_REPORT:-$REPO_DIR/bench-results.md}"
   log "table written to ${BENCH_REPORT:-$REPO_DIR/bench-results.md}; command output in $LOG"
 }

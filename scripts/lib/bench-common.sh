@@ -85,7 +85,11 @@ last_error() {
 declare -a ROWS=()
 declare -A ROW_LABEL=() ROW_UNIT=() CELL=() MEM=() SECTION_OF=()
 
+# --rows: a row outside ROW_FILTER is neither registered nor measured.
+row_selected() { [[ -z ${ROW_FILTER:-} || ,$ROW_FILTER, == *",$1,"* ]]; }
+
 row() { # row ID SECTION UNIT LABEL
+  row_selected "$1" || return 0
   ROWS+=("$1")
   SECTION_OF[$1]=$2
   ROW_UNIT[$1]=$3
@@ -135,7 +139,7 @@ value_or_dash() { # value_or_dash ROW BACKEND
 print_main_table() {
   local section=$1 id s f k r
   if backend_selected stratafs-ring; then
-    printf '| workload | stratafs | stratafs ring | fuse-overlayfs | kernel overlay | ring/stratafs | stratafs/kernel | ring/kernel | ring/fuse-overlayfs |\n'
+    printf '| workload | stratafs /dev/fuse | stratafs ring | fuse-overlayfs | kernel overlay | ring/dev-fuse | dev-fuse/kernel | ring/kernel | ring/fuse-overlayfs |\n'
     printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
   else
     printf '| workload | stratafs | fuse-overlayfs | kernel overlay | stratafs/fuse-overlayfs | stratafs/kernel |\n'

@@ -12,7 +12,9 @@ LAST_PEAK_KB="" # VmHWM of the server read just before the last unmount
 # The mount command of each backend; all three take the same lowerdir/upperdir/workdir syntax.
 backend_mount_cmd() { # BACKEND OPTIONS MERGED
   case $1 in
-    stratafs) run_step 60 "$STRATAFS" -o "$2" "$3" ;;
+    # Beside the ring column, the stratafs column is /dev/fuse (the ring is the default where
+    # enable_uring is set).
+    stratafs) run_step 60 "$STRATAFS" -o "$2${DEV_FUSE_OPT:-}" "$3" ;;
     stratafs-ring) run_step 60 "$STRATAFS" -o "$2,uring" "$3" ;;
     fuse-overlayfs) run_step 60 fuse-overlayfs -o "$2" "$3" ;;
     # In a user namespace (--rootless) overlayfs keeps its xattrs in user.overlay.*.
@@ -74,7 +76,19 @@ mount_backend() {
       note "$backend: no process has the mount point in its command line; memory not measured"
     fi
   fi
+  # A ring column whose mount fell back to /dev/fuse (enable_uring put back to N by someone
+  # else meanwhile, a kernel that refused the queues) would time the other transport.
+  if [[ $backend == stratafs-ring ]] && ! serves_on_ring "$SERVER_PID"; then
+    note "stratafs-ring: a mount was not served over io_uring (enable_uring is $(cat "$URING_PARAM" 2>/dev/null))"
+    unmount_backend
+    return 1
+  fi
   return 0
+}
+
+# Whether the stratafs server PID has ring queue threads (ring-qN), as `stratafs status` tells.
+serves_on_ring() {
+  [[ -n $1 ]] && grep -qs '^ring-q' /proc/"$1"/task/*/comm
 }
 
 # A process that is gone or a zombie: a daemonized server is re-parented to PID 1, which does
@@ -142,6 +156,7 @@ enable_uring() {
   [[ -w $URING_PARAM ]] || die "stratafs-ring: this kernel has no $URING_PARAM (Linux 6.14+)"
   URING_OLD=$(cat "$URING_PARAM")
   echo Y >"$URING_PARAM" || die "stratafs-ring: could not set $URING_PARAM"
+  DEV_FUSE_OPT=",nouring"
 }
 
 cleanup_all() {

@@ -97,6 +97,7 @@ measure_once() {
 measure_row() {
   local row=$1 sum_row=${6:-} i backend t
   local -A times=() sums=() failed=()
+  [[ -n ${ROW_LABEL[$row]:-} ]] || return 0 # not selected (--rows)
   log "workload: ${ROW_LABEL[$row]}"
   for ((i = 1; i <= REPS; i++)); do
     for backend in "${BACKEND_LIST[@]}"; do

@@ -143,6 +143,19 @@ pub fn process_exists(pid: i32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// The names (`comm`) of the threads of process `pid`.
+pub fn thread_names(pid: i32) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let comm = t?.path().join("comm");
+        // A thread that ended since the listing has no comm left: skip it.
+        if let Ok(n) = std::fs::read_to_string(comm) {
+            names.push(n.trim_end().to_string());
+        }
+    }
+    Ok(names)
+}
+
 /// Whether `pid` is a zombie (exited, not yet reaped): such a server is gone.
 pub fn process_is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -13,6 +13,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::ThreadId;
 
@@ -75,9 +76,17 @@ pub struct FuseRing {
     owner: OnceLock<ThreadId>,
     /// Slots answered from other threads, for the owner to commit: (slot, commit id).
     deferred: Mutex<Vec<(usize, u64)>>,
+    /// An eventfd those threads write to wake the owner (a poll in the ring watches it):
+    /// they never touch the SQ, so only the owner's task ever submits.
+    wake: OwnedFd,
+    /// Whether the multishot poll of `wake` is in the ring (the kernel may end it).
+    wake_armed: AtomicBool,
+    /// Entries the owner pushed and has not submitted yet: a commit made on the owner's
+    /// thread goes in with its next wait, one `io_uring_enter` for the reply and the wait.
+    unsubmitted: AtomicBool,
 }
 
-/// `user_data` of the NOP that wakes the owner for deferred commits.
+/// `user_data` of the poll of the wake-up eventfd.
 const WAKE: u64 = u64::MAX;
 
 // SAFETY: the raw pointers point into buffers this struct owns for its whole life; a slot is
@@ -130,6 +139,9 @@ impl FuseRing {
             cq: Mutex::new(()),
             owner: OnceLock::new(),
             deferred: Mutex::new(Vec::new()),
+            wake: eventfd()?,
+            wake_armed: AtomicBool::new(false),
+            unsubmitted: AtomicBool::new(false),
         })
     }
 
@@ -158,8 +170,24 @@ impl FuseRing {
         }
     }
 
+    /// Push entries and submit them at once.
     fn submit(&self, entries: &[squeue::Entry128]) -> io::Result<()> {
+        self.push(entries)?;
+        self.flush()
+    }
+
+    /// Submit what was pushed and not submitted yet (no system call when nothing is).
+    pub fn flush(&self) -> io::Result<()> {
+        if self.unsubmitted.swap(false, Ordering::Relaxed) {
+            self.ring.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Push entries for the next submission (submitting early only when the SQ is full).
+    fn push(&self, entries: &[squeue::Entry128]) -> io::Result<()> {
         let _g = self.sq.lock().unwrap_or_else(|p| p.into_inner());
+        self.unsubmitted.store(true, Ordering::Relaxed);
         for e in entries {
             // SAFETY: the SQ is used only under `self.sq`; the entry's iovecs and buffers
             // live as long as `self`.
@@ -171,7 +199,6 @@ impl FuseRing {
                     .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             }
         }
-        self.ring.submit()?;
         Ok(())
     }
 
@@ -199,10 +226,17 @@ impl FuseRing {
         let _g = self.cq.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             self.commit_deferred()?;
-            // SAFETY: no argument struct; this submits nothing (to_submit 0) and waits for one
-            // completion (IORING_ENTER_GETEVENTS).
-            let r = unsafe { self.ring.submitter().enter::<libc::sigset_t>(0, 1, 1, None) };
-            match r {
+            if !self.wake_armed.swap(true, Ordering::Relaxed) {
+                let poll =
+                    opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
+                        .multi(true)
+                        .build()
+                        .user_data(WAKE);
+                self.push(&[poll.into()])?;
+            }
+            // What this thread pushed (its commits, the poll) goes in with the wait.
+            self.unsubmitted.store(false, Ordering::Relaxed);
+            match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -224,7 +258,7 @@ impl FuseRing {
             .iter()
             .map(|&(slot, id)| self.cmd(CMD_COMMIT_AND_FETCH, slot, id, None))
             .collect();
-        self.submit(&entries)
+        self.push(&entries)
     }
 
     /// Take the completions already there, without waiting.
@@ -240,6 +274,10 @@ impl FuseRing {
         let cq = unsafe { self.ring.completion_shared() };
         for c in cq {
             if c.user_data() == WAKE {
+                drain(&self.wake);
+                if !cqueue::more(c.flags()) {
+                    self.wake_armed.store(false, Ordering::Relaxed);
+                }
                 continue;
             }
             let slot = c.user_data() as usize;
@@ -307,21 +345,49 @@ impl FuseRing {
             }
         }
         if self.owner.get() == Some(&std::thread::current().id()) {
-            return self.submit(&[self.cmd(CMD_COMMIT_AND_FETCH, slot, commit_id, None)]);
+            // Submitted with the owner's next wait (or before its next request's handler).
+            return self.push(&[self.cmd(CMD_COMMIT_AND_FETCH, slot, commit_id, None)]);
         }
         self.deferred
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((slot, commit_id));
-        // A NOP completes at once, in this thread's submission: nothing of this thread's
-        // stays in the ring, and the owner wakes to commit.
-        let nop: squeue::Entry128 = opcode::Nop::new().build().user_data(WAKE).into();
-        self.submit(&[nop])
+        wake(&self.wake)
     }
 }
 
 /// Set the SQE's `len` (the number of iovecs of a REGISTER), which the crate's `UringCmd80`
 /// leaves 0.
+/// A non-blocking eventfd.
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; a descriptor it returns is ours alone.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Add one to an eventfd (wakes its poll).
+fn wake(fd: &OwnedFd) -> io::Result<()> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer.
+    let r = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    // EAGAIN: the counter is full, so the owner has a wake-up pending anyway.
+    if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reset an eventfd's counter (nothing to read is fine).
+fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live buffer.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+}
+
 fn with_sqe_len(e: squeue::Entry128, len: u32) -> squeue::Entry128 {
     // SAFETY: `Entry128` is `repr(C)`, 128 bytes: the 64-byte `io_uring_sqe` and 64 bytes of
     // command; `len` is the u32 at offset 24 of `io_uring_sqe`.

@@ -18,6 +18,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::layer::idmap::IdMappings;
 use crate::store::Store;
 use crate::sys;
+use crate::union::ring;
 
 const STATE_FILE: &str = "mount.json";
 const LOWERS_FILE: &str = "lowers";
@@ -269,21 +270,63 @@ impl MountManager {
         (st.refs > 0 && self.live(&st)).then_some(st.mountpoint)
     }
 
-    /// Diagnostics for `status` (active mounts, passthrough, ...).
+    /// Diagnostics for `status` (active mounts, passthrough, transports, ...): one
+    /// `Mount ID` line per live mount with its mount point and request transport.
     pub fn status(&self) -> Vec<(String, String)> {
-        let active = self
+        let live: Vec<(String, MountState)> = self
             .store
             .list()
-            .map(|l| {
-                l.iter()
-                    .filter(|r| self.mounted_at(&r.id).is_some())
-                    .count()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| {
+                let st = self.read_state(&r.id)?;
+                (st.refs > 0 && self.live(&st)).then_some((r.id, st))
             })
-            .unwrap_or(0);
-        vec![
-            ("Active Mounts".into(), active.to_string()),
+            .collect();
+        let mut lines = vec![
+            ("Active Mounts".into(), live.len().to_string()),
             ("FUSE Passthrough".into(), passthrough_status()),
-        ]
+            ("FUSE over io_uring".into(), uring_status()),
+        ];
+        for (id, st) in live {
+            let at = st.mountpoint.display();
+            let transport = transport_of(st.pid);
+            lines.push((
+                format!("Mount {id}"),
+                format!("{at}, transport {transport}"),
+            ));
+        }
+        lines
+    }
+}
+
+const URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Whether new mounts can be served over io_uring (the fuse module's switch).
+pub fn uring_status() -> String {
+    match std::fs::read_to_string(URING_PARAM) {
+        Ok(v) if v.trim() == "Y" => "enabled (enable_uring=Y)".into(),
+        Ok(_) => format!("disabled ({URING_PARAM} = N)"),
+        Err(_) => "unavailable (kernel without it: Linux 6.14+)".into(),
+    }
+}
+
+/// The request transport of the server `pid`, told by its ring queue threads: each queue of
+/// the ring has one, and a server on `/dev/fuse` has none.
+fn transport_of(pid: i32) -> String {
+    match sys::thread_names(pid) {
+        Ok(names) => {
+            let queues = names
+                .iter()
+                .filter(|n| n.starts_with(ring::QUEUE_THREAD_PREFIX))
+                .count();
+            match queues {
+                0 => "/dev/fuse".into(),
+                1 => "io_uring (1 queue)".into(),
+                n => format!("io_uring ({n} queues)"),
+            }
+        }
+        Err(e) => format!("unknown ({e})"),
     }
 }
 

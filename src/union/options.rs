@@ -90,8 +90,8 @@ pub struct MountOptions {
 /// The request transport a mount asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Transport {
-    /// The default: `/dev/fuse` reader threads (the ring is opt-in until it is the proven
-    /// faster path; see docs/performance.md).
+    /// The default: FUSE over io_uring when the kernel offers it (Linux 6.14+ with the fuse
+    /// module's `enable_uring` set), else `/dev/fuse`, without a warning.
     #[default]
     Auto,
     /// FUSE over io_uring when the kernel offers it (`uring`), else `/dev/fuse` with a warning.

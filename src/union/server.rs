@@ -19,6 +19,7 @@ use crate::union::ids::IdView;
 use crate::union::layers::Layers;
 use crate::union::options::MountOptions;
 use crate::union::ring;
+use crate::union::ring::access::{Acl, Users};
 use crate::union::tree::Tree;
 
 /// What the command line asked the mount program to do.
@@ -148,12 +149,11 @@ fn session_config(args: &ServerArgs) -> Config {
     }
     let mut cfg = Config::default();
     cfg.mount_options = mount_options;
-    cfg.acl = if root || o.allow_other {
-        SessionACL::All
-    } else if o.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
+    // The ring transport checks ring requests by the same rule (`ring::access`).
+    cfg.acl = match Acl::for_mount(o).users {
+        Users::All => SessionACL::All,
+        Users::RootAndOwner => SessionACL::RootAndOwner,
+        Users::Owner => SessionACL::Owner,
     };
     cfg.n_threads = Some(o.threads.unwrap_or_else(default_threads));
     cfg.clone_fd = true;
@@ -206,13 +206,15 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
     // The handshake (INIT) is done: start the ring if INIT chose it, before the mount is
     // reported ready, so the ring carries the first request a user makes.
     match ring_plan.get() {
-        Some(&payload) => match ring::start(view.clone(), session.as_fd(), payload) {
-            Ok(queues) => tracing::info!(transport = "io_uring", queues, "transport"),
-            Err(e) => {
-                tracing::warn!(%e, "FUSE over io_uring failed to start; serving /dev/fuse");
-                tracing::info!(transport = "dev-fuse", "transport");
+        Some(&payload) => {
+            match ring::start(view.clone(), session.as_fd(), payload, Acl::for_mount(o)) {
+                Ok(queues) => tracing::info!(transport = "io_uring", queues, "transport"),
+                Err(e) => {
+                    tracing::warn!(%e, "FUSE over io_uring failed to start; serving /dev/fuse");
+                    tracing::info!(transport = "dev-fuse", "transport");
+                }
             }
-        },
+        }
         None => tracing::info!(transport = "dev-fuse", "transport"),
     }
     let session_end = Arc::new(SessionEnd {

