@@ -11,6 +11,7 @@ mod read;
 mod restart;
 mod ring;
 mod robust;
+mod untar;
 mod whiteout_replace;
 mod write;
 mod writeback;
