@@ -12,6 +12,7 @@ mod restart;
 mod ring;
 mod robust;
 mod stress_regress;
+mod untar;
 mod whiteout_replace;
 mod write;
 mod writeback;

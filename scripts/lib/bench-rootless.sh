@@ -58,7 +58,11 @@ rootless_layers() {
     # A user namespace cannot mknod devices (as for rootless Podman): the untar row unpacks the
     # root filesystem without its /dev nodes.
     cp "$ROOTFS_TAR" "$rl/rootfs-nodev.tar"
-    tar --wildcards --delete -f "$rl/rootfs-nodev.tar" './dev/?*'
+    # (A generated tree, made where debootstrap is unavailable, has no /dev: tar --delete
+    # fails when nothing matches.)
+    if tar -tf "$rl/rootfs-nodev.tar" | grep -q '^\./dev/.'; then
+      tar --wildcards --delete -f "$rl/rootfs-nodev.tar" './dev/?*'
+    fi
     chmod 0644 "$rl/rootfs-nodev.tar"
     echo "$key" >"$rl.done"
   fi

@@ -87,6 +87,62 @@ impl UpperLayer {
         self.drop_whiteout(dfd, name)
     }
 
+    /// Create the empty regular file `rel` under its own name at once, without staging, where
+    /// one `open` gives it all it needs: no lower layer has anything at `rel` (no whiteout to
+    /// replace, nothing to hide), its permission bits are plain ones and the file comes out
+    /// with `attr`'s owner by itself. Staging exists so that a crash never shows a half-made
+    /// entry; a crash here can leave only an empty file under its name, with its owner (as
+    /// just after a staged create: this is no copy-up, no data was promised). `None`: not so
+    /// here, the caller stages it. It comes back open read-write, with its stat.
+    pub fn create_file_direct(
+        &self,
+        rel: &Path,
+        attr: &NewAttr,
+    ) -> io::Result<Option<(OwnedFd, libc::stat)>> {
+        let perm = attr.mode & 0o7777;
+        let plain = perm & 0o7000 == 0 && perm & 0o600 == 0o600;
+        if !plain || self.lowers.lower_entry(rel).is_some() {
+            return Ok(None);
+        }
+        let (parent, name) = split(rel)?;
+        self.ensure_dir(parent)?;
+        let pfd = self.open_upper_dir(parent)?;
+        let dfd = pfd.as_fd();
+        let pst = sys::fstat(dfd)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            self.own_ids.1
+        };
+        if (attr.uid, attr.gid) != (self.own_ids.0, gid) {
+            return Ok(None); // a chown to follow: staged, so no crash shows the wrong owner
+        }
+        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
+        let fd = match sys::openat(dfd, Path::new(name), flags, perm) {
+            // A whiteout device there, or a racing create: the staged path sorts it out.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(None),
+            r => r?,
+        };
+        let finish = || -> io::Result<libc::stat> {
+            let mut st = sys::fstat(fd.as_fd())?;
+            if st.st_mode & 0o7777 != perm {
+                // The server's umask or a default ACL narrowed it.
+                sys::fchmod(fd.as_fd(), perm)?;
+                st.st_mode = (st.st_mode & !0o7777) | perm;
+            }
+            // (No lower has the name, so a `.wh.` marker can only be a stale one.)
+            self.drop_whiteout(dfd, name)?;
+            Ok(st)
+        };
+        match finish() {
+            Ok(st) => Ok(Some((fd, st))),
+            Err(e) => {
+                let _ = sys::unlink_entry(dfd, name, false);
+                Err(e)
+            }
+        }
+    }
+
     /// Create an empty regular file at `rel`; it comes back open read-write.
     pub fn create_file(&self, rel: &Path, attr: &NewAttr) -> io::Result<OwnedFd> {
         let attr = NewAttr {

@@ -58,6 +58,8 @@ pub struct UpperLayer {
     /// filesystem cannot).
     pub(crate) unnamed_files: AtomicBool,
     seq: AtomicU64,
+    /// This process's effective uid and gid: the owner a file gets from a plain create.
+    pub(super) own_ids: (u32, u32),
     /// This process's id, part of staging names (read once: glibc does not cache getpid).
     pid: u32,
     pub(super) lowers: Arc<dyn LowerView>,
@@ -107,6 +109,7 @@ impl UpperLayer {
             flush_copies: true,
             unnamed_files: AtomicBool::new(unnamed),
             seq: AtomicU64::new(0),
+            own_ids: sys::effective_ids(),
             pid: std::process::id(),
             lowers,
             quota,

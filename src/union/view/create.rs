@@ -167,17 +167,21 @@ impl View {
         let (rel, made) = match new_name(self, parent, name) {
             Ok(r) => {
                 let (uid, gid, _) = owner_for(self, req, parent)?;
-                let fd = up.create_file(
-                    &r,
-                    &NewAttr {
-                        mode: libc::S_IFREG | (mode & 0o7777 & !umask),
-                        uid,
-                        gid,
-                        rdev: 0,
-                    },
-                )?;
+                let attr = NewAttr {
+                    mode: libc::S_IFREG | (mode & 0o7777 & !umask),
+                    uid,
+                    gid,
+                    rdev: 0,
+                };
+                let (fd, st) = match up.create_file_direct(&r, &attr)? {
+                    Some(made) => made,
+                    None => {
+                        let fd = up.create_file(&r, &attr)?;
+                        let st = sys::fstat(fd.as_fd())?;
+                        (fd, st)
+                    }
+                };
                 refresh(self, up, Some(parent), r.parent().unwrap_or(Path::new("")));
-                let st = sys::fstat(fd.as_fd())?;
                 add_stat_to_listing(self, parent, name, &st);
                 (r, Some((fd, st)))
             }

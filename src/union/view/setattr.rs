@@ -98,7 +98,7 @@ impl View {
         if !rel.as_os_str().is_empty() {
             let node = fs.tree.node(ino)?;
             let plain = fs.tree.no_xattrs(&node);
-            if let Some(attr) = set_times_open(fs, &node, &a, fh, plain) {
+            if let Some(attr) = set_attr_open(fs, &node, &a, fh, plain) {
                 return Ok(attr?);
             }
             // An owner or mode change may go to override_stat (rootless).
@@ -188,18 +188,23 @@ fn setattr_unnamed(fs: &View, up: &UpperLayer, ino: u64, r: &SetAttrReq) -> Repl
     Ok(fs.tree.attr_with_override(&node, st, meta::fd_override(fd)))
 }
 
-/// A change of times only (`touch` of an open file, `futimens`) made through a file open for
-/// writing on the inode, if there is one: its name is not resolved again. `None`: not such a
-/// change, or no such file.
-fn set_times_open(
+/// A change of times, owner or mode (not size) made through a file open for writing on the
+/// inode, if there is one: its name is not resolved again (`tar -x` changes the owner, mode and
+/// times of each file while it holds it open, and the writeback cache sends the times it kept
+/// before each of those). An owner or mode change goes this way only when the file has no
+/// xattrs (`plain`: so no override_stat to keep) and the backing filesystem takes the owner
+/// itself. `None`: not such a change, or no such file; the caller applies it by name.
+fn set_attr_open(
     fs: &View,
     node: &Node,
     a: &SetAttr,
     fh: Option<u64>,
     plain: bool,
 ) -> Option<io::Result<Attr>> {
-    let times_only = a.mode.is_none() && a.uid.is_none() && a.gid.is_none() && a.size.is_none();
-    if !times_only || (a.atime.is_none() && a.mtime.is_none()) {
+    let owner = a.uid.is_some() || a.gid.is_some();
+    let owner_or_mode = owner || a.mode.is_some();
+    let times = a.atime.is_some() || a.mtime.is_some();
+    if a.size.is_some() || !(owner_or_mode || times) || (owner_or_mode && !plain) {
         return None;
     }
     let h = fh
@@ -207,13 +212,34 @@ fn set_times_open(
         .filter(|h| h.writable && h.ino == node.ino)
         .or_else(|| fs.writable_handle(node.ino))?;
     let fd = h.file.as_fd();
+    if owner {
+        let (uid, gid) = (a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX));
+        match sys::lchownat(fd, OsStr::new(""), uid, gid) {
+            Ok(()) => {}
+            // Refused (unprivileged): it goes to override_stat, by name.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    let epoch = owner_or_mode.then(|| {
+        node.xattrs_changing();
+        node.xattr_epoch()
+    });
     let done = (|| {
-        let omit = TimeSpec::Omit;
-        sys::futimens(fd, a.atime.unwrap_or(omit), a.mtime.unwrap_or(omit))?;
+        if let Some(m) = a.mode {
+            sys::fchmod(fd, m & 0o7777)?;
+        }
+        if times {
+            let omit = TimeSpec::Omit;
+            sys::futimens(fd, a.atime.unwrap_or(omit), a.mtime.unwrap_or(omit))?;
+        }
         let st = sys::fstat(fd)?;
         let over = if plain { None } else { meta::fd_override(fd) };
         Ok(fs.tree.attr_with_override(node, st, over))
     })();
+    if let (Some(epoch), Ok(_)) = (epoch, &done) {
+        node.mark_upper_plain(epoch);
+    }
     Some(done)
 }
 
