@@ -40,7 +40,9 @@ const RING_MAX_WRITE: u32 = 1 << 20;
 pub struct UnionFs {
     view: View,
     on_destroy: DestroyHook,
-    ring: RingPlan,
+    /// Set by [`UnionFs::serve_ring`]: only a session whose runner starts the ring queues may
+    /// ask for the ring at INIT (the kernel then holds every request until they register).
+    ring: Option<RingPlan>,
 }
 
 impl UnionFs {
@@ -48,7 +50,7 @@ impl UnionFs {
         UnionFs {
             view: View::new(tree, opts),
             on_destroy: Arc::default(),
-            ring: Arc::default(),
+            ring: None,
         }
     }
 
@@ -58,9 +60,11 @@ impl UnionFs {
         &self.view
     }
 
-    /// Whether (and how) INIT chose the ring transport; read after the handshake.
-    pub fn ring_plan(&self) -> RingPlan {
-        self.ring.clone()
+    /// Say that the caller will serve the ring if INIT chooses it (`ring::start` once the
+    /// handshake is done). The returned plan says whether (and how) INIT chose it. A session
+    /// run without this call (fuser alone) never asks for the ring.
+    pub fn serve_ring(&mut self) -> RingPlan {
+        self.ring.get_or_insert_with(Arc::default).clone()
     }
 
     /// Where the mount program puts what to do when the session ends.
@@ -239,7 +243,9 @@ impl Filesystem for UnionFs {
     }
 
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let n = self.view.init(config.capabilities().bits());
+        let n = self
+            .view
+            .init(config.capabilities().bits(), self.ring.is_some());
         // A subset of what the kernel offered: accepted as a whole.
         let _ = config.add_capabilities(InitFlags::from_bits_truncate(n.flags));
         if let Some(depth) = n.max_stack_depth {
@@ -252,9 +258,9 @@ impl Filesystem for UnionFs {
                 .contains(InitFlags::FUSE_OVER_IO_URING)
         {
             let _ = config.set_max_write(RING_MAX_WRITE);
-            let _ = self
-                .ring
-                .set(crate::union::ring::payload_size(RING_MAX_WRITE, 256));
+            if let Some(plan) = &self.ring {
+                let _ = plan.set(crate::union::ring::payload_size(RING_MAX_WRITE, 256));
+            }
         }
         Ok(())
     }

@@ -188,10 +188,10 @@ fn serve(args: &ServerArgs, ready: &mut Option<OwnedFd>) -> Result<()> {
         squash_gid: o.squash_to_gid,
     };
     let tree = Tree::new(layers, ids).ctx(|| "building the merged view")?;
-    let fs = UnionFs::new(tree, o.clone());
+    let mut fs = UnionFs::new(tree, o.clone());
     let view = fs.view().clone();
     let on_destroy = fs.on_destroy();
-    let ring_plan = fs.ring_plan();
+    let ring_plan = fs.serve_ring();
     let cfg = session_config(args);
     let mut session = fuser::Session::new(fs, mp, &cfg).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied && o.allow_other {

@@ -58,7 +58,9 @@ const WANTED: u64 = {
 impl View {
     /// Answer INIT, given the capabilities the kernel `offered`; opens the upper layer, so
     /// staging leftovers of a crash are cleaned and the quota scanned before the first request.
-    pub fn init(&self, offered: u64) -> Negotiated {
+    /// `ring_served`: the session's runner starts ring queues if the ring is chosen; without
+    /// them a mount granted the ring would hang, so it is never asked for then.
+    pub fn init(&self, offered: u64, ring_served: bool) -> Negotiated {
         let mut flags = offered & WANTED;
         let mut max_stack_depth = None;
         if self.passthrough_possible() && offered & caps::PASSTHROUGH != 0 {
@@ -78,7 +80,7 @@ impl View {
             flags |= caps::WRITEBACK_CACHE;
             self.writeback.store(true, Ordering::Relaxed);
         }
-        let offered_ring = offered & caps::OVER_IO_URING != 0;
+        let offered_ring = ring_served && offered & caps::OVER_IO_URING != 0;
         let over_io_uring = match self.opts.transport {
             // The ring when the kernel offers it: faster than /dev/fuse on every row of the
             // transports bench (README, docs/performance.md); else /dev/fuse, silently.
