@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 use crate::store::write_json_atomic;
 
-use super::{key, now, read_json, ImageLayer, ImageRecord, ImageStore, ResolvedImage};
+use super::{key, read_json, ImageLayer, ImageRecord, ImageStore, ResolvedImage};
 
 impl ImageStore {
     fn lazy_dir(&self) -> PathBuf {
@@ -29,34 +29,17 @@ impl ImageStore {
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{}.json", key(&img.id)?));
         let old: Option<ImageRecord> = read_json(&path)?;
-        let mut tags: BTreeSet<String> = old
-            .map(|o| o.tags.into_iter().collect())
-            .unwrap_or_default();
-        tags.extend(img.tags.iter().cloned());
         let layers = img
             .layers
             .iter()
             .zip(sizes)
-            .map(|(l, size)| ImageLayer {
-                diff_id: l.diff_id.clone(),
-                blob_digest: l.blob_digest.clone(),
-                media_type: l.media_type.clone(),
-                size: *size,
-            })
+            .map(|(l, size)| ImageLayer::of(l, *size))
             .collect();
-        let record = ImageRecord {
-            id: img.id.clone(),
-            tags: tags.into_iter().collect(),
-            manifest_digest: img.manifest_digest.clone(),
-            os: img.config.os().to_string(),
-            architecture: img.config.architecture().to_string(),
-            source: fs::canonicalize(archive)
-                .unwrap_or_else(|_| archive.to_path_buf())
-                .display()
-                .to_string(),
-            loaded: now(),
-            layers,
-        };
+        let source = fs::canonicalize(archive)
+            .unwrap_or_else(|_| archive.to_path_buf())
+            .display()
+            .to_string();
+        let record = ImageRecord::of(img, old, source, layers);
         write_json_atomic(&path, &record)?;
         Ok(record)
     }

@@ -37,6 +37,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::{write_atomic, write_json_atomic, LayerKind, Store};
 use crate::sys::FileLock;
 
+use format::LayerRef;
 pub use format::{Platform, ResolvedImage, Selector};
 pub use source::Source;
 
@@ -74,7 +75,42 @@ pub struct ImageRecord {
     pub layers: Vec<ImageLayer>,
 }
 
+impl ImageLayer {
+    /// The record of layer `l` whose files take `size` bytes.
+    fn of(l: &LayerRef, size: u64) -> ImageLayer {
+        ImageLayer {
+            diff_id: l.diff_id.clone(),
+            blob_digest: l.blob_digest.clone(),
+            media_type: l.media_type.clone(),
+            size,
+        }
+    }
+}
+
 impl ImageRecord {
+    /// The record of `img` loaded now from `source`, keeping the tags of its `old` record.
+    fn of(
+        img: &ResolvedImage,
+        old: Option<ImageRecord>,
+        source: String,
+        layers: Vec<ImageLayer>,
+    ) -> ImageRecord {
+        let mut tags: BTreeSet<String> = old
+            .map(|o| o.tags.into_iter().collect())
+            .unwrap_or_default();
+        tags.extend(img.tags.iter().cloned());
+        ImageRecord {
+            id: img.id.clone(),
+            tags: tags.into_iter().collect(),
+            manifest_digest: img.manifest_digest.clone(),
+            os: img.config.os().to_string(),
+            architecture: img.config.architecture().to_string(),
+            source,
+            loaded: now(),
+            layers,
+        }
+    }
+
     /// The first 12 hex digits of the id, as `docker images` shows.
     pub fn short_id(&self) -> &str {
         let hex = self.id.strip_prefix("sha256:").unwrap_or(&self.id);
@@ -282,29 +318,11 @@ impl ImageStore {
             } else {
                 reused.push(l.diff_id.clone());
             }
-            layers.push(ImageLayer {
-                diff_id: l.diff_id.clone(),
-                blob_digest: l.blob_digest.clone(),
-                media_type: l.media_type.clone(),
-                size: meta.size,
-            });
+            layers.push(ImageLayer::of(l, meta.size));
         }
         let dir = self.image_dir(&img.id)?;
         let old: Option<ImageRecord> = read_json(&dir.join("image.json"))?;
-        let mut tags: BTreeSet<String> = old
-            .map(|o| o.tags.into_iter().collect())
-            .unwrap_or_default();
-        tags.extend(img.tags.iter().cloned());
-        let record = ImageRecord {
-            id: img.id.clone(),
-            tags: tags.into_iter().collect(),
-            manifest_digest: img.manifest_digest.clone(),
-            os: img.config.os().to_string(),
-            architecture: img.config.architecture().to_string(),
-            source: source_name.to_string(),
-            loaded: now(),
-            layers,
-        };
+        let record = ImageRecord::of(img, old, source_name.to_string(), layers);
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         write_atomic(&dir.join("config.json"), &img.config_raw)?;
         write_json_atomic(&dir.join("image.json"), &record)?;
