@@ -3,59 +3,20 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::common::{mount_stratafs, MountGuard};
+use crate::common::{MountGuard, OneLower};
 
-struct Layers {
-    _tmp: tempfile::TempDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mp: PathBuf,
-}
-
-impl Layers {
-    /// Lower directories `dirs`, each holding the files `files` (content "lower").
-    fn new(dirs: &[&str], files: &[&str]) -> Layers {
-        let t = tempfile::tempdir().unwrap();
-        let (lower, upper, work, mp) = (
-            t.path().join("lower"),
-            t.path().join("upper"),
-            t.path().join("work"),
-            t.path().join("mnt"),
-        );
-        for d in [&upper, &work, &mp] {
-            fs::create_dir_all(d).unwrap();
-        }
-        for d in dirs {
-            fs::create_dir_all(lower.join(d)).unwrap();
-        }
-        for f in files {
-            fs::write(lower.join(f), "lower").unwrap();
-        }
-        Layers {
-            _tmp: t,
-            lower,
-            upper,
-            work,
-            mp,
-        }
+/// Lower directories `dirs`, each holding the files `files` (content "lower").
+fn layers(dirs: &[&str], files: &[&str]) -> OneLower {
+    let l = OneLower::new();
+    for d in dirs {
+        fs::create_dir_all(l.lower.join(d)).unwrap();
     }
-
-    fn mount(&self) -> MountGuard {
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            self.lower.display(),
-            self.upper.display(),
-            self.work.display()
-        );
-        mount_stratafs(&opts, &self.mp)
+    for f in files {
+        fs::write(l.lower.join(f), "lower").unwrap();
     }
-
-    fn at(&self, rel: &str) -> PathBuf {
-        self.mp.join(rel)
-    }
+    l
 }
 
 fn unmount(g: MountGuard) {
@@ -77,17 +38,20 @@ fn a_hard_link_into_a_lower_directory_stays_a_link_when_the_directory_moves() {
     // Trace of seed 11: `link d3/n7 d5/n9`, then `rename d3 d4/n10`. The move copied the
     // lower directory's tree anew, its upper file included: the two names then showed one
     // inode number with a link count of 1 each, and a fresh mount two separate files.
-    let l = Layers::new(&["d3", "d4", "d5"], &["d3/n7"]);
+    let l = layers(&["d3", "d4", "d5"], &["d3/n7"]);
     let g = l.mount();
-    fs::hard_link(l.at("d3/n7"), l.at("d5/n9")).unwrap();
-    fs::rename(l.at("d3"), l.at("d4/n10")).unwrap();
+    fs::hard_link(l.mp.join("d3/n7"), l.mp.join("d5/n9")).unwrap();
+    fs::rename(l.mp.join("d3"), l.mp.join("d4/n10")).unwrap();
     let check = |when: &str| {
-        let (a, b) = (ino_nlink(&l.at("d5/n9")), ino_nlink(&l.at("d4/n10/n7")));
+        let (a, b) = (
+            ino_nlink(&l.mp.join("d5/n9")),
+            ino_nlink(&l.mp.join("d4/n10/n7")),
+        );
         assert_eq!(a, b, "{when}: the two names of one file differ");
         assert_eq!(a.1, 2, "{when}: link count of a file with two names");
-        fs::write(l.at("d5/n9"), "changed").unwrap();
+        fs::write(l.mp.join("d5/n9"), "changed").unwrap();
         assert_eq!(
-            fs::read_to_string(l.at("d4/n10/n7")).unwrap(),
+            fs::read_to_string(l.mp.join("d4/n10/n7")).unwrap(),
             "changed",
             "{when}: a write through one name does not show through the other"
         );
@@ -111,29 +75,40 @@ fn a_directory_made_where_a_copied_up_lower_directory_moved_away_is_a_new_one() 
     all.push("d2");
     let files: Vec<String> = dirs.iter().map(|d| format!("{d}/f0")).collect();
     let files: Vec<&str> = files.iter().map(String::as_str).collect();
-    let l = Layers::new(&all, &files);
+    let l = layers(&all, &files);
     let g = l.mount();
     for (i, d) in dirs.iter().enumerate() {
         let moved = format!("d2/m{i}");
-        fs::set_permissions(l.at(&format!("{d}/f0")), fs::Permissions::from_mode(0o600)).unwrap();
-        fs::rename(l.at(d), l.at(&moved)).unwrap();
-        fs::create_dir(l.at(d)).unwrap();
-        let (new, old) = (ino_nlink(&l.at(d)).0, ino_nlink(&l.at(&moved)).0);
+        fs::set_permissions(
+            l.mp.join(format!("{d}/f0")),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        fs::rename(l.mp.join(d), l.mp.join(&moved)).unwrap();
+        fs::create_dir(l.mp.join(d)).unwrap();
+        let (new, old) = (ino_nlink(&l.mp.join(d)).0, ino_nlink(&l.mp.join(&moved)).0);
         assert_ne!(
             new, old,
             "{d}: the new directory shows the moved one's number"
         );
         assert_eq!(
-            fs::read_dir(l.at(d)).unwrap().count(),
+            fs::read_dir(l.mp.join(d)).unwrap().count(),
             0,
             "{d}: new, not empty"
         );
-        assert_eq!(fs::read_dir(l.at(&moved)).unwrap().count(), 1, "{moved}");
+        assert_eq!(
+            fs::read_dir(l.mp.join(&moved)).unwrap().count(),
+            1,
+            "{moved}"
+        );
     }
     unmount(g);
     let g = l.mount();
     for i in 0..dirs.len() {
-        assert_eq!(fs::read_dir(l.at(&format!("d2/m{i}"))).unwrap().count(), 1);
+        assert_eq!(
+            fs::read_dir(l.mp.join(format!("d2/m{i}"))).unwrap().count(),
+            1
+        );
     }
     unmount(g);
 }

@@ -8,51 +8,10 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use crate::common::{mount_stratafs, MountGuard};
-
-struct Layers {
-    _t: tempfile::TempDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    mp: PathBuf,
-}
-
-impl Layers {
-    fn new() -> Layers {
-        let t = tempfile::tempdir().unwrap();
-        let l = Layers {
-            lower: t.path().join("lower"),
-            upper: t.path().join("upper"),
-            work: t.path().join("work"),
-            mp: t.path().join("merged"),
-            _t: t,
-        };
-        for d in [&l.lower, &l.upper, &l.work, &l.mp] {
-            fs::create_dir_all(d).unwrap();
-        }
-        l
-    }
-
-    fn mount(&self) -> MountGuard {
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            self.lower.display(),
-            self.upper.display(),
-            self.work.display()
-        );
-        mount_stratafs(&opts, &self.mp)
-    }
-
-    fn unmount(&self, guard: MountGuard) {
-        let st = Command::new("umount").arg(&self.mp).status().unwrap();
-        assert!(st.success(), "umount {}", self.mp.display());
-        drop(guard);
-    }
-}
+use crate::common::OneLower;
 
 const MTIME: i64 = 1_500_000_000;
 
@@ -107,7 +66,7 @@ fn assert_staging_empty(work: &Path) {
 
 #[test]
 fn files_made_as_tar_x_makes_them_get_owner_mode_and_times_in_every_kind_of_directory() {
-    let l = Layers::new();
+    let l = OneLower::new();
     fs::create_dir(l.lower.join("old")).unwrap();
     fs::write(l.lower.join("old/kept"), b"lower").unwrap();
     fs::write(l.lower.join("old/gone"), b"lower").unwrap();
@@ -148,7 +107,7 @@ fn files_made_as_tar_x_makes_them_get_owner_mode_and_times_in_every_kind_of_dire
 
 #[test]
 fn a_new_file_gets_the_mode_asked_for_whatever_the_servers_umask() {
-    let l = Layers::new();
+    let l = OneLower::new();
     let g = l.mount();
     fs::create_dir(l.mp.join("d")).unwrap();
     // The creating process has umask 0: the mode asked for is 0666, wider than the 022 the
@@ -165,7 +124,7 @@ fn a_new_file_gets_the_mode_asked_for_whatever_the_servers_umask() {
 
 #[test]
 fn a_stale_whiteout_marker_for_a_name_no_lower_has_goes_when_the_name_is_made() {
-    let l = Layers::new();
+    let l = OneLower::new();
     fs::create_dir(l.lower.join("d")).unwrap();
     fs::create_dir(l.upper.join("d")).unwrap();
     // Left by an earlier mount over other lower layers: no lower layer of this one has d/f.

@@ -62,6 +62,50 @@ pub fn mount_stratafs(opts: &str, mp: &Path) -> MountGuard {
     MountGuard::new(mp)
 }
 
+/// One lower, an upper, a work directory and a mount point in a temporary directory: the
+/// layout of a test of one stratafs mount over one lower layer, mounted again as needed.
+pub struct OneLower {
+    _tmp: tempfile::TempDir,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mp: PathBuf,
+}
+
+impl OneLower {
+    pub fn new() -> OneLower {
+        let t = tempfile::tempdir().unwrap();
+        let l = OneLower {
+            lower: t.path().join("lower"),
+            upper: t.path().join("upper"),
+            work: t.path().join("work"),
+            mp: t.path().join("merged"),
+            _tmp: t,
+        };
+        for d in [&l.lower, &l.upper, &l.work, &l.mp] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        l
+    }
+
+    pub fn mount(&self) -> MountGuard {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.upper.display(),
+            self.work.display()
+        );
+        mount_stratafs(&opts, &self.mp)
+    }
+
+    /// Unmount now (not lazily), failing the test if the mount is busy.
+    pub fn unmount(&self, guard: MountGuard) {
+        let st = Command::new("umount").arg(&self.mp).status().unwrap();
+        assert!(st.success(), "umount {}", self.mp.display());
+        drop(guard);
+    }
+}
+
 /// Read-only kernel overlayfs over `lowers` (topmost first); adds an empty bottom layer since
 /// the kernel wants two lower directories.
 pub fn mount_kernel_overlay(lowers: &[&Path], scratch: &Path, mp: &Path) -> MountGuard {
