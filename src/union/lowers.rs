@@ -56,7 +56,10 @@ impl LowerEntry {
     }
 
     pub fn lstat(&self) -> io::Result<libc::stat> {
-        self.source().lstat()
+        match &self.tar {
+            Some(t) => t.layer.lstat(&t.rel),
+            None => crate::sys::lstat(&self.path),
+        }
     }
 }
 

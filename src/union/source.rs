@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::sys;
-use crate::union::tarlayer::{TarLayer, Window};
+use crate::union::tarlayer::TarLayer;
 
 /// A member of a tar-index lower layer.
 #[derive(Debug, Clone)]
@@ -73,26 +73,5 @@ impl Source {
             Source::Disk(p) => sys::lgetxattr(p, name),
             Source::Tar { entry, .. } => entry.layer.getxattr(&entry.rel, name),
         }
-    }
-
-    /// What to read a regular file's bytes from: an open file and where they are in it.
-    pub fn data(&self) -> io::Result<(std::os::fd::OwnedFd, Window)> {
-        match self {
-            Source::Disk(p) => {
-                let fd = sys::open_file(p, libc::O_RDONLY | libc::O_NOFOLLOW)?;
-                let len = sys::fstat(std::os::fd::AsFd::as_fd(&fd))?.st_size as u64;
-                Ok((fd, Window { start: 0, len }))
-            }
-            Source::Tar { entry, .. } => {
-                let w = entry.layer.window(&entry.rel)?;
-                Ok((entry.layer.reopen()?.into(), w))
-            }
-        }
-    }
-
-    /// Whether the bytes are a file of their own (holes and reflinks apply), not a range of a
-    /// tar.
-    pub fn is_disk(&self) -> bool {
-        matches!(self, Source::Disk(_))
     }
 }

@@ -132,16 +132,22 @@ fn copy_source_data(
     st: &libc::stat,
     reflink: &AtomicBool,
 ) -> io::Result<()> {
-    let (from, window) = src.data()?;
-    if src.is_disk() {
-        return copy_data(from.as_fd(), dst, st, reflink);
+    match src {
+        Source::Disk(p) => {
+            let from = sys::open_file(p, libc::O_RDONLY | libc::O_NOFOLLOW)?;
+            copy_data(from.as_fd(), dst, st, reflink)
+        }
+        Source::Tar { entry, .. } => {
+            let w = entry.layer.window(&entry.rel)?;
+            let from = entry.layer.reopen()?;
+            copy_range(from.as_fd(), dst, w.start as i64, 0, w.len as i64)?;
+            // A tar shorter than its index says must not give a short copy silently.
+            if sys::fstat(dst)?.st_size as u64 != w.len {
+                return Err(errno(libc::EIO));
+            }
+            Ok(())
+        }
     }
-    copy_range(from.as_fd(), dst, window.start as i64, 0, window.len as i64)?;
-    // A tar shorter than its index says must not give a short copy silently.
-    if sys::fstat(dst)?.st_size as u64 != window.len {
-        return Err(errno(libc::EIO));
-    }
-    Ok(())
 }
 
 /// Copy the xattrs of `src` to `dst` (a path, not following symlinks): all but the ones
