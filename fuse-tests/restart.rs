@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{stratafs_bin, MountGuard};
+use crate::common::{stratafs_bin, MountGuard, OneLower};
+use stratafs::union::mountinfo;
 
 /// A child process killed and reaped when dropped, even when the test fails.
 struct Proc(Child);
@@ -197,4 +198,48 @@ fn restart_under_a_running_container(sig: &str) {
     }
     ok(&socket, "Remove", json!({"ID": "ctr"}));
     signal(&mut plugin, "TERM");
+}
+
+/// Without fusectl mounted (containers, minimal CI hosts), whether a view unmounted here is
+/// still mounted in a container's namespace is read from the namespaces' mount tables; before,
+/// every such Put waited 30 s for a server that could not exit.
+#[test]
+fn a_view_held_only_by_another_mount_namespace_is_found_there() {
+    let l = OneLower::new();
+    let guard = l.mount();
+    let dev = mountinfo::fuse_mount_device(&l.mp).expect("the view is in mountinfo");
+    let mut holder = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "echo ready && exec sleep 600",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready");
+    assert_eq!(line, "ready\n");
+    let holder = Proc(holder);
+    l.unmount(guard);
+    assert!(!stratafs::union::mount::fuse_mounted(&l.mp));
+    assert!(
+        mountinfo::mounted_in_some_namespace(&dev),
+        "the holder's namespace still has {dev}"
+    );
+    assert!(mountinfo::still_mounted_anywhere(&dev));
+    drop(holder);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mountinfo::mounted_in_some_namespace(&dev) {
+        assert!(
+            Instant::now() < deadline,
+            "{dev} outlived the holder's namespace"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

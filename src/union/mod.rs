@@ -18,6 +18,7 @@ pub mod layers;
 pub mod listing;
 pub mod lowers;
 pub mod mount;
+pub mod mountinfo;
 pub mod options;
 pub mod prefetch;
 pub mod quota;

@@ -18,7 +18,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::layer::idmap::IdMappings;
 use crate::store::Store;
 use crate::sys;
-use crate::union::ring;
+use crate::union::{mountinfo, ring};
 
 const STATE_FILE: &str = "mount.json";
 const LOWERS_FILE: &str = "lowers";
@@ -180,7 +180,7 @@ impl MountManager {
     /// Unmount `st`'s mount point and wait for its server to go: it flushes the upper layer
     /// first (as an unmount of kernel overlayfs does), so that is on disk once `put` returns.
     fn stop(&self, id: &str, st: &MountState) -> Result<()> {
-        let connection = fuse_connection(&st.mountpoint);
+        let device = mountinfo::fuse_mount_device(&st.mountpoint);
         if fuse_mounted(&st.mountpoint) {
             unmount(&st.mountpoint).map_err(|e| Error::Mount {
                 id: id.to_string(),
@@ -190,7 +190,7 @@ impl MountManager {
         // The kernel ends the connection (and the server) only when the view's last mount
         // goes. One in another mount namespace (a running container's root) or a lazy unmount
         // with open files keeps it serving for as long as they last: waiting is pointless.
-        if connection.is_some_and(|c| c.exists()) && server_alive(st.pid) {
+        if device.is_some_and(|d| mountinfo::still_mounted_anywhere(&d)) && server_alive(st.pid) {
             tracing::info!(
                 id,
                 pid = st.pid,
@@ -389,51 +389,7 @@ fn detach(path: &Path) -> Result<()> {
 
 /// Whether `/proc/self/mountinfo` lists a FUSE mount at `path` (live or dead).
 pub fn fuse_mounted(path: &Path) -> bool {
-    fuse_mount_device(path).is_some()
-}
-
-/// The device (`major:minor`, as mountinfo gives it) of a FUSE mount at `path`, if any.
-fn fuse_mount_device(path: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.as_os_str().as_encoded_bytes();
-    info.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let mut fields = pre.split(' ');
-        let dev = fields.nth(2)?;
-        let mp = fields.nth(1).map(unescape_mountinfo)?;
-        let fstype = post.split(' ').next().unwrap_or("");
-        ((fstype == "fuse" || fstype.starts_with("fuse.")) && mp == want).then(|| dev.to_string())
-    })
-}
-
-/// The kernel's directory for the FUSE connection mounted at `path` (fusectl), which exists
-/// for as long as any mount of that view does, in any mount namespace.
-fn fuse_connection(path: &Path) -> Option<PathBuf> {
-    let dev = fuse_mount_device(path)?;
-    // The directory is named after the device number in the kernel's own encoding.
-    let (major, minor) = dev.split_once(':')?;
-    let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
-    Some(PathBuf::from("/sys/fs/fuse/connections").join(((major << 20) | minor).to_string()))
-}
-
-/// Undo mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    mountinfo::fuse_mount_device(path).is_some()
 }
 
 /// The `stratafs` binary to run as mount server: `$STRATAFS_BIN`, this executable if it is
@@ -471,13 +427,6 @@ fn find_binary() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/a\040b"), b"/a b");
-        assert_eq!(unescape_mountinfo(r"/plain"), b"/plain");
-        assert_eq!(unescape_mountinfo(r"/x\"), b"/x\\");
-    }
 
     #[test]
     fn not_mounted() {
