@@ -254,6 +254,12 @@ impl ImageStore {
         FileLock::exclusive(&p).ctx(|| format!("locking {}", p.display()))
     }
 
+    /// Held by `image mount` from making its lowers list and upper until its mount is
+    /// recorded, so a concurrent prune never takes what a starting mount is about to use.
+    pub fn mount_lock(&self) -> Result<FileLock> {
+        self.lock()
+    }
+
     fn image_dir(&self, id: &str) -> Result<PathBuf> {
         Ok(self.home.join("images").join(key(id)?))
     }
@@ -601,6 +607,11 @@ impl ImageStore {
         let _guard = self.lock()?;
         let mut removed = self.prune_locked()?;
         removed.extend(self.prune_indexes()?);
+        removed.extend(
+            self.prune_uppers()?
+                .iter()
+                .map(|p| format!("upper {}", p.display())),
+        );
         Ok(removed)
     }
 
