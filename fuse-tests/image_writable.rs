@@ -142,3 +142,92 @@ fn a_given_upper_directory_keeps_the_changes_for_the_next_mount() {
     let out = stratafs(&root, &["image", "changes", ro.dir.to_str().unwrap()]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn new_entries_go_into_a_directory_only_a_tar_layer_has() {
+    let d = tempfile::tempdir().unwrap();
+    let img = TestImage::new("sample:1", kit::sample_layers());
+    let archive = d.path().join("a.tar");
+    kit::write_tar(&archive, &kit::docker_files(&[&img], Comp::None));
+    let root = d.path().join("root");
+    let m = mount(&root, &archive, &d.path().join("m"), &["--writable"]);
+    // Nothing below opt or bin was changed first: their parents come straight from the index.
+    std::fs::write(m.dir.join("opt/data/fresh"), b"fresh\n").unwrap();
+    std::fs::create_dir(m.dir.join("bin/sub")).unwrap();
+    std::fs::File::open(m.dir.join("etc"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    assert_eq!(
+        changes_of(&root, &m.dir),
+        [
+            "C /bin",
+            "A /bin/sub",
+            "C /opt",
+            "C /opt/data",
+            "A /opt/data/fresh"
+        ]
+    );
+}
+
+/// The upper a writable mount made in the store, from what `image umount` printed.
+fn kept_upper(umount_out: &str) -> std::path::PathBuf {
+    let line = umount_out
+        .lines()
+        .find_map(|l| l.strip_prefix("upper kept at "));
+    std::path::PathBuf::from(line.unwrap_or_else(|| panic!("no upper reported: {umount_out:?}")))
+}
+
+#[test]
+fn a_store_made_upper_outlives_its_mount_until_pruned() {
+    let d = tempfile::tempdir().unwrap();
+    let img = TestImage::new("sample:1", kit::sample_layers());
+    let archive = d.path().join("a.tar");
+    kit::write_tar(&archive, &kit::docker_files(&[&img], Comp::Gzip));
+    let root = d.path().join("root");
+    let umount = |m: &Path| ok(stratafs(&root, &["image", "umount", m.to_str().unwrap()]));
+    let gone = mount(&root, &archive, &d.path().join("m1"), &["--writable"]);
+    std::fs::write(gone.dir.join("etc/kept"), b"changed\n").unwrap();
+    let upper = kept_upper(&umount(&gone.dir));
+    assert_eq!(std::fs::read(upper.join("etc/kept")).unwrap(), b"changed\n");
+    // Listed after unmount by its path, its directory or its name in the store.
+    let name = upper
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    for target in [upper.as_path(), upper.parent().unwrap(), Path::new(name)] {
+        assert_eq!(
+            changes_of(&root, target),
+            ["C /etc", "C /etc/kept"],
+            "{target:?}"
+        );
+    }
+    let live = mount(&root, &archive, &d.path().join("m2"), &["--writable"]);
+    std::fs::write(live.dir.join("etc/live"), b"live\n").unwrap();
+    let mine = d.path().join("mine");
+    let args = ["--writable", "--upper", mine.to_str().unwrap()];
+    let given = mount(&root, &archive, &d.path().join("m3"), &args);
+    std::fs::write(given.dir.join("etc/given"), b"given\n").unwrap();
+    umount(&given.dir);
+    let pruned = ok(stratafs(&root, &["image", "prune"]));
+    assert!(!upper.parent().unwrap().exists(), "{pruned}");
+    assert!(
+        pruned.contains(&format!("upper {}", upper.parent().unwrap().display())),
+        "{pruned}"
+    );
+    assert_eq!(std::fs::read(live.dir.join("etc/live")).unwrap(), b"live\n");
+    assert_eq!(changes_of(&root, &live.dir), ["C /etc", "A /etc/live"]);
+    assert_eq!(std::fs::read(mine.join("etc/given")).unwrap(), b"given\n");
+    let out = stratafs(&root, &["image", "changes", name]);
+    assert!(
+        !out.status.success(),
+        "a pruned upper has no changes to list"
+    );
+    let live_upper = kept_upper(&umount(&live.dir));
+    ok(stratafs(&root, &["image", "prune"]));
+    assert!(!live_upper.exists());
+    assert_eq!(std::fs::read(mine.join("etc/given")).unwrap(), b"given\n");
+}

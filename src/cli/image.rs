@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode, Stdio};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use stratafs::error::{Error, IoContext, Result};
+use stratafs::image::writable::UpperRecord;
 use stratafs::image::{ImageRecord, ImageStore, MountRecord, Platform, Progress, Quiet, Selector};
 
 use super::layers::change_letter;
@@ -68,16 +69,21 @@ pub enum ImageCommand {
         /// Put an upper directory on top: changes go there (`image changes DIR` lists them).
         #[arg(long)]
         writable: bool,
-        /// The upper directory of a writable mount (made if missing; kept after unmount).
-        /// Default: a fresh one under `<root>/images/uppers/`.
+        /// The upper directory of a writable mount (made if missing; kept after unmount;
+        /// never removed by stratafs). Default: a fresh one under `<root>/images/uppers/`,
+        /// kept after unmount until `image prune`.
         #[arg(long, value_name = "UPPERDIR", requires = "writable")]
         upper: Option<PathBuf>,
         image: String,
         dir: PathBuf,
     },
-    /// The changes a writable image mount at DIR made, as `docker diff` (A/C/D lines).
-    Changes { dir: PathBuf },
-    /// Unmount an image mounted by `image mount`.
+    /// The changes of a writable image mount at TARGET, as `docker diff` (A/C/D lines).
+    /// TARGET may also be a store-made upper (its name or path) of an unmounted image.
+    Changes {
+        #[arg(value_name = "TARGET")]
+        dir: PathBuf,
+    },
+    /// Unmount an image mounted by `image mount` (a writable mount's upper is kept).
     Umount { dir: PathBuf },
     /// List stored images and their layers.
     Ls,
@@ -89,7 +95,8 @@ pub enum ImageCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
-    /// Remove layers no stored image uses, and tar indexes no lazily indexed image uses.
+    /// Remove layers no stored image uses, tar indexes no lazily indexed image uses, and
+    /// store-made uppers (and store work directories) no live mount uses.
     Prune,
     /// The changes from image A to image B (archives or stored images), as `docker diff`.
     Diff { a: String, b: String },
@@ -294,6 +301,7 @@ fn mount(
     if lowers.is_empty() {
         return Err(Error::NotAnImage(format!("{short_id} has no layers")));
     }
+    let _lock = store.mount_lock()?;
     let (_, lowers_file, log) = store.mount_paths(&dir);
     let list: String = lowers
         .iter()
@@ -331,6 +339,11 @@ fn mount(
         .ctx(|| format!("running {}", exe.display()))?;
     if !out.status.success() {
         let _ = store.forget_mount(&dir);
+        if let (Some(u), None) = (&upper, how.upper) {
+            if let Err(err) = store.discard_upper(u) {
+                tracing::warn!(%err, "could not remove the upper of a failed mount");
+            }
+        }
         return Err(Error::Mount {
             id: short_id,
             reason: format!(
@@ -339,6 +352,13 @@ fn mount(
                 log.display()
             ),
         });
+    }
+    if let (Some(u), None) = (&upper, how.upper) {
+        let made_over = UpperRecord {
+            image: id.clone(),
+            lowers: lowers.clone(),
+        };
+        store.record_upper(u, &made_over)?;
     }
     let upper = upper.map(|u| u.upper);
     store.record_mount(&MountRecord {
@@ -358,7 +378,7 @@ fn mount(
 }
 
 fn changes(cli: &Cli, store: &ImageStore, dir: &Path) -> Result<()> {
-    let (_, changes) = store.mount_changes(dir)?;
+    let (_, changes) = store.changes_of(dir)?;
     if cli.json {
         return output::json(&changes);
     }
@@ -374,6 +394,11 @@ fn umount(store: &ImageStore, dir: &Path) -> Result<()> {
         store.forget_mount(&dir)?;
         return Err(Error::Usage(format!("{} is not mounted", dir.display())));
     }
+    let upper = store
+        .mounts()?
+        .into_iter()
+        .find(|m| m.dir == dir)
+        .and_then(|m| m.upper);
     if stratafs::sys::is_root() {
         stratafs::sys::umount2(&dir, 0).ctx(|| format!("unmounting {}", dir.display()))?;
     } else {
@@ -389,7 +414,12 @@ fn umount(store: &ImageStore, dir: &Path) -> Result<()> {
             ));
         }
     }
-    store.forget_mount(&dir)
+    store.forget_mount(&dir)?;
+    if let Some(u) = upper {
+        // Said so the changes are not lost track of: `image changes` and `image prune` take it.
+        output::line(&format!("upper kept at {}", u.display()))?;
+    }
+    Ok(())
 }
 
 fn ls(cli: &Cli, store: &ImageStore) -> Result<()> {

@@ -72,21 +72,12 @@ impl ImageStore {
     /// refused while it is mounted. `None`: no lazy image is called so.
     pub(super) fn remove_lazy_record(&self, reference: &str) -> Result<Option<ImageRecord>> {
         let all = self.list_lazy()?;
-        let hex_ref = reference.strip_prefix("sha256:").unwrap_or(reference);
-        let hits: Vec<&ImageRecord> = all
-            .iter()
-            .filter(|r| {
-                r.tags
-                    .iter()
-                    .any(|t| super::format::tag_matches(reference, t))
-                    || (!hex_ref.is_empty()
-                        && r.id.trim_start_matches("sha256:").starts_with(hex_ref))
-            })
-            .collect();
-        let rec = match hits[..] {
-            [] => return Ok(None),
-            [one] => one.clone(),
-            _ => return Err(Error::Usage(format!("{reference} names several images"))),
+        // The same matcher as `ImageStore::find`, so `image rm NAME` takes the image that
+        // `image mount NAME` would.
+        let rec = match super::reference::pick(&all, reference) {
+            Ok(one) => one.clone(),
+            Err(Error::ImageNotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
         if let Some(m) = self.mounts()?.into_iter().find(|m| m.image == rec.id) {
             return Err(Error::ImageMounted {

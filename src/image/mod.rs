@@ -20,6 +20,7 @@ pub mod digest;
 pub mod format;
 pub mod lazy;
 mod lazy_store;
+pub mod reference;
 pub mod source;
 pub mod writable;
 
@@ -254,6 +255,12 @@ impl ImageStore {
         FileLock::exclusive(&p).ctx(|| format!("locking {}", p.display()))
     }
 
+    /// Held by `image mount` from making its lowers list and upper until its mount is
+    /// recorded, so a concurrent prune never takes what a starting mount is about to use.
+    pub fn mount_lock(&self) -> Result<FileLock> {
+        self.lock()
+    }
+
     fn image_dir(&self, id: &str) -> Result<PathBuf> {
         Ok(self.home.join("images").join(key(id)?))
     }
@@ -443,29 +450,7 @@ impl ImageStore {
 
     /// A stored image by full id, `sha256:`-less id, unique id prefix, or tag.
     pub fn find(&self, reference: &str) -> Result<ImageRecord> {
-        let all = self.list()?;
-        let hex_ref = reference.strip_prefix("sha256:").unwrap_or(reference);
-        let by_tag: Vec<&ImageRecord> = all
-            .iter()
-            .filter(|r| r.tags.iter().any(|t| format::tag_matches(reference, t)))
-            .collect();
-        if let [one] = by_tag[..] {
-            return Ok(one.clone());
-        }
-        let is_hex = !hex_ref.is_empty() && hex_ref.bytes().all(|b| b.is_ascii_hexdigit());
-        let by_id: Vec<&ImageRecord> = all
-            .iter()
-            .filter(|r| is_hex && r.id.trim_start_matches("sha256:").starts_with(hex_ref))
-            .collect();
-        match by_id[..] {
-            [one] => Ok(one.clone()),
-            [] => Err(Error::ImageNotFound(reference.to_string())),
-            _ => Err(Error::AmbiguousImage {
-                what: format!("id prefix {reference}"),
-                candidates: by_id.iter().map(|r| r.id.clone()).collect(),
-                hint: "a longer id",
-            }),
-        }
+        reference::pick(&self.list()?, reference).cloned()
     }
 
     /// The stored config of an image.
@@ -601,6 +586,11 @@ impl ImageStore {
         let _guard = self.lock()?;
         let mut removed = self.prune_locked()?;
         removed.extend(self.prune_indexes()?);
+        removed.extend(
+            self.prune_uppers()?
+                .iter()
+                .map(|p| format!("upper {}", p.display())),
+        );
         Ok(removed)
     }
 

@@ -3,21 +3,41 @@
 //!
 //! ```text
 //! <root>/images/uppers/<name>/diff   a fresh upper directory the store made (`<name>`: time
-//!                              work     and process id), and the work directory beside it
+//!                              work     and process id), the work directory beside it, and
+//!                              upper.json  what it was made over (image id, lower layers), so
+//!                                          its changes can be listed after unmount
 //! <root>/images/uppers/work-<hash>   the work directory of an upper given with --upper, when it
 //!                                     is on the store's filesystem; else `.<name>.stratafs-work`
 //!                                     beside that upper (a work directory must share its
 //!                                     upper's filesystem)
 //! ```
+//!
+//! Life cycle: an upper outlives its mount (`image umount` says where it is). `image prune`
+//! removes the store-made uppers and store work directories that no live mount uses; an upper
+//! given with `--upper` belongs to the user and is never removed.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::archive::{self, Change};
 use crate::error::{Error, IoContext, Result};
+use crate::store::write_json_atomic;
 
-use super::{digest, ImageStore, MountRecord};
+use super::{digest, read_json, ImageStore, MountRecord};
+
+/// What a store-made upper was made over (`upper.json` beside its `diff`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpperRecord {
+    pub image: String,
+    /// Lower layers, topmost first, as the mount had them.
+    pub lowers: Vec<PathBuf>,
+}
+
+const UPPER_RECORD: &str = "upper.json";
+const WORK_PREFIX: &str = "work-";
 
 /// The upper and work directories of a writable mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +50,8 @@ impl ImageStore {
     fn uppers_dir(&self) -> Result<PathBuf> {
         let d = self.home.join("uppers");
         fs::create_dir_all(&d).ctx(|| format!("creating {}", d.display()))?;
-        Ok(d)
+        // Canonical, so an upper named by any path to it is recognised as the store's.
+        fs::canonicalize(&d).ctx(|| format!("resolving {}", d.display()))
     }
 
     /// The directories of a writable mount: `upper` (made if missing) with a work directory
@@ -55,9 +76,7 @@ impl ImageStore {
         let upper = fs::canonicalize(upper).ctx(|| format!("resolving {}", upper.display()))?;
         let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
         let work = if dev(&upper).is_some() && dev(&upper) == dev(&store) {
-            let d = digest::of_bytes(upper.as_os_str().as_encoded_bytes());
-            let hex = d.trim_start_matches("sha256:");
-            store.join(format!("work-{}", &hex[..16]))
+            work_in_store(&store, &upper)
         } else {
             let name = upper.file_name().unwrap_or_default().to_string_lossy();
             upper
@@ -96,4 +115,103 @@ impl ImageStore {
         let changes = archive::upper_changes(&upper, &lowers)?;
         Ok((upper, changes))
     }
+
+    /// Remember what the fresh upper `dirs` (made by [`ImageStore::upper_dirs`]) was made over.
+    pub fn record_upper(&self, dirs: &UpperDirs, rec: &UpperRecord) -> Result<()> {
+        let base = store_made_base(&self.uppers_dir()?, &dirs.upper).ok_or_else(|| {
+            Error::Usage(format!(
+                "{} is not a store-made upper",
+                dirs.upper.display()
+            ))
+        })?;
+        write_json_atomic(&base.join(UPPER_RECORD), rec)
+    }
+
+    /// Remove a fresh upper whose mount failed (never one given with `--upper`).
+    pub fn discard_upper(&self, dirs: &UpperDirs) -> Result<()> {
+        match store_made_base(&self.uppers_dir()?, &dirs.upper) {
+            Some(base) => fs::remove_dir_all(&base).ctx(|| format!("removing {}", base.display())),
+            None => Ok(()),
+        }
+    }
+
+    /// The changes of `target`: a live writable mount's directory, or a store-made upper (its
+    /// name under `<root>/images/uppers`, its directory or its `diff`) mounted or not.
+    pub fn changes_of(&self, target: &Path) -> Result<(PathBuf, Vec<Change>)> {
+        let live = fs::canonicalize(target)
+            .ok()
+            .filter(|d| crate::union::mount::fuse_mounted(d));
+        if let Some(dir) = live {
+            return self.mount_changes(&dir);
+        }
+        let store = self.uppers_dir()?;
+        let named = store.join(target);
+        let base = [named.as_path(), target]
+            .into_iter()
+            .filter_map(|p| fs::canonicalize(p).ok())
+            .find_map(|p| {
+                store_made_base(&store, &p).or_else(|| store_made_base(&store, &p.join("diff")))
+            })
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "{}: neither a writable image mount nor an upper the store made",
+                    target.display()
+                ))
+            })?;
+        let rec: UpperRecord = read_json(&base.join(UPPER_RECORD))?.ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: no record of what it was made over",
+                base.display()
+            ))
+        })?;
+        let upper = base.join("diff");
+        let changes = archive::upper_changes(&upper, &rec.lowers)?;
+        Ok((upper, changes))
+    }
+
+    /// Remove store-made uppers and store work directories no live mount uses (call with
+    /// the store locked: a mount holds the lock from making its upper to recording itself).
+    /// Returns what was removed.
+    pub(super) fn prune_uppers(&self) -> Result<Vec<PathBuf>> {
+        let store = self.uppers_dir()?;
+        let in_use: Vec<PathBuf> = self
+            .mounts()?
+            .into_iter()
+            .filter_map(|m| m.upper)
+            .flat_map(|u| {
+                [
+                    work_in_store(&store, &u),
+                    store_made_base(&store, &u).unwrap_or(u),
+                ]
+            })
+            .collect();
+        let mut removed = Vec::new();
+        for e in fs::read_dir(&store).ctx(|| format!("reading {}", store.display()))? {
+            let p = e.ctx(|| format!("reading {}", store.display()))?.path();
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            let ours = name.starts_with(WORK_PREFIX) || p.join("diff").is_dir();
+            if !ours || !p.is_dir() || in_use.contains(&p) {
+                continue;
+            }
+            fs::remove_dir_all(&p).ctx(|| format!("removing {}", p.display()))?;
+            removed.push(p);
+        }
+        removed.sort();
+        Ok(removed)
+    }
+}
+
+/// The store's work directory for the user's upper `upper` (named by a hash of its path).
+fn work_in_store(store: &Path, upper: &Path) -> PathBuf {
+    let d = digest::of_bytes(upper.as_os_str().as_encoded_bytes());
+    let hex = d.trim_start_matches("sha256:");
+    store.join(format!("{WORK_PREFIX}{}", &hex[..16]))
+}
+
+/// `<store>/<name>` when `upper` is `<store>/<name>/diff`, a store-made upper.
+fn store_made_base(store: &Path, upper: &Path) -> Option<PathBuf> {
+    let base = upper.parent()?;
+    let made = upper.file_name()? == "diff" && base.parent()? == store;
+    let name = base.file_name()?.to_string_lossy();
+    (made && !name.starts_with(WORK_PREFIX)).then(|| base.to_path_buf())
 }

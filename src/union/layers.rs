@@ -62,6 +62,15 @@ impl Layer {
     }
 
     /// Absolute path of `rel` inside this layer.
+    /// lstat of `rel` in this layer: from the index of a tar layer (whose entries are not
+    /// files on disk), else of the file.
+    pub fn lstat(&self, rel: &Path) -> std::io::Result<libc::stat> {
+        match &self.tar {
+            Some(t) => t.lstat(rel),
+            None => sys::lstat(&self.abs(rel)),
+        }
+    }
+
     pub fn abs(&self, rel: &Path) -> PathBuf {
         if rel.as_os_str().is_empty() {
             self.path.clone()

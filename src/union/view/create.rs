@@ -27,7 +27,7 @@ fn owner_for(fs: &View, req: &Caller, parent: u64) -> io::Result<(u32, u32, bool
     let mut gid =
         container_to_host(&fs.tree.ids.gid_map, req.gid).ok_or_else(|| errno(libc::EOVERFLOW))?;
     let (layer, rel) = fs.tree.backing(parent)?;
-    let pst = sys::lstat(&fs.tree.layers.get(layer).abs(&rel))?;
+    let pst = fs.tree.layers.get(layer).lstat(&rel)?;
     let setgid = pst.st_mode & libc::S_ISGID != 0;
     if setgid {
         gid = pst.st_gid;

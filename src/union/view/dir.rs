@@ -153,6 +153,10 @@ impl View {
             return Ok(());
         }
         let (layer, rel) = self.tree.backing(ino)?;
+        if self.tree.layers.get(layer).tar.is_some() {
+            // A directory of a tar layer never changes: nothing to flush.
+            return Ok(());
+        }
         let fd = sys::open_dir(&self.tree.layers.get(layer).abs(&rel))?;
         Ok(sys::fsync(fd.as_fd(), datasync)?)
     }
