@@ -213,3 +213,54 @@ fn a_rootless_mount_serves_with_the_users_rights() {
     assert!(leaked.is_empty(), "data copied to the upper: {leaked:?}");
     assert_eq!(fs::read(t.lower.join("secret/s.txt")).unwrap(), b"secret\n");
 }
+
+/// A `system.posix_acl_access` value (version 2): the owner rw, `extra_user` (if any) r, no
+/// group or other rights.
+fn acl_xattr(extra_user: Option<u32>) -> Vec<u8> {
+    // (tag, perm, id): USER_OBJ, USER, GROUP_OBJ, MASK, OTHER; ids only for USER.
+    let mut entries = vec![(0x01u16, 6u16, u32::MAX)];
+    if let Some(uid) = extra_user {
+        entries.push((0x02, 4, uid));
+    }
+    entries.extend([
+        (0x04, 0, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ]);
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn an_acl_set_through_a_root_mount_grants_and_revokes_at_once() {
+    // The kernel keeps each inode's ACLs (FUSE_POSIX_ACL) and checks them: a change made
+    // through the mount must reach the next read of the ACL and the next permission check.
+    let l = crate::common::OneLower::new();
+    chmod(l.mp.parent().unwrap(), 0o755);
+    fs::write(l.lower.join("acl.txt"), "by acl\n").unwrap();
+    chmod(&l.lower.join("acl.txt"), 0o600);
+    let g = l.mount();
+    let f = l.mp.join("acl.txt");
+    let read = || try_in(&l.mp, "cat acl.txt");
+    let acl = || stratafs::sys::lgetxattr(&f, "system.posix_acl_access").unwrap();
+    assert!(!read().0, "read a 0600 root file before any ACL");
+    assert_eq!(acl(), None);
+
+    crate::common::set_xattr(&f, "system.posix_acl_access", &acl_xattr(Some(NOBODY)));
+    assert_eq!(acl(), Some(acl_xattr(Some(NOBODY))));
+    assert_eq!(
+        read(),
+        (true, "by acl\n".into()),
+        "the ACL's user was refused"
+    );
+
+    crate::common::set_xattr(&f, "system.posix_acl_access", &acl_xattr(None));
+    assert_eq!(acl(), Some(acl_xattr(None)));
+    assert!(!read().0, "read after the ACL entry was removed");
+    l.unmount(g);
+}

@@ -296,6 +296,7 @@ impl SessionEnd {
             ring_requests = ring::served(),
             "unmounted, exiting"
         );
+        tracing::debug!(by_opcode = %ring::requests_by_opcode(), "ring requests received");
         self.flush_upper();
         std::process::exit(0);
     }

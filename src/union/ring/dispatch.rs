@@ -20,6 +20,7 @@ use crate::union::view::View;
 /// their own).
 pub(super) fn dispatch(view: &View, q: &Arc<Queue>, rq: RingRequest) {
     let h = InHeader::parse(&rq.headers);
+    super::count_opcode(h.opcode);
     let reply = RingReply {
         q: q.clone(),
         slot: rq.slot,

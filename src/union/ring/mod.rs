@@ -42,6 +42,31 @@ pub fn served() -> u64 {
     SERVED.load(Ordering::Relaxed)
 }
 
+/// Opcodes counted one by one (FUSE's are below 64; any other counts in the last cell).
+const COUNTED_OPCODES: usize = 64;
+
+/// Requests received over the ring per opcode: what a workload asks (the fuser transport's
+/// `RUST_LOG=fuser=debug` log shows the same for /dev/fuse).
+static BY_OPCODE: [AtomicU64; COUNTED_OPCODES] = [const { AtomicU64::new(0) }; COUNTED_OPCODES];
+
+fn count_opcode(opcode: u32) {
+    let cell = (opcode as usize).min(COUNTED_OPCODES - 1);
+    BY_OPCODE[cell].fetch_add(1, Ordering::Relaxed);
+}
+
+/// `opcode=count` for every opcode the ring received, e.g. `22=100003 44=247`.
+pub fn requests_by_opcode() -> String {
+    BY_OPCODE
+        .iter()
+        .enumerate()
+        .filter_map(|(op, n)| {
+            let n = n.load(Ordering::Relaxed);
+            (n > 0).then(|| format!("{op}={n}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Payload buffer size for a connection with these INIT limits: the kernel refuses a
 /// slot smaller than max(8 KiB, max_write, max_pages * page size).
 pub fn payload_size(max_write: u32, max_pages: u32) -> usize {

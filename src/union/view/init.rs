@@ -13,6 +13,7 @@ pub mod caps {
     pub const ATOMIC_O_TRUNC: u64 = 1 << 3;
     pub const BIG_WRITES: u64 = 1 << 5;
     pub const DO_READDIRPLUS: u64 = 1 << 13;
+    pub const POSIX_ACL: u64 = 1 << 20;
     pub const WRITEBACK_CACHE: u64 = 1 << 16;
     pub const PARALLEL_DIROPS: u64 = 1 << 18;
     pub const MAX_PAGES: u64 = 1 << 22;
@@ -80,6 +81,13 @@ impl View {
             flags |= caps::WRITEBACK_CACHE;
             self.writeback.store(true, Ordering::Relaxed);
         }
+        if self.kernel_checks_permissions() && offered & caps::POSIX_ACL != 0 {
+            // The kernel then keeps each inode's ACLs (also the answer "none"): `ls -l` asks
+            // for system.posix_acl_access once per inode instead of once per file per call,
+            // and permission checks honour ACLs. It turns on default_permissions, which is on
+            // already whenever we ask.
+            flags |= caps::POSIX_ACL;
+        }
         let offered_ring = ring_served && offered & caps::OVER_IO_URING != 0;
         let over_io_uring = match self.opts.transport {
             // The ring when the kernel offers it: faster than /dev/fuse on every row of the
@@ -124,6 +132,12 @@ impl View {
         !self.opts.no_passthrough
             && sys::kernel_version().is_some_and(|v| v >= (6, 9))
             && sys::is_initial_ns_root()
+    }
+
+    /// Whether the mount has `default_permissions` (the kernel checks permissions against
+    /// the attributes we report): as root, or when asked for (`server::session_config`).
+    fn kernel_checks_permissions(&self) -> bool {
+        sys::is_root() || self.opts.default_permissions
     }
 
     /// Whether to ask for the writeback cache (when there is no passthrough): not for a
