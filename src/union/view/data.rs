@@ -219,6 +219,28 @@ impl View {
         self.read_with(fh, offset, size, |r| r.map(<[u8]>::to_vec))
     }
 
+    /// [`View::read_with`] for a `reply` that only hands the bytes to the kernel (a write to
+    /// /dev/fuse), never reads them itself: a large read comes from a map of the backing file
+    /// then (see [`mapped_read`]; the process touching the map could take SIGBUS).
+    pub fn read_for_kernel<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(Reply<&[u8]>) -> R,
+    ) -> R {
+        if size >= MAPPED_READ_MIN {
+            if let Some(h) = self.handle(fh) {
+                if h.window.is_none() && !h.writable {
+                    if let Some(bytes) = mapped_read(&h, offset, size) {
+                        return reply(Ok(bytes));
+                    }
+                }
+            }
+        }
+        self.read_with(fh, offset, size, reply)
+    }
+
     /// [`View::read`] into a buffer this thread keeps, handed to `reply` (which sends it):
     /// no allocation per request. A fresh buffer of a read's size (up to 1 MiB) comes from
     /// mmap, zeroed page by page as it is filled, and goes back to the kernel after each read:
@@ -236,11 +258,6 @@ impl View {
         let Some(h) = self.handle(fh) else {
             return reply(Err(Errno::EBADF));
         };
-        if h.window.is_none() && !h.writable && size >= MAPPED_READ_MIN {
-            if let Some(bytes) = mapped_read(&h, offset, size) {
-                return reply(Ok(bytes));
-            }
-        }
         BUF.with(|cell| {
             // A reply that reads again on this thread (none does) gets a buffer of its own.
             let mut own = Vec::new();
