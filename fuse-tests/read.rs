@@ -344,6 +344,50 @@ fn big_file_read() {
     assert!(std::fs::read(mp.join("big")).unwrap() == data);
 }
 
+/// Large reads (answered from a map of the backing file when there is no passthrough): the
+/// bytes across several of the map's 8 MiB release steps and up to an end that is not
+/// page-aligned, of a lower file and of a file written in the upper, read whole and from
+/// several threads at scattered offsets.
+#[test]
+fn big_reads_of_lower_and_upper_files() {
+    use std::os::unix::fs::FileExt;
+    let l = OneLower::new();
+    let len = 20 * 1024 * 1024 + 12_345;
+    let low: Vec<u8> = (0..len as u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(l.lower.join("low"), &low).unwrap();
+    let up: Vec<u8> = low.iter().rev().copied().collect();
+    let g = l.mount();
+    std::fs::write(l.mp.join("up"), &up).unwrap();
+    // A fresh mount: nothing of either file in its page cache.
+    l.unmount(g);
+    let _g = l.mount();
+    for (name, want) in [("low", &low), ("up", &up)] {
+        let f = std::fs::File::open(l.mp.join(name)).unwrap();
+        std::thread::scope(|s| {
+            for k in 0..4u64 {
+                let (f, want) = (&f, want);
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 300_000];
+                    for j in 0..20u64 {
+                        let off = (k * 7_919_000 + j * 3_000_017) % len as u64;
+                        let n = f.read_at(&mut buf, off).unwrap();
+                        let end = (off as usize + buf.len()).min(len);
+                        assert_eq!(n, end - off as usize, "{name} at {off}");
+                        assert!(buf[..n] == want[off as usize..end], "{name} at {off}");
+                    }
+                });
+            }
+        });
+        assert!(&std::fs::read(l.mp.join(name)).unwrap() == want, "{name}");
+        let mut tail = [0u8; 10];
+        assert_eq!(
+            f.read_at(&mut tail, len as u64).unwrap(),
+            0,
+            "{name} past its end"
+        );
+    }
+}
+
 #[test]
 fn mount_fuse3_form_and_version() {
     let out = Command::new(stratafs_bin())

@@ -61,8 +61,8 @@ cached layer set and prints a markdown table (also written to bench-results.md).
   --reps N          timings per cell, median reported (default: 3)
   --rows IDS        only these rows (comma-separated ids) of the read and write sections:
                     r_mount r_find_cold (with r_mount_find) r_find_warm r_ls_big r_tar
-                    r_big_cold r_big_warm w_untar w_touch w_touch_v w_append w_append_v
-                    w_during w_rm w_dd
+                    r_big_cold r_big_warm w_untar w_touch w_touch_v w_echo w_append
+                    w_append_v w_during w_rm w_dd
   --rootless        the read and write rows as an unprivileged user in a user namespace, as
                     rootless Podman runs its mount program (unshare --map-root-user --map-auto,
                     subuids through newuidmap; kernel overlay with userxattr); the table goes to

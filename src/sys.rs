@@ -20,7 +20,7 @@ mod xattr;
 pub use dirent::*;
 pub use host::*;
 pub use long::{is_long, NAME_LIMIT, PATH_LIMIT};
-pub use mmap::MappedFile;
+pub use mmap::{MappedFile, ReadMap};
 pub use mutate::*;
 pub use open::*;
 pub use process::*;

@@ -16,6 +16,17 @@ wl_untar() {
   [[ -e $1/newroot/etc/passwd ]]
 }
 wl_touch() { cd "$1" && xargs -a "$COPYUP_LIST" touch --; }
+# Small-file writes (issue 17): ECHO_FILES new files, each made by the shell's own echo (open
+# O_CREAT|O_TRUNC, one write, close; no fork), in a new directory.
+ECHO_FILES=2000
+wl_echo() {
+  local i
+  mkdir "$1/echo"
+  for ((i = 0; i < ECHO_FILES; i++)); do
+    echo "file $i" >"$1/echo/f$i"
+  done
+  [[ -s $1/echo/f$((ECHO_FILES - 1)) ]]
+}
 wl_append() {
   printf x >>"$1/bigfile"
   [[ $(stat -c %s "$1/bigfile") -eq $((BIG_BYTES + 1)) ]]
@@ -43,7 +54,8 @@ wl_dd_new() {
   dd if="$L2/bigfile" of="$1/newbig" bs=1M conv=fsync status=none
   [[ $(stat -c %s "$1/newbig") -eq $BIG_BYTES ]]
 }
-export -f wl_none wl_find wl_ls_big wl_tar_small wl_read_big wl_untar wl_touch wl_append \
+export ECHO_FILES
+export -f wl_none wl_find wl_ls_big wl_tar_small wl_read_big wl_untar wl_touch wl_echo wl_append \
   wl_during_copyup wl_rm_tree wl_dd_new
 
 # ---- before-mount steps (main shell) -----------------------------------------------------------
@@ -158,6 +170,7 @@ run_write_section() {
   row w_untar write s "tar -x rootfs tarball into MERGED/newroot"
   row w_touch write s "touch $(wc -l <"$COPYUP_LIST") lower files (copy-up storm)"
   row w_touch_v write s "touch $(wc -l <"$COPYUP_LIST") lower files, volatile mounts"
+  row w_echo write s "echo > $ECHO_FILES new files (small-file writes)"
   row w_append write s "append 1 byte to the ${gib} GiB lower file (copy-up)"
   row w_append_v write s "append 1 byte to the ${gib} GiB lower file, volatile mounts"
   row w_during write s "ls -l usr/bin + cat 2 files while the ${gib} GiB append copies up"
@@ -172,6 +185,8 @@ run_write_section() {
   measure_row w_touch rw pre_none wl_none wl_touch
   empty_trash
   measure_row w_touch_v rw-volatile pre_none wl_none wl_touch
+  empty_trash
+  measure_row w_echo rw pre_none wl_none wl_echo
   empty_trash
   measure_row w_rm rw pre_none wl_none wl_rm_tree
   DEFER_DELETE=""

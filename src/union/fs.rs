@@ -305,7 +305,8 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.view.read_with(fh.0, offset, size, |r| match r {
+        // fuser writes the bytes to /dev/fuse as they are (no copy in this process).
+        self.view.read_for_kernel(fh.0, offset, size, |r| match r {
             Ok(buf) => reply.data(buf),
             Err(e) => reply.error(err(e)),
         })

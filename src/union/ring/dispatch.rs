@@ -157,10 +157,12 @@ fn serve(view: &View, h: &InHeader, args: &[u8], payload: &[u8], reply: RingRepl
         }
         op::READ => {
             let (fh, offset, size) = (f.u64(), f.u64(), f.u32());
-            match view.read(fh, offset, size) {
-                Ok(buf) => reply.data(&buf),
+            // Straight from the reading thread's buffer into the ring's payload: no Vec per
+            // READ (one of 128 KiB or more is a fresh mmap, zeroed by page faults).
+            view.read_with(fh, offset, size, |r| match r {
+                Ok(buf) => reply.data(buf),
                 Err(e) => reply.error(e),
-            }
+            })
         }
         op::WRITE => {
             let (fh, offset, size, write_flags) = (f.u64(), f.u64(), f.u32(), f.u32());

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::layer::meta;
 use crate::sys;
@@ -231,6 +232,7 @@ impl View {
             writable: true,
             passthrough: backing.is_some(),
             window: None,
+            read_map: OnceLock::new(),
         });
         Ok(Created {
             entry: entry(attr),

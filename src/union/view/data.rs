@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
 
 use crate::sys;
 use crate::union::view::copy::{
@@ -17,6 +18,49 @@ use crate::union::view::types::{Caller, Errno, OpenFlags, OpenReply, Opened, Reg
 /// the synchronous and direct modes are fixed at open (and O_SYNC cannot be set later).
 pub(super) fn reusable_for(flags: i32) -> bool {
     flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT) == 0
+}
+
+/// Reads at least this large are answered from a map of the backing file (see
+/// [`mapped_read`]); smaller ones are cheaper as a pread (no map faulted in).
+const MAPPED_READ_MIN: u32 = 64 << 10;
+
+/// Pages of the read map stay mapped in the process for at most about this many bytes behind
+/// a read: a long sequential read does not count the whole file in the process's memory.
+const MAP_RELEASE_STEP: u64 = 8 << 20;
+
+/// The bytes a READ of `size` at `offset` of `h` returns, from the handle's map of the file,
+/// for a reply the kernel copies straight from the page cache: one copy of the data instead
+/// of two (pread into a buffer, then the write to /dev/fuse). `None`: no map (pread instead).
+/// Only for handles that do not write; the file's end comes from an fstat just before.
+fn mapped_read(h: &Handle, offset: u64, size: u32) -> Option<&[u8]> {
+    let map = h
+        .read_map
+        .get_or_init(|| match sys::ReadMap::map(&h.file) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::debug!(%e, "read: no map of the file, pread instead");
+                None
+            }
+        })
+        .as_ref()?;
+    let end = u64::try_from(sys::fstat(h.file.as_fd()).ok()?.st_size).ok()?;
+    let bytes = map.for_kernel();
+    if offset >= end {
+        return Some(&[]);
+    }
+    let stop = end.min(offset + u64::from(size));
+    if stop > bytes.len() as u64 {
+        return None; // the file grew past the map: pread
+    }
+    // Drop the pages of the step this read finished.
+    let step_end = stop / MAP_RELEASE_STEP * MAP_RELEASE_STEP;
+    if step_end > offset && step_end >= MAP_RELEASE_STEP {
+        map.release_pages(
+            (step_end - MAP_RELEASE_STEP) as usize,
+            MAP_RELEASE_STEP as usize,
+        );
+    }
+    Some(&bytes[offset as usize..stop as usize])
 }
 
 impl View {
@@ -47,6 +91,7 @@ impl View {
                 writable: false,
                 passthrough: false,
                 window: Some(window),
+                read_map: OnceLock::new(),
             });
             return Ok(Opened {
                 fh,
@@ -93,6 +138,7 @@ impl View {
             writable,
             passthrough: backing.is_some(),
             window: None,
+            read_map: OnceLock::new(),
         });
         let flags = if keep {
             OpenFlags::KEEP_CACHE
@@ -171,6 +217,28 @@ impl View {
     /// READ of up to `size` bytes at `offset` (short only at the end of the file).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Reply<Vec<u8>> {
         self.read_with(fh, offset, size, |r| r.map(<[u8]>::to_vec))
+    }
+
+    /// [`View::read_with`] for a `reply` that only hands the bytes to the kernel (a write to
+    /// /dev/fuse), never reads them itself: a large read comes from a map of the backing file
+    /// then (see [`mapped_read`]; the process touching the map could take SIGBUS).
+    pub fn read_for_kernel<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(Reply<&[u8]>) -> R,
+    ) -> R {
+        if size >= MAPPED_READ_MIN {
+            if let Some(h) = self.handle(fh) {
+                if h.window.is_none() && !h.writable {
+                    if let Some(bytes) = mapped_read(&h, offset, size) {
+                        return reply(Ok(bytes));
+                    }
+                }
+            }
+        }
+        self.read_with(fh, offset, size, reply)
     }
 
     /// [`View::read`] into a buffer this thread keeps, handed to `reply` (which sends it):

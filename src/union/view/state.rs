@@ -40,6 +40,9 @@ pub struct Handle {
     pub passthrough: bool,
     /// A file of a tar-index layer: `file` is the tar's file and this the file's bytes in it.
     pub window: Option<Window>,
+    /// A map of `file` that large reads reply from, made at the first one (`None` inside:
+    /// the file could not be mapped; reads pread).
+    pub read_map: OnceLock<Option<sys::ReadMap>>,
 }
 
 /// The identity, size and modification time of a backing file: when they are as they were,
