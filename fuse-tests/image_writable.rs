@@ -130,13 +130,20 @@ fn a_given_upper_directory_keeps_the_changes_for_the_next_mount() {
         &["image", "umount", m.dir.to_str().unwrap()],
     ));
     assert_eq!(std::fs::read(upper.join("etc/kept")).unwrap(), b"changed\n");
+    // Listed after unmount by its path: the store recorded what it was mounted over.
+    let want = ["C /bin", "D /bin/sh", "C /etc", "C /etc/kept"];
+    assert_eq!(changes_of(&root, &upper), want);
     let m = mount(&root, &archive, &d.path().join("m2"), &args);
     assert_eq!(std::fs::read(m.dir.join("etc/kept")).unwrap(), b"changed\n");
     assert!(!m.dir.join("bin/sh").exists());
-    assert_eq!(
-        changes_of(&root, &m.dir),
-        ["C /bin", "D /bin/sh", "C /etc", "C /etc/kept"]
-    );
+    assert_eq!(changes_of(&root, &m.dir), want);
+    // Pruning keeps a given upper and its record while the directory is there.
+    ok(stratafs(
+        &root,
+        &["image", "umount", m.dir.to_str().unwrap()],
+    ));
+    ok(stratafs(&root, &["image", "prune"]));
+    assert_eq!(changes_of(&root, &upper), want);
     // A read-only mount has no changes to list.
     let ro = mount(&root, &archive, &d.path().join("ro"), &[]);
     let out = stratafs(&root, &["image", "changes", ro.dir.to_str().unwrap()]);

@@ -353,10 +353,11 @@ fn mount(
             ),
         });
     }
-    if let (Some(u), None) = (&upper, how.upper) {
+    if let Some(u) = &upper {
         let made_over = UpperRecord {
             image: id.clone(),
             lowers: lowers.clone(),
+            upper: None,
         };
         store.record_upper(u, &made_over)?;
     }

@@ -409,26 +409,40 @@ impl ImageStore {
         }
     }
 
-    /// Unpack `blob` into layer `id`, hashing the compressed and uncompressed streams.
+    /// Unpack `blob` into layer `id`, hashing the compressed and uncompressed streams (an
+    /// uncompressed blob is the tar itself, so it is hashed once: its digest serves as both).
     fn unpack_verified(
         &self,
         id: &str,
-        blob: Box<dyn std::io::Read + Send>,
+        mut blob: Box<dyn std::io::Read + Send>,
         l: &format::LayerRef,
         progress: &dyn Progress,
     ) -> Result<u64> {
-        let mut raw = digest::Hashing::new(blob).with_progress(Box::new(|n| progress.advance(n)));
-        let size = {
-            let dec = crate::archive::decompress::auto(&mut raw)?;
+        use crate::archive::decompress;
+        use std::io::Read as _;
+        let mut head = [0u8; 6];
+        let n =
+            decompress::read_up_to(&mut blob, &mut head).ctx(|| format!("reading {}", l.path))?;
+        let compressed = decompress::detect(&head[..n]) != decompress::Compression::None;
+        let blob = std::io::Cursor::new(head[..n].to_vec()).chain(blob);
+        let mut raw = match compressed {
+            true => digest::Hashing::new(blob),
+            false => digest::Hashing::counting(blob),
+        }
+        .with_progress(Box::new(|n| progress.advance(n)));
+        let (size, tar_digest) = {
+            let dec = decompress::auto(&mut raw)?;
             let mut plain = digest::Hashing::new(dec);
             let size =
                 crate::archive::apply_layer(&self.layers, id, &mut plain, &IdMappings::default())?;
             let (actual, _) = plain.finish().map_err(|e| l.read_error(e))?;
-            l.check_diff_id(actual)?;
-            size
+            l.check_diff_id(actual.clone())?;
+            (size, actual)
         };
-        let (actual, _) = raw.finish().ctx(|| format!("reading {}", l.path))?;
-        l.check_blob_digest(actual)?;
+        let (actual, _) = raw
+            .finish_counting()
+            .ctx(|| format!("reading {}", l.path))?;
+        l.check_blob_digest(actual.unwrap_or(tar_digest))?;
         Ok(size)
     }
 

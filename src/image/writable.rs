@@ -10,6 +10,9 @@
 //!                                     is on the store's filesystem; else `.<name>.stratafs-work`
 //!                                     beside that upper (a work directory must share its
 //!                                     upper's filesystem)
+//! <root>/images/uppers/given-<hash>.json  what an upper given with --upper was last mounted
+//!                                         over (its path inside), so its changes can be
+//!                                         listed after unmount
 //! ```
 //!
 //! Life cycle: an upper outlives its mount (`image umount` says where it is). `image prune`
@@ -28,16 +31,21 @@ use crate::store::write_json_atomic;
 
 use super::{digest, read_json, ImageStore, MountRecord};
 
-/// What a store-made upper was made over (`upper.json` beside its `diff`).
+/// What an upper was made over: `upper.json` beside a store-made upper's `diff`, or
+/// `given-<hash>.json` in the store for an upper given with `--upper`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpperRecord {
     pub image: String,
     /// Lower layers, topmost first, as the mount had them.
     pub lowers: Vec<PathBuf>,
+    /// The upper directory itself (a given upper's record; a store-made one is beside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
 }
 
 const UPPER_RECORD: &str = "upper.json";
 const WORK_PREFIX: &str = "work-";
+const GIVEN_PREFIX: &str = "given-";
 
 /// The upper and work directories of a writable mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,15 +124,20 @@ impl ImageStore {
         Ok((upper, changes))
     }
 
-    /// Remember what the fresh upper `dirs` (made by [`ImageStore::upper_dirs`]) was made over.
+    /// Remember what the upper `dirs` (from [`ImageStore::upper_dirs`]) was mounted over: beside
+    /// a store-made upper, or in the store's record of a given one (the latest mount's).
     pub fn record_upper(&self, dirs: &UpperDirs, rec: &UpperRecord) -> Result<()> {
-        let base = store_made_base(&self.uppers_dir()?, &dirs.upper).ok_or_else(|| {
-            Error::Usage(format!(
-                "{} is not a store-made upper",
-                dirs.upper.display()
-            ))
-        })?;
-        write_json_atomic(&base.join(UPPER_RECORD), rec)
+        let store = self.uppers_dir()?;
+        match store_made_base(&store, &dirs.upper) {
+            Some(base) => write_json_atomic(&base.join(UPPER_RECORD), rec),
+            None => {
+                let rec = UpperRecord {
+                    upper: Some(dirs.upper.clone()),
+                    ..rec.clone()
+                };
+                write_json_atomic(&given_record(&store, &dirs.upper), &rec)
+            }
+        }
     }
 
     /// Remove a fresh upper whose mount failed (never one given with `--upper`).
@@ -145,6 +158,13 @@ impl ImageStore {
             return self.mount_changes(&dir);
         }
         let store = self.uppers_dir()?;
+        if let Some((upper, rec)) = fs::canonicalize(target)
+            .ok()
+            .and_then(|u| Some((u.clone(), self.given_upper(&store, &u).ok()??)))
+        {
+            let changes = archive::upper_changes(&upper, &rec.lowers)?;
+            return Ok((upper, changes));
+        }
         let named = store.join(target);
         let base = [named.as_path(), target]
             .into_iter()
@@ -154,7 +174,7 @@ impl ImageStore {
             })
             .ok_or_else(|| {
                 Error::Usage(format!(
-                    "{}: neither a writable image mount nor an upper the store made",
+                    "{}: neither a writable image mount nor an upper the store knows",
                     target.display()
                 ))
             })?;
@@ -167,6 +187,13 @@ impl ImageStore {
         let upper = base.join("diff");
         let changes = archive::upper_changes(&upper, &rec.lowers)?;
         Ok((upper, changes))
+    }
+
+    /// The record of the given upper `upper` (canonical), if it was mounted through the store.
+    fn given_upper(&self, store: &Path, upper: &Path) -> Result<Option<UpperRecord>> {
+        let rec: Option<UpperRecord> = read_json(&given_record(store, upper))?;
+        // Two paths with one hash prefix: the record names its upper.
+        Ok(rec.filter(|r| r.upper.as_deref() == Some(upper)))
     }
 
     /// Remove store-made uppers and store work directories no live mount uses (call with
@@ -189,6 +216,14 @@ impl ImageStore {
         for e in fs::read_dir(&store).ctx(|| format!("reading {}", store.display()))? {
             let p = e.ctx(|| format!("reading {}", store.display()))?.path();
             let name = p.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with(GIVEN_PREFIX) {
+                // A given upper is the user's: only the record of one that is gone goes.
+                let rec: Option<UpperRecord> = read_json(&p).ok().flatten();
+                if rec.and_then(|r| r.upper).is_some_and(|u| !u.is_dir()) {
+                    fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))?;
+                }
+                continue;
+            }
             let ours = name.starts_with(WORK_PREFIX) || p.join("diff").is_dir();
             if !ours || !p.is_dir() || in_use.contains(&p) {
                 continue;
@@ -201,11 +236,20 @@ impl ImageStore {
     }
 }
 
-/// The store's work directory for the user's upper `upper` (named by a hash of its path).
-fn work_in_store(store: &Path, upper: &Path) -> PathBuf {
+/// A short name for the user's upper `upper`: a hash of its path.
+fn path_key(upper: &Path) -> String {
     let d = digest::of_bytes(upper.as_os_str().as_encoded_bytes());
-    let hex = d.trim_start_matches("sha256:");
-    store.join(format!("{WORK_PREFIX}{}", &hex[..16]))
+    d.trim_start_matches("sha256:")[..16].to_string()
+}
+
+/// The store's work directory for the user's upper `upper`.
+fn work_in_store(store: &Path, upper: &Path) -> PathBuf {
+    store.join(format!("{WORK_PREFIX}{}", path_key(upper)))
+}
+
+/// The store's record of what the user's upper `upper` was last mounted over.
+fn given_record(store: &Path, upper: &Path) -> PathBuf {
+    store.join(format!("{GIVEN_PREFIX}{}.json", path_key(upper)))
 }
 
 /// `<store>/<name>` when `upper` is `<store>/<name>/diff`, a store-made upper.
