@@ -383,3 +383,68 @@ fn stat_ahead_threads_started_by_a_ring_queue_are_not_pinned() {
     assert!(st.success());
     drop(guard);
 }
+
+/// An unprivileged user's mount made inside a user namespace of its own (as rootless Podman
+/// runs its mount program: root of the namespace mounts FUSE itself) is served over the ring
+/// too: the kernel asks no capability for the ring's commands.
+#[test]
+fn a_mount_in_an_unprivileged_users_namespace_is_served_on_the_ring() {
+    use crate::robust::{as_nobody, DevFuseOpen, NOBODY};
+    use std::os::unix::fs::{chown, PermissionsExt};
+
+    let _lock = PARAM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_enabled) = UringEnabled::set() else {
+        eprintln!("skipped: this kernel has no {PARAM} (FUSE over io_uring needs Linux 6.14+)");
+        return;
+    };
+    let _dev = DevFuseOpen::new();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for d in ["l", "u", "w", "m"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("l/f"), "lower\n").unwrap();
+    for d in ["u", "w", "m"] {
+        chown(root.join(d), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    chown(root, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (mp, log) = (root.join("m"), root.join("log"));
+    let script = format!(
+        "set -e; STRATAFS_EXTRA_MOUNT_OPTS= {bin} -o lowerdir={l},upperdir={u},workdir={w},uring,log={log} {mp}; \
+         cat {mp}/f; echo new > {mp}/new; cat {mp}/new; umount {mp}",
+        bin = crate::common::stratafs_bin(),
+        l = root.join("l").display(),
+        u = root.join("u").display(),
+        w = root.join("w").display(),
+        log = log.display(),
+        mp = mp.display(),
+    );
+    let out = as_nobody(
+        &format!(
+            "unshare --user --map-root-user --mount sh -c '{}'",
+            script.replace('\'', "'\\''")
+        ),
+        None,
+    );
+    // The server leaves after the unmount; its exit line ends the log.
+    let t = Instant::now();
+    let mut text = String::new();
+    while t.elapsed() < Duration::from_secs(20) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("ring_requests=") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        out.status.success(),
+        "{}{}\nlog: {text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "lower\nnew\n");
+    assert!(text.contains("transport=\"io_uring\""), "{text}");
+    assert!(ring_requests(&text) >= 3, "{text}");
+    assert_eq!(std::fs::read(root.join("u/new")).unwrap(), b"new\n");
+}
