@@ -305,3 +305,146 @@ fn ring_serves_the_owner_and_root_of_an_allow_root_mount_and_refuses_others() {
         }
     }
 }
+
+/// `Cpus_allowed_list` of each thread of process `pid`: (thread name, CPUs).
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        out.push((comm.trim().to_string(), cpus));
+    }
+    out
+}
+
+/// The ring's queue threads are pinned to their CPUs, but the stat-ahead threads a queue
+/// thread starts (at the first listing) must not inherit that pin: they would share the one
+/// CPU of the listing caller and its queue thread while the others idle.
+#[test]
+fn stat_ahead_threads_started_by_a_ring_queue_are_not_pinned() {
+    let _lock = PARAM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_enabled) = UringEnabled::set() else {
+        eprintln!("skipped: this kernel has no {PARAM} (FUSE over io_uring needs Linux 6.14+)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("l/many")).unwrap();
+    // More entries than the request stats alone (the stat-ahead threads take a listing of 16+).
+    for i in 0..64 {
+        std::fs::write(root.join(format!("l/many/f{i}")), b"x").unwrap();
+    }
+    let (log, pidfile, mp) = (root.join("log"), root.join("pid"), root.join("m"));
+    let opts = format!(
+        "lowerdir={},log={},pidfile={},uring",
+        root.join("l").display(),
+        log.display(),
+        pidfile.display(),
+    );
+    let guard = mount_stratafs(&opts, &mp);
+    let mut n = 0;
+    for e in std::fs::read_dir(mp.join("many")).unwrap() {
+        assert!(e.unwrap().metadata().unwrap().is_file());
+        n += 1;
+    }
+    assert_eq!(n, 64);
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let threads = thread_cpus(pid);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("transport=\"io_uring\""), "{text}");
+    // The main thread's CPUs: those the server was started with (it is never pinned).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let main = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let helpers: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("stratafs-statah"))
+        .collect();
+    assert!(!helpers.is_empty(), "no stat-ahead thread: {threads:?}");
+    for (name, cpus) in &helpers {
+        assert_eq!(cpus, &main, "{name} is pinned: {threads:?}");
+    }
+    let st = Command::new("umount").arg(&mp).status().unwrap();
+    assert!(st.success());
+    drop(guard);
+}
+
+/// An unprivileged user's mount made inside a user namespace of its own (as rootless Podman
+/// runs its mount program: root of the namespace mounts FUSE itself) is served over the ring
+/// too: the kernel asks no capability for the ring's commands.
+#[test]
+fn a_mount_in_an_unprivileged_users_namespace_is_served_on_the_ring() {
+    use crate::robust::{as_nobody, DevFuseOpen, NOBODY};
+    use std::os::unix::fs::{chown, PermissionsExt};
+
+    let _lock = PARAM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_enabled) = UringEnabled::set() else {
+        eprintln!("skipped: this kernel has no {PARAM} (FUSE over io_uring needs Linux 6.14+)");
+        return;
+    };
+    let _dev = DevFuseOpen::new();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for d in ["l", "u", "w", "m"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("l/f"), "lower\n").unwrap();
+    for d in ["u", "w", "m"] {
+        chown(root.join(d), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    chown(root, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (mp, log) = (root.join("m"), root.join("log"));
+    let script = format!(
+        "set -e; STRATAFS_EXTRA_MOUNT_OPTS= {bin} -o lowerdir={l},upperdir={u},workdir={w},uring,log={log} {mp}; \
+         cat {mp}/f; echo new > {mp}/new; cat {mp}/new; umount {mp}",
+        bin = crate::common::stratafs_bin(),
+        l = root.join("l").display(),
+        u = root.join("u").display(),
+        w = root.join("w").display(),
+        log = log.display(),
+        mp = mp.display(),
+    );
+    let out = as_nobody(
+        &format!(
+            "unshare --user --map-root-user --mount sh -c '{}'",
+            script.replace('\'', "'\\''")
+        ),
+        None,
+    );
+    // The server leaves after the unmount; its exit line ends the log.
+    let t = Instant::now();
+    let mut text = String::new();
+    while t.elapsed() < Duration::from_secs(20) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("ring_requests=") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        out.status.success(),
+        "{}{}\nlog: {text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "lower\nnew\n");
+    assert!(text.contains("transport=\"io_uring\""), "{text}");
+    assert!(ring_requests(&text) >= 3, "{text}");
+    assert_eq!(std::fs::read(root.join("u/new")).unwrap(), b"new\n");
+}

@@ -116,6 +116,8 @@ measure_row() {
       [[ -z ${failed[$backend]:-} ]] || continue
       if measure_once "$backend" "$row" "${@:2:4}"; then
         times[$backend]+=" $RUN_SECS"
+        # Each run, with the load it ran at: a shared machine's noise shows in the spread.
+        log "    $backend, run $i: $RUN_SECS (load $(cut -d' ' -f1 /proc/loadavg))"
         sums[$backend]+=" $(awk -v a="$MOUNT_SECS" -v b="$RUN_SECS" 'BEGIN { print a + b }')"
       else
         failed[$backend]=1

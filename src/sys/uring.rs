@@ -445,6 +445,26 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Give the calling thread the CPUs of the process's main thread (the mask the server was
+/// started with, `taskset` or cgroup limits included). A thread inherits the mask of the
+/// thread that creates it, so a helper a pinned ring queue thread starts (the stat-ahead
+/// threads, a long copy-up) would otherwise share that queue's one CPU with it and with the
+/// caller whose request it serves, while the other CPUs idle.
+pub fn unpin() -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; the kernel fills at most its size; pid 0 would be this
+    // thread, getpid() is the main thread, which is never pinned.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(libc::getpid(), size, &mut set) < 0
+            || libc::sched_setaffinity(0, size, &set) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// CPUs the kernel may ever have (`/sys/devices/system/cpu/possible`, e.g. `0-3`): the FUSE
 /// ring has one queue for each, and is ready only when every one has a slot registered.
 pub fn possible_cpus() -> usize {

@@ -36,6 +36,10 @@ impl Background {
         let spawned = std::thread::Builder::new()
             .name("stratafs-long".into())
             .spawn(move || {
+                // Off the CPU of a pinned ring queue thread that may have started it.
+                if let Err(e) = crate::sys::unpin() {
+                    tracing::debug!(%e, "long request keeps its creator's CPUs");
+                }
                 if let Some(job) = theirs.lock().take() {
                     job();
                 }

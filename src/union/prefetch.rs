@@ -78,20 +78,27 @@ impl Prefetcher {
             let layers = layers.clone();
             std::thread::Builder::new()
                 .name("stratafs-statahead".into())
-                .spawn(move || loop {
-                    let job = {
-                        let mut jobs = q.jobs.lock();
-                        loop {
-                            if jobs.closed {
-                                return;
+                .spawn(move || {
+                    // Started by whichever thread first lists a directory: a ring queue
+                    // thread is pinned to its CPU, and this thread would be too.
+                    if let Err(e) = sys::unpin() {
+                        tracing::debug!(%e, "stat-ahead thread keeps its creator's CPUs");
+                    }
+                    loop {
+                        let job = {
+                            let mut jobs = q.jobs.lock();
+                            loop {
+                                if jobs.closed {
+                                    return;
+                                }
+                                if let Some(j) = jobs.list.pop() {
+                                    break j;
+                                }
+                                q.ready.wait(&mut jobs);
                             }
-                            if let Some(j) = jobs.list.pop() {
-                                break j;
-                            }
-                            q.ready.wait(&mut jobs);
-                        }
-                    };
-                    run(&layers, job);
+                        };
+                        run(&layers, job);
+                    }
                 })?;
         }
         Ok(Prefetcher { queue })
