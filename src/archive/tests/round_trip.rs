@@ -66,7 +66,9 @@ fn materialize(root: &Path, ops: &[Op]) {
     for op in ops {
         let p = root.join(OsStr::from_bytes(&op.path));
         let parent = p.parent().unwrap();
-        if std::fs::create_dir_all(parent).is_err() {
+        // A parent reached through a symlink is no layer tree, and making it would follow the
+        // symlink out of the test's directory (a `//` target made `/é` on the host's root).
+        if !no_symlink_below(root, parent) || std::fs::create_dir_all(parent).is_err() {
             continue;
         }
         if std::fs::symlink_metadata(&p).is_ok() {
@@ -136,6 +138,20 @@ fn materialize(root: &Path, ops: &[Op]) {
         let fd = sys::open_dir(&d).unwrap();
         sys::lutimensat(fd.as_fd(), Path::new(""), (mtime, 0), (mtime, 0)).unwrap();
     }
+}
+
+/// Whether no existing component of `path` below `root` is a symlink (or other non-directory).
+fn no_symlink_below(root: &Path, path: &Path) -> bool {
+    let mut at = root.to_path_buf();
+    for c in path.strip_prefix(root).unwrap().components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if !m.is_dir() => return false,
+            Ok(_) => {}
+            Err(_) => return true, // the rest is made by create_dir_all, as directories
+        }
+    }
+    true
 }
 
 /// Everything a layer means, in a comparable form.
@@ -208,6 +224,38 @@ proptest! {
         let tar2 = f.export("b");
         prop_assert!(tar1 == tar2, "re-export differs");
     }
+}
+
+/// The generator itself must stay inside its tree: a file below a symlinked parent is skipped,
+/// not made through the symlink (it once made `/é` on the host's root, and a hard link to a
+/// file out there gave the layer a link group it cannot export: the round trip's flake).
+#[test]
+fn materialize_makes_nothing_through_a_symlinked_parent() {
+    let d = tempfile::tempdir().unwrap();
+    let (root, outside) = (d.path().join("root"), d.path().join("outside"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let op = |path: &str, kind: Kind| Op {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: 0o644,
+        owner: (0, 0),
+        xattr: None,
+        mtime: 1,
+    };
+    let target = outside.to_str().unwrap().to_string();
+    materialize(
+        &root,
+        &[
+            op(".hidden", Kind::Symlink(target)),
+            op(".hidden/sub/f", Kind::File(b"x".to_vec())),
+            op("a/f", Kind::File(b"y".to_vec())),
+            op("b", Kind::HardLink(0)),
+        ],
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    let st = sys::lstat(&root.join("a/f")).unwrap();
+    assert_eq!(st.st_nlink, 2, "the link is to the file inside the tree");
 }
 
 #[test]
