@@ -112,3 +112,43 @@ fn a_directory_made_where_a_copied_up_lower_directory_moved_away_is_a_new_one() 
     }
     unmount(g);
 }
+
+#[test]
+fn a_file_on_the_freed_inode_of_a_moved_directorys_old_copy_gets_a_number_of_its_own() {
+    // Upper directories inside a lower one, which then moves: the move copies the
+    // tree and deletes the old copies, whose nodes now show the new copies. The filesystem
+    // gives a freed inode to a new file, which showed the moved directory's number (EIO in
+    // a listing: the kernel's inode of that number is a directory). Whether the filesystem
+    // reuses the inodes is its choice: many directories, many new files.
+    let l = layers(&["d0", "d1"], &["d0/f"]);
+    let g = l.mount();
+    let mut moved = std::collections::HashSet::new();
+    for i in 0..30 {
+        fs::create_dir(l.mp.join(format!("d0/s{i}"))).unwrap();
+    }
+    fs::rename(l.mp.join("d0"), l.mp.join("d1/m")).unwrap();
+    for i in 0..30 {
+        moved.insert(ino_nlink(&l.mp.join(format!("d1/m/s{i}"))).0);
+    }
+    for i in 0..60 {
+        let p = l.mp.join(format!("d1/f{i}"));
+        fs::write(&p, "x").unwrap();
+        let m = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(m.is_file(), "{}", p.display());
+        assert!(
+            !moved.contains(&m.ino()),
+            "{}: a new file shows a moved directory's number",
+            p.display()
+        );
+    }
+    for i in 0..30 {
+        let d = l.mp.join(format!("d1/m/s{i}"));
+        assert!(
+            fs::symlink_metadata(&d).unwrap().is_dir(),
+            "{}",
+            d.display()
+        );
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "{}", d.display());
+    }
+    unmount(g);
+}
