@@ -114,6 +114,38 @@ fn a_directory_made_where_a_copied_up_lower_directory_moved_away_is_a_new_one() 
 }
 
 #[test]
+fn a_lower_hard_link_stays_a_link_when_the_directory_of_one_name_moves() {
+    // `d0/n0` and `d1/hl` are one lower file (as in the stress tree); `rename d0 d4/n2` copied
+    // `d0` whole, `n0` as a file of its own: the two names showed one number with link counts 1 and 2,
+    // a write through one did not show through the other, and a fresh mount two files.
+    let l = layers(&["d0", "d1", "d4"], &["d0/n0"]);
+    fs::hard_link(l.lower.join("d0/n0"), l.lower.join("d1/hl")).unwrap();
+    let g = l.mount();
+    assert_eq!(ino_nlink(&l.mp.join("d1/hl")).1, 2);
+    fs::rename(l.mp.join("d0"), l.mp.join("d4/n2")).unwrap();
+    let check = |when: &str| {
+        let (a, b) = (
+            ino_nlink(&l.mp.join("d1/hl")),
+            ino_nlink(&l.mp.join("d4/n2/n0")),
+        );
+        assert_eq!(a, b, "{when}: the two names of one file differ");
+        assert_eq!(a.1, 2, "{when}: link count of a file with two names");
+    };
+    check("live");
+    fs::write(l.mp.join("d4/n2/n0"), "changed").unwrap();
+    assert_eq!(
+        fs::read_to_string(l.mp.join("d1/hl")).unwrap(),
+        "changed",
+        "a write through one name does not show through the other"
+    );
+    unmount(g);
+    let g = l.mount();
+    check("after a remount");
+    assert_eq!(fs::read_to_string(l.mp.join("d1/hl")).unwrap(), "changed");
+    unmount(g);
+}
+
+#[test]
 fn a_file_on_the_freed_inode_of_a_moved_directorys_old_copy_gets_a_number_of_its_own() {
     // Upper directories inside a lower one, which then moves: the move copies the
     // tree and deletes the old copies, whose nodes now show the new copies. The filesystem

@@ -9,7 +9,9 @@ use std::path::Path;
 use crate::sys;
 use crate::union::view::copy::copies_much;
 use crate::union::view::state::View;
-use crate::union::view::sync::{changed_entry, child_ino, refresh, repoint_subtree};
+use crate::union::view::sync::{
+    changed_entry, child_ino, refresh, repoint_linked_peers, repoint_subtree,
+};
 use crate::union::view::types::{Errno, Reply};
 
 /// [`copies_much`] for a rename: of what moves (both names for an exchange).
@@ -106,6 +108,9 @@ impl View {
         }
         if let (true, Some(o), Some(st)) = (exchange, other, up.upper_stat(&src)) {
             fs.tree.layers.alias_ino(0, st.st_ino, o);
+        }
+        if up.take_peers_linked() {
+            repoint_linked_peers(fs, up);
         }
         Ok(())
     }
