@@ -184,3 +184,37 @@ fn a_file_on_the_freed_inode_of_a_moved_directorys_old_copy_gets_a_number_of_its
     }
     unmount(g);
 }
+
+#[test]
+fn a_listing_begun_before_a_rename_gives_no_entry_the_name_lost() {
+    // A READDIRPLUS answered from the listing of opendir: an entry renamed away since (and a
+    // file made at its name) came back with the moved directory's node and the new file's
+    // attributes, and the kernel's inode of that number then failed every request (EIO).
+    let l = layers(&["d0/s0", "d1"], &["d0/n0", "d0/s0/f"]);
+    let g = l.mount();
+    let dir = l.mp.join("d0");
+    for _ in 0..3 {
+        let s0 = fs::symlink_metadata(dir.join("s0")).unwrap();
+        assert!(s0.is_dir());
+        let rd = fs::read_dir(&dir).unwrap();
+        fs::rename(dir.join("s0"), l.mp.join("d1/s0")).unwrap();
+        fs::write(dir.join("s0"), "a file now").unwrap();
+        let names: Vec<String> = rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&"n0".to_string()), "{names:?}");
+        let m = fs::symlink_metadata(dir.join("s0")).unwrap();
+        assert!(m.is_file(), "d0/s0 is a file now");
+        assert_ne!(
+            m.ino(),
+            s0.ino(),
+            "the new file shows the moved directory's number"
+        );
+        let moved = fs::symlink_metadata(l.mp.join("d1/s0")).unwrap();
+        assert!(moved.is_dir() && moved.ino() == s0.ino());
+        assert_eq!(fs::read_dir(l.mp.join("d1/s0")).unwrap().count(), 1);
+        fs::remove_file(dir.join("s0")).unwrap();
+        fs::rename(l.mp.join("d1/s0"), dir.join("s0")).unwrap();
+    }
+    unmount(g);
+}

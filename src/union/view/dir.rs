@@ -124,8 +124,16 @@ impl View {
             }
         }
         let mut dirs = h.dirs.lock();
+        // The entries come from the snapshot of opendir (its offsets), each checked against
+        // the directory as it is now: a name renamed away or removed since is skipped, and
+        // one that another file took gives that file (else the kernel would get the old
+        // file's node under a name it lost, with whatever the stat of that name shows).
+        let now = self.tree.listing(ino)?;
         for (i, e) in listing.entries().iter().enumerate().skip(start) {
             h.front.store(i, Ordering::Relaxed);
+            let Some(e) = now.get(&e.name) else {
+                continue;
+            };
             let node = self.tree.get_or_insert(ino, e)?;
             let layer = node.state.read().layer;
             let Ok(attr) = self.child_attr(&mut dirs, &rel, &node, layer, &e.name) else {
