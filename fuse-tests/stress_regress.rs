@@ -114,6 +114,32 @@ fn a_directory_made_where_a_copied_up_lower_directory_moved_away_is_a_new_one() 
 }
 
 #[test]
+fn an_open_file_whose_name_a_new_file_took_keeps_its_own_attributes() {
+    // A file unlinked while open, then a new file made at its name: the old node still
+    // resolved by its old name, so a stat of the open file (and what the kernel then believed
+    // of it) was the new file's.
+    let l = layers(&["d0"], &[]);
+    let g = l.mount();
+    let p = l.mp.join("d0/a");
+    fs::write(&p, "the old contents").unwrap();
+    let old = fs::File::open(&p).unwrap();
+    let old_ino = old.metadata().unwrap().ino();
+    fs::remove_file(&p).unwrap();
+    fs::write(&p, "new").unwrap();
+    let m = old.metadata().unwrap();
+    assert_eq!(m.len(), 16, "the unlinked file shows the new file's size");
+    assert_eq!(m.ino(), old_ino);
+    assert_ne!(
+        ino_nlink(&p).0,
+        old_ino,
+        "the new file shows the old one's number"
+    );
+    assert_eq!(fs::read_to_string(&p).unwrap(), "new");
+    drop(old);
+    unmount(g);
+}
+
+#[test]
 fn a_lower_hard_link_stays_a_link_when_the_directory_of_one_name_moves() {
     // `d0/n0` and `d1/hl` are one lower file (as in the stress tree); `rename d0 d4/n2` copied
     // `d0` whole, `n0` as a file of its own: the two names showed one number with link counts 1 and 2,

@@ -73,6 +73,13 @@ impl View {
         if let Some(st_ino) = replaced {
             fs.tree.layers.retire_upper_ino(st_ino, other);
         }
+        // The replaced file lost its name (it keeps another, if it is a hard link).
+        if let Some(node) = other
+            .filter(|o| !exchange && Some(*o) != moved)
+            .and_then(|o| fs.tree.node(o).ok())
+        {
+            fs.tree.unlinked(&node, newparent, newname);
+        }
         // Point the moved nodes at their new names.
         let set = |ino: Option<u64>, p: u64, n: &OsStr| {
             if let Some(node) = ino.and_then(|i| fs.tree.node(i).ok()) {
