@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::layer::meta;
 use crate::sys;
@@ -117,6 +117,11 @@ pub struct Tree {
     /// change with them (a FORGET reading a node's parent while a rename moved it, or a child
     /// made under a parent being dropped, left a live node without its parent: ESTALE).
     links: Mutex<()>,
+    /// Read by a look-up or a stat of a node by its path, written by a rename from its first
+    /// change of the upper until the tree has the new names: no reader sees half a rename (a
+    /// path the tree still gives that the disk no longer has: ENOENT, which a LOOKUP would
+    /// answer with a negative entry the kernel keeps).
+    names: RwLock<()>,
     pub ids: IdView,
 }
 
@@ -161,6 +166,7 @@ impl Tree {
             layers: Arc::new(layers),
             nodes,
             links: Mutex::new(()),
+            names: RwLock::new(()),
             ids,
         })
     }
@@ -266,9 +272,20 @@ impl Tree {
         }
     }
 
+    /// Hold off renames while paths of nodes are used (see `names`).
+    pub fn names_read(&self) -> RwLockReadGuard<'_, ()> {
+        self.names.read()
+    }
+
+    /// Hold off path users while a rename changes the upper and the tree (see `names`).
+    pub fn names_write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.names.write()
+    }
+
     /// Look `name` up in directory `parent`; on success the node's lookup count is raised by
     /// one (the kernel now holds a reference).
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Node>, Attr)> {
+        let _names = self.names.read();
         let listing = match self.listing(parent) {
             Ok(l) => l,
             // Searchable but not listable: ask the layers for this one name.
@@ -513,6 +530,7 @@ impl Tree {
 
     /// Current attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> io::Result<Attr> {
+        let _names = self.names.read();
         let node = self.node(ino)?;
         let layer = node.state.read().layer;
         let rel = self.path_of(ino)?;

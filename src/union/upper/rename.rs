@@ -53,6 +53,20 @@ impl UpperLayer {
     /// Directories from lower layers move too (as an opaque full copy; kernel overlayfs says
     /// `EXDEV` there).
     pub fn rename(&self, src: &Path, dst: &Path, flags: u32) -> io::Result<()> {
+        self.rename_committing(src, dst, flags, &mut || {})
+    }
+
+    /// [`UpperLayer::rename`], calling `commit` once everything that leaves the view as it
+    /// was is done (copies made), right before the first step that changes it: the caller
+    /// holds off readers of the old names from there (a copy of a large lower directory
+    /// does not keep them waiting).
+    pub fn rename_committing(
+        &self,
+        src: &Path,
+        dst: &Path,
+        flags: u32,
+        commit: &mut dyn FnMut(),
+    ) -> io::Result<()> {
         if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0 {
             return Err(errno(libc::EINVAL));
         }
@@ -86,6 +100,7 @@ impl UpperLayer {
             self.prepare_move(dst, src_lower)?;
             let sfd = self.open_upper_dir(sparent)?;
             let dfd = self.open_upper_dir(dparent)?;
+            commit();
             return sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, sys::RENAME_EXCHANGE);
         }
         if let Some(dst_st) = dst_st {
@@ -102,6 +117,12 @@ impl UpperLayer {
         self.ensure_dir(dparent)?;
         let dfd = self.open_upper_dir(dparent)?;
         let slot = self.free_whiteout_slot(dfd.as_fd(), dname)?;
+        // `src` becomes a self-contained upper entry first (a copy-up; a directory with lower
+        // contents an opaque full copy, exchanged for its old upper part): the view at `src`
+        // is unchanged by it, so a crash here shows the old state.
+        self.prepare_move(src, dst_lower || dst_deleted)?;
+        crash_point("rename: source self-contained")?;
+        commit();
         // Clear the target: an upper directory being replaced holds only markers.
         if let Some(ust) = self.upper_stat(dst) {
             if is_dir(&ust) {
@@ -112,11 +133,6 @@ impl UpperLayer {
                 self.quota.release(ust.st_size as u64);
             }
         }
-        // `src` becomes a self-contained upper entry first (a copy-up; a directory with lower
-        // contents an opaque full copy, exchanged for its old upper part): the view at `src`
-        // is unchanged by it, so a crash here shows the old state.
-        self.prepare_move(src, dst_lower || dst_deleted)?;
-        crash_point("rename: source self-contained")?;
         let sfd = self.open_upper_dir(sparent)?;
         if slot == Slot::Device {
             // The whiteout device comes to the old name: it stays there as its whiteout when

@@ -90,6 +90,8 @@ impl View {
             return Err(Errno::EBADF);
         };
         let listing = &h.listing;
+        // The entries are stat-ed by the directory's path: no rename moves it meanwhile.
+        let _names = self.tree.names_read();
         let rel = self.tree.path_of(ino)?;
         let mut off = offset;
         while off < 2 {

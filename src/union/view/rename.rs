@@ -69,7 +69,12 @@ impl View {
             .and_then(|_| up.upper_stat(&dst))
             .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR || st.st_nlink <= 1)
             .map(|st| st.st_ino);
-        up.rename(&src, &dst, flags)?;
+        // From the first change of the upper until the tree has the new names, no look-up
+        // or stat by path runs (the guard goes at the end of this function).
+        let mut names = None;
+        up.rename_committing(&src, &dst, flags, &mut || {
+            names = Some(fs.tree.names_write())
+        })?;
         if let Some(st_ino) = replaced {
             fs.tree.layers.retire_upper_ino(st_ino, other);
         }
@@ -119,6 +124,7 @@ impl View {
         if up.take_peers_linked() {
             repoint_linked_peers(fs, up);
         }
+        drop(names);
         Ok(())
     }
 }
