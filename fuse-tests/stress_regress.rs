@@ -244,3 +244,50 @@ fn a_listing_begun_before_a_rename_gives_no_entry_the_name_lost() {
     }
     unmount(g);
 }
+
+/// A stat of the open file `f` that asks the server (the kernel's cached attributes are
+/// trusted for a day otherwise).
+fn fstat_sync(f: &fs::File) -> std::io::Result<(u64, u64, u32)> {
+    use std::os::fd::AsRawFd;
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = c"";
+    let r = unsafe {
+        libc::statx(
+            f.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BASIC_STATS,
+            &mut stx,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((stx.stx_ino, stx.stx_size, u32::from(stx.stx_mode)))
+}
+
+#[test]
+fn a_reader_of_a_file_copied_up_beside_it_keeps_its_attributes_when_a_directory_takes_the_name() {
+    // With passthrough, a lower file open for reading is copied up under a new number and
+    // the name goes to the copy; the old node kept the name all the same, so once the copy
+    // was unlinked and a directory made there, a stat of the reader got the directory's
+    // attributes (the kernel's inode went bad: EIO). Without passthrough nothing is renumbered.
+    let l = layers(&["d0"], &["d0/a"]);
+    let g = l.mount();
+    let p = l.mp.join("d0/a");
+    let reader = fs::File::open(&p).unwrap();
+    let ino = reader.metadata().unwrap().ino();
+    {
+        use std::io::Write;
+        let mut w = fs::OpenOptions::new().append(true).open(&p).unwrap();
+        w.write_all(b"+").unwrap();
+    }
+    fs::remove_file(&p).unwrap();
+    fs::create_dir(&p).unwrap();
+    let (i, size, mode) = fstat_sync(&reader).unwrap_or_else(|e| panic!("stat of the reader: {e}"));
+    assert_eq!((i, size), (ino, 5), "the reader's inode shows another file");
+    assert_eq!(mode & libc::S_IFMT, libc::S_IFREG);
+    assert!(fs::symlink_metadata(&p).unwrap().is_dir());
+    drop(reader);
+    unmount(g);
+}

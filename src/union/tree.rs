@@ -539,6 +539,13 @@ impl Tree {
         }
         let at = self.layers.get(layer).at(&rel)?;
         let st = sys::fstatat(at.dir(), at.name())?;
+        if FileKind::of_mode(st.st_mode) != node.state.read().kind {
+            // The node's path leads to another kind of file: not this node's. Its attributes
+            // would make the kernel's inode bad (EIO for every request on it); ESTALE makes a
+            // request by path look the name up again.
+            tracing::debug!(ino, rel = %rel.display(), "path of a node shows another kind of file");
+            return Err(errno(libc::ESTALE));
+        }
         Ok(self.attr_from_stat_at(&node, layer, at.dir(), at.name(), st))
     }
 

@@ -194,3 +194,19 @@ fn a_node_moved_after_its_forget_leaves_the_child_counts_alone() {
     t.forget(d2.ino, 1);
     assert!(t.node(d2.ino).is_err(), "d2 kept by a child it never had");
 }
+
+#[test]
+fn a_node_whose_path_shows_another_kind_of_file_is_stale() {
+    // Attributes of a directory for the kernel's inode of a file make that inode bad (EIO
+    // for every request on it): ESTALE instead, which a request by path answers by looking
+    // the name up again.
+    let low = tempfile::tempdir().unwrap();
+    fs::write(low.path().join("a"), "x").unwrap();
+    let t = tree(&[low.path()]);
+    let (a, _) = t.lookup(ROOT_INO, OsStr::new("a")).unwrap();
+    assert!(t.getattr(a.ino).is_ok());
+    fs::remove_file(low.path().join("a")).unwrap();
+    fs::create_dir(low.path().join("a")).unwrap();
+    let e = t.getattr(a.ino).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
+}
