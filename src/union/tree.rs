@@ -286,27 +286,52 @@ impl Tree {
     /// one (the kernel now holds a reference).
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Node>, Attr)> {
         let _names = self.names.read();
-        let listing = match self.listing(parent) {
-            Ok(l) => l,
-            // Searchable but not listable: ask the layers for this one name.
-            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-                return self.lookup_unlisted(parent, name)
+        let mut again = true;
+        loop {
+            let listing = match self.listing(parent) {
+                Ok(l) => l,
+                // Searchable but not listable: ask the layers for this one name.
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                    return self.lookup_unlisted(parent, name)
+                }
+                Err(e) => return Err(e),
+            };
+            let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
+            let rel = self.path_of(parent)?.join(name);
+            if let Some(t) = &self.layers.get(e.layer).tar {
+                let st = t.stat(&rel)?;
+                let node = self.get_or_insert(parent, e)?;
+                let attr = self.tar_attr(&node, t, &rel, st);
+                return Ok((node, attr));
             }
-            Err(e) => return Err(e),
-        };
-        let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
-        let rel = self.path_of(parent)?.join(name);
-        if let Some(t) = &self.layers.get(e.layer).tar {
-            let st = t.stat(&rel)?;
+            let at = self.layers.get(e.layer).at(&rel)?;
+            let st = match sys::fstatat(at.dir(), at.name()) {
+                Ok(st) if FileKind::of_mode(st.st_mode) == e.kind => st,
+                // The cached listing is not what the layer has (the entry is gone, or another
+                // kind of file): answering from it would give the kernel a negative entry it
+                // keeps, or a number whose inode is of another kind (made bad: EIO). The
+                // directory is merged again, once.
+                Ok(_) | Err(_) if again => {
+                    tracing::debug!(rel = %rel.display(), "listing entry not on disk as listed: merging again");
+                    again = false;
+                    self.invalidate_listing(parent);
+                    continue;
+                }
+                Ok(_) => return Err(errno(libc::ESTALE)),
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                    return Err(errno(libc::ESTALE))
+                }
+                Err(err) => return Err(err),
+            };
             let node = self.get_or_insert(parent, e)?;
-            let attr = self.tar_attr(&node, t, &rel, st);
+            if node.state.read().kind != e.kind {
+                // A node of this number of another kind: the kernel's inode would go bad.
+                self.forget(node.ino, 1);
+                return Err(errno(libc::ESTALE));
+            }
+            let attr = self.attr_from_stat_at(&node, e.layer, at.dir(), at.name(), st);
             return Ok((node, attr));
         }
-        let at = self.layers.get(e.layer).at(&rel)?;
-        let st = sys::fstatat(at.dir(), at.name())?;
-        let node = self.get_or_insert(parent, e)?;
-        let attr = self.attr_from_stat_at(&node, e.layer, at.dir(), at.name(), st);
-        Ok((node, attr))
     }
 
     /// [`Tree::lookup`] without the attributes (the caller has a stat of the entry already).

@@ -210,3 +210,22 @@ fn a_node_whose_path_shows_another_kind_of_file_is_stale() {
     let e = t.getattr(a.ino).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
 }
+
+#[test]
+fn a_look_up_whose_cached_entry_is_another_kind_than_the_disk_merges_again() {
+    // A cached listing that says "file" where the layer now has a directory: the look-up
+    // must not answer with the file's node and the directory's attributes (the kernel's
+    // inode of that number would go bad: EIO).
+    let low = tempfile::tempdir().unwrap();
+    fs::write(low.path().join("a"), "x").unwrap();
+    let t = tree(&[low.path()]);
+    let (a, _) = t.lookup(ROOT_INO, OsStr::new("a")).unwrap();
+    // Made before the file goes, so that it cannot get the file's inode number.
+    fs::create_dir(low.path().join("b")).unwrap();
+    fs::remove_file(low.path().join("a")).unwrap();
+    fs::rename(low.path().join("b"), low.path().join("a")).unwrap();
+    let (d, attr) = t.lookup(ROOT_INO, OsStr::new("a")).unwrap();
+    assert_eq!(attr.kind, FileKind::Directory);
+    assert_eq!(d.state.read().kind, FileKind::Directory);
+    assert_ne!(d.ino, a.ino);
+}

@@ -138,8 +138,11 @@ impl View {
             };
             let node = self.tree.get_or_insert(ino, e)?;
             let layer = node.state.read().layer;
-            let Ok(attr) = self.child_attr(&mut dirs, &rel, &node, layer, &e.name) else {
-                // Vanished (upper changed under us): skip it.
+            let attr = self.child_attr(&mut dirs, &rel, &node, layer, &e.name);
+            let Some(attr) = attr.ok().filter(|a| a.kind == node.state.read().kind) else {
+                // Vanished (upper changed under us), or another kind of file than the node
+                // (whose inode in the kernel those attributes would make bad): skip it, a
+                // look-up of the name answers for it.
                 self.tree.forget(node.ino, 1);
                 continue;
             };
