@@ -408,8 +408,20 @@ impl Tree {
         } else if !same {
             // The number under another name whose old name is gone: a number the upper's
             // filesystem gave a new file before the kernel forgot the deleted one (another
-            // name of a hard link keeps its node as it is).
+            // name of a hard link keeps its node as it is). The old name, unless known gone,
+            // stays a candidate for when this one goes (the kernel may still use it).
+            let old = {
+                let s = n.state.read();
+                (!gone).then(|| (s.parent, s.name.clone()))
+            };
             self.reparent(&n, parent, e.name.clone());
+            if let Some(old) = old {
+                let mut s = n.state.write();
+                let known = s.aliases.get_or_insert_with(Box::default);
+                if !known.contains(&old) {
+                    known.push(old);
+                }
+            }
             n.xattrs_changing();
             let mut s = n.state.write();
             if s.kind != e.kind || s.layer != e.layer {
@@ -440,7 +452,11 @@ impl Tree {
                 continue;
             };
             let layer = node.state.read().layer;
-            if self.stat_in(layer, &rel).is_ok() {
+            // Still a name of the file: on disk where the node is, or listed with its number
+            // (the node's layer may lag behind a copy-up of the link group).
+            let listed =
+                || self.listing(p).ok().and_then(|l| l.get(&m).map(|e| e.ino)) == Some(node.ino);
+            if self.stat_in(layer, &rel).is_ok() || listed() {
                 self.reparent(node, p, m.clone());
                 if let Some(a) = node.state.write().aliases.as_mut() {
                     a.retain(|(q, n)| !(*q == p && *n == m));
@@ -449,6 +465,28 @@ impl Tree {
             }
         }
         node.state.write().gone = true;
+    }
+
+    /// The name `from` of `node` moved to `name` in `parent` (a rename). A name of a hard
+    /// link other than the one the node goes by moves among its other names; the node keeps
+    /// its own (else the name it went by would be lost while the kernel still uses it).
+    pub fn renamed(&self, node: &Node, from: (u64, &OsStr), parent: u64, name: Arc<OsStr>) {
+        {
+            let mut s = node.state.write();
+            let own = s.parent == from.0 && *s.name == *from.1;
+            if !own && !s.gone && s.kind != FileKind::Directory {
+                let known = s.aliases.get_or_insert_with(Box::default);
+                known.retain(|(p, m)| !(*p == from.0 && **m == *from.1));
+                if !known.iter().any(|(p, m)| *p == parent && *m == name) {
+                    known.push((parent, name));
+                }
+                return;
+            }
+            if let Some(a) = s.aliases.as_mut() {
+                a.retain(|(p, m)| !(*p == parent && *m == name));
+            }
+        }
+        self.reparent(node, parent, name);
     }
 
     /// The name `name` in `parent` of `node` was removed and the file has no other name the

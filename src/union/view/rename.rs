@@ -86,9 +86,9 @@ impl View {
             fs.tree.unlinked(&node, newparent, newname);
         }
         // Point the moved nodes at their new names.
-        let set = |ino: Option<u64>, p: u64, n: &OsStr| {
+        let set = |ino: Option<u64>, from: (u64, &OsStr), p: u64, n: &OsStr| {
             if let Some(node) = ino.and_then(|i| fs.tree.node(i).ok()) {
-                fs.tree.reparent(&node, p, n.into());
+                fs.tree.renamed(&node, from, p, n.into());
                 let mut s = node.state.write();
                 s.layer = 0;
                 if let Some(d) = s.dir.as_mut() {
@@ -97,9 +97,9 @@ impl View {
                 }
             }
         };
-        set(moved, newparent, newname);
+        set(moved, (parent, name), newparent, newname);
         if exchange {
-            set(other, parent, name);
+            set(other, (newparent, newname), parent, name);
         }
         for (p, n) in [(parent, name), (newparent, newname)] {
             changed_entry(fs, p, n);
