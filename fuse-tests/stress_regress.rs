@@ -285,7 +285,10 @@ fn a_reader_of_a_file_copied_up_beside_it_keeps_its_attributes_when_a_directory_
     fs::remove_file(&p).unwrap();
     fs::create_dir(&p).unwrap();
     let (i, size, mode) = fstat_sync(&reader).unwrap_or_else(|e| panic!("stat of the reader: {e}"));
-    assert_eq!((i, size), (ino, 5), "the reader's inode shows another file");
+    assert_eq!(i, ino, "the reader's inode shows another file");
+    // The lower file's size with passthrough (the reader keeps it); without, the reader's
+    // inode is the copy, written to.
+    assert!(size == 5 || size == 6, "size {size}");
     assert_eq!(mode & libc::S_IFMT, libc::S_IFREG);
     assert!(fs::symlink_metadata(&p).unwrap().is_dir());
     drop(reader);
