@@ -324,11 +324,6 @@ impl Tree {
                 Err(err) => return Err(err),
             };
             let node = self.get_or_insert(parent, e)?;
-            if node.state.read().kind != e.kind {
-                // A node of this number of another kind: the kernel's inode would go bad.
-                self.forget(node.ino, 1);
-                return Err(errno(libc::ESTALE));
-            }
             let attr = self.attr_from_stat_at(&node, e.layer, at.dir(), at.name(), st);
             return Ok((node, attr));
         }
@@ -395,9 +390,18 @@ impl Tree {
             let s = n.state.read();
             (s.parent == parent && s.name == e.name, s.gone)
         };
-        if same && gone {
+        if same {
+            let mut s = n.state.write();
             // The listing shows the number at that name again: it is alive there.
-            n.state.write().gone = false;
+            s.gone = false;
+            if s.kind != e.kind {
+                // Another kind of file under the number at the same name: the node is that
+                // file now (else every request on it would stat a file of another kind).
+                s.kind = e.kind;
+                s.layer = e.layer;
+                s.dir = dir_state(e);
+                n.no_xattrs.store(false, Ordering::Relaxed);
+            }
         } else if !same && self.still_there(&n) {
             // Another name of a hard-linked file: remembered for when this one goes.
             let mut s = n.state.write();
