@@ -72,9 +72,19 @@ impl View {
         // From the first change of the upper until the tree has the new names, no look-up
         // or stat by path runs (the guard goes at the end of this function).
         let mut names = None;
-        up.rename_committing(&src, &dst, flags, &mut || {
-            names = Some(fs.tree.names_write())
-        })?;
+        // Old upper directories the rename replaced: deleted once the tree has the new ones.
+        let mut left = Vec::new();
+        let r = up.rename_committing(
+            &src,
+            &dst,
+            flags,
+            &mut || names = Some(fs.tree.names_write()),
+            &mut left,
+        );
+        if let Err(e) = r {
+            up.discard_leftovers(left);
+            return Err(e.into());
+        }
         if let Some(st_ino) = replaced {
             fs.tree.layers.retire_upper_ino(st_ino, other);
         }
@@ -125,6 +135,7 @@ impl View {
             repoint_linked_peers(fs, up);
         }
         drop(names);
+        up.discard_leftovers(left);
         Ok(())
     }
 }
