@@ -370,9 +370,8 @@ impl UpperLayer {
         Ok((CopyUp::Copied { peers }, copy))
     }
 
-    /// Whether `peer` has no upper entry and still shows the lower inode of `st` (a hard link
-    /// peer not yet copied up, so linking the copy there keeps the names one file).
-    fn still_lower_peer(&self, peer: &Path, st: &libc::stat) -> io::Result<bool> {
+    /// Link the copied-up `rel` as `peer` if `peer` still shows the same lower inode.
+    fn link_peer(&self, rel: &Path, peer: &Path, st: &libc::stat) -> io::Result<bool> {
         if self.upper_stat(peer).is_some() {
             return Ok(false);
         }
@@ -380,12 +379,7 @@ impl UpperLayer {
             return Ok(false);
         };
         let pst = e.lstat()?;
-        Ok((pst.st_dev, pst.st_ino) == (st.st_dev, st.st_ino))
-    }
-
-    /// Link the copied-up `rel` as `peer` if `peer` still shows the same lower inode.
-    fn link_peer(&self, rel: &Path, peer: &Path, st: &libc::stat) -> io::Result<bool> {
-        if !self.still_lower_peer(peer, st)? {
+        if (pst.st_dev, pst.st_ino) != (st.st_dev, st.st_ino) {
             return Ok(false);
         }
         let (pparent, pname) = split(peer)?;
@@ -426,7 +420,14 @@ impl UpperLayer {
     /// Link `copy` (a staging path) as the upper entry `peer` if `peer` still shows the lower
     /// inode of `st` and has no upper entry.
     fn link_peer_of(&self, copy: &Path, peer: &Path, st: &libc::stat) -> io::Result<bool> {
-        if !self.still_lower_peer(peer, st)? {
+        if self.upper_stat(peer).is_some() {
+            return Ok(false);
+        }
+        let Some(e) = self.lower_of(peer) else {
+            return Ok(false);
+        };
+        let pst = e.lstat()?;
+        if (pst.st_dev, pst.st_ino) != (st.st_dev, st.st_ino) {
             return Ok(false);
         }
         let (pparent, pname) = split(peer)?;
