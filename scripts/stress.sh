@@ -6,8 +6,7 @@
 # means of the first and last third are printed). At the end every listed entry must lstat,
 # no internal name may show, link counts must match the names in the tree, and a fresh mount
 # must show the same tree. Exits 1 on an unexpected error or any of these. Needs root.
-# Env: STRESS_SEED, STRESS_RELEASE=1 (release build), STRATAFS_EXTRA_MOUNT_OPTS (added to the
-# options of both mounts, e.g. `nopassthrough`).
+# Env: STRESS_SEED, STRESS_RELEASE=1 (release build).
 set -euo pipefail
 # This run's mounts live in a mount namespace of its own: a namespace another process makes
 # meanwhile (unshare, a container engine) would else keep copies of them, so a FUSE server

@@ -196,8 +196,7 @@ impl Layers {
                 return *a;
             }
         }
-        if (!self.retired_nodes.is_empty() || !self.aliased.is_empty()) && self.reused(dev, st_ino)
-        {
+        if !self.retired_nodes.is_empty() && self.reused(dev, st_ino) {
             // A new file on the inode of a deleted one the kernel still knows.
             let fresh = self.next_big.fetch_add(1, Ordering::Relaxed);
             self.set_alias((dev, st_ino), fresh);
@@ -208,23 +207,12 @@ impl Layers {
 
     /// Whether a file on backing inode `st_ino` (which has no alias) would show as the number
     /// of a deleted file the kernel still holds: the inode's last deleted file's, or its
-    /// plain number (an earlier file of that inode may have had it), or a number that moved
-    /// to another backing inode with its node (a directory copied anew by a rename: the old
-    /// copy's inode, freed, must not bring the number back as a second file).
+    /// plain number (an earlier file of that inode may have had it).
     fn reused(&self, dev: u16, st_ino: u64) -> bool {
         let last = self.retired.remove(&(dev, st_ino)).is_some();
-        last || self.taken_elsewhere(dev, st_ino)
-    }
-
-    /// Whether the plain number of `st_ino` belongs to another file now: a deleted one the
-    /// kernel still holds, or a node that moved to another backing inode (an alias).
-    fn taken_elsewhere(&self, dev: u16, st_ino: u64) -> bool {
-        let plain = self.plain_number(dev, st_ino);
-        self.retired_nodes.contains_key(&plain)
-            || self
-                .aliased
-                .get(&plain)
-                .is_some_and(|k| *k != (dev, st_ino))
+        last || self
+            .retired_nodes
+            .contains_key(&self.plain_number(dev, st_ino))
     }
 
     /// The number a backing inode shows as without alias or retirement.
@@ -245,9 +233,10 @@ impl Layers {
         if let Some(a) = self.aliases.get(&(dev, st_ino)) {
             return *a == fuse_ino;
         }
+        let plain = self.plain_number(dev, st_ino);
         !self.retired.contains_key(&(dev, st_ino))
-            && !self.taken_elsewhere(dev, st_ino)
-            && self.plain_number(dev, st_ino) == fuse_ino
+            && !self.retired_nodes.contains_key(&plain)
+            && plain == fuse_ino
     }
 
     /// Copy-up hook: make backing inode `st_ino` of layer `idx` show as `fuse_ino` from now on
@@ -336,26 +325,5 @@ pub fn rel_or_dot(rel: &Path) -> &Path {
         Path::new(".")
     } else {
         rel
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_number_that_moved_to_another_inode_is_not_given_to_a_file_on_the_old_one() {
-        let (up, low) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let l = Layers::open(Some(up.path()), &[low.path().to_path_buf()]).unwrap();
-        // A directory's node, numbered after upper inode 100, copied anew onto inode 200 (a
-        // rename of the lower directory holding it); 100 is freed and given to a new file.
-        let n = l.ino_for(0, 100);
-        l.alias_ino(0, 200, n);
-        assert_eq!(l.ino_for(0, 200), n);
-        assert!(!l.shows_as(0, 100, n));
-        let fresh = l.ino_for(0, 100);
-        assert_ne!(fresh, n, "the new file shows the moved directory's number");
-        assert_eq!(l.ino_for(0, 100), fresh, "the new file's number changes");
-        assert!(l.shows_as(0, 100, fresh));
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::RwLock;
 
 use crate::layer::meta;
 use crate::sys;
@@ -55,9 +55,6 @@ pub struct NodeState {
     /// Other names (parent, name) the kernel found this file under (hard links); one takes
     /// over when `name` is unlinked. Boxed: almost every node has none.
     pub aliases: Option<Box<Vec<Alias>>>,
-    /// The name went (unlinked, removed, renamed over) and no other name is known: the node
-    /// resolves to no path, so a new file at the old name is never taken for it.
-    pub gone: bool,
 }
 
 /// An inode known to the kernel.
@@ -113,15 +110,6 @@ pub struct Tree {
     /// Shared with the write path's view of the lower layers.
     pub layers: Arc<Layers>,
     nodes: DashMap<u64, Arc<Node>>,
-    /// Held while nodes come, go or change parent: the child counts that keep parents alive
-    /// change with them (a FORGET reading a node's parent while a rename moved it, or a child
-    /// made under a parent being dropped, left a live node without its parent: ESTALE).
-    links: Mutex<()>,
-    /// Read by a look-up or a stat of a node by its path, written by a rename from its first
-    /// change of the upper until the tree has the new names: no reader sees half a rename (a
-    /// path the tree still gives that the disk no longer has: ENOENT, which a LOOKUP would
-    /// answer with a negative entry the kernel keeps).
-    names: RwLock<()>,
     pub ids: IdView,
 }
 
@@ -157,7 +145,6 @@ impl Tree {
                     listing: None,
                 })),
                 aliases: None,
-                gone: false,
             }),
         };
         let nodes = DashMap::new();
@@ -165,8 +152,6 @@ impl Tree {
         Ok(Tree {
             layers: Arc::new(layers),
             nodes,
-            links: Mutex::new(()),
-            names: RwLock::new(()),
             ids,
         })
     }
@@ -191,9 +176,6 @@ impl Tree {
         while cur != ROOT_INO {
             let n = self.node(cur)?;
             let st = n.state.read();
-            if st.gone {
-                return Err(errno(libc::ENOENT));
-            }
             names.push(st.name.clone());
             cur = st.parent;
             if names.len() > 4096 {
@@ -272,61 +254,30 @@ impl Tree {
         }
     }
 
-    /// Hold off renames while paths of nodes are used (see `names`).
-    pub fn names_read(&self) -> RwLockReadGuard<'_, ()> {
-        self.names.read()
-    }
-
-    /// Hold off path users while a rename changes the upper and the tree (see `names`).
-    pub fn names_write(&self) -> RwLockWriteGuard<'_, ()> {
-        self.names.write()
-    }
-
     /// Look `name` up in directory `parent`; on success the node's lookup count is raised by
     /// one (the kernel now holds a reference).
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<(Arc<Node>, Attr)> {
-        let _names = self.names.read();
-        let mut again = true;
-        loop {
-            let listing = match self.listing(parent) {
-                Ok(l) => l,
-                // Searchable but not listable: ask the layers for this one name.
-                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-                    return self.lookup_unlisted(parent, name)
-                }
-                Err(e) => return Err(e),
-            };
-            let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
-            let rel = self.path_of(parent)?.join(name);
-            if let Some(t) = &self.layers.get(e.layer).tar {
-                let st = t.stat(&rel)?;
-                let node = self.get_or_insert(parent, e)?;
-                let attr = self.tar_attr(&node, t, &rel, st);
-                return Ok((node, attr));
+        let listing = match self.listing(parent) {
+            Ok(l) => l,
+            // Searchable but not listable: ask the layers for this one name.
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                return self.lookup_unlisted(parent, name)
             }
-            let at = self.layers.get(e.layer).at(&rel)?;
-            let st = match sys::fstatat(at.dir(), at.name()) {
-                Ok(st) if FileKind::of_mode(st.st_mode) == e.kind => st,
-                // The cached listing is not what the layer has (the entry is gone, or another
-                // kind of file): answering from it would give the kernel a negative entry it
-                // keeps, or a number whose inode is of another kind (made bad: EIO). The
-                // directory is merged again, once.
-                Ok(_) | Err(_) if again => {
-                    tracing::debug!(rel = %rel.display(), "listing entry not on disk as listed: merging again");
-                    again = false;
-                    self.invalidate_listing(parent);
-                    continue;
-                }
-                Ok(_) => return Err(errno(libc::ESTALE)),
-                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                    return Err(errno(libc::ESTALE))
-                }
-                Err(err) => return Err(err),
-            };
+            Err(e) => return Err(e),
+        };
+        let e = listing.get(name).ok_or_else(|| errno(libc::ENOENT))?;
+        let rel = self.path_of(parent)?.join(name);
+        if let Some(t) = &self.layers.get(e.layer).tar {
+            let st = t.stat(&rel)?;
             let node = self.get_or_insert(parent, e)?;
-            let attr = self.attr_from_stat_at(&node, e.layer, at.dir(), at.name(), st);
+            let attr = self.tar_attr(&node, t, &rel, st);
             return Ok((node, attr));
         }
+        let at = self.layers.get(e.layer).at(&rel)?;
+        let st = sys::fstatat(at.dir(), at.name())?;
+        let node = self.get_or_insert(parent, e)?;
+        let attr = self.attr_from_stat_at(&node, e.layer, at.dir(), at.name(), st);
+        Ok((node, attr))
     }
 
     /// [`Tree::lookup`] without the attributes (the caller has a stat of the entry already).
@@ -338,16 +289,38 @@ impl Tree {
 
     /// The node of a listing entry of `parent`, created if needed, with one more lookup.
     pub fn get_or_insert(&self, parent: u64, e: &DirEntry) -> io::Result<Arc<Node>> {
-        if let Some(n) = self.hit(e.ino) {
-            return Ok(self.met_again(n, parent, e));
-        }
-        let links = self.links.lock();
         let parent_node = self.node(parent)?;
-        let n = match self.nodes.entry(e.ino) {
+        let node = match self.nodes.entry(e.ino) {
             dashmap::Entry::Occupied(o) => {
                 let n = o.get().clone();
                 n.lookups.fetch_add(1, Ordering::Relaxed);
+                // Let go of the map's shard before other nodes are looked at.
                 drop(o);
+                let same = {
+                    let s = n.state.read();
+                    s.parent == parent && s.name == e.name
+                };
+                if !same && self.still_there(&n) {
+                    // Another name of a hard-linked file: remembered for when this one goes.
+                    let mut s = n.state.write();
+                    let known = s.aliases.get_or_insert_with(Box::default);
+                    if !known.iter().any(|(p, m)| *p == parent && *m == e.name) {
+                        known.push((parent, e.name.clone()));
+                    }
+                } else if !same {
+                    // The number under another name whose old name is gone: a number the
+                    // upper's filesystem gave a new file before the kernel forgot the deleted
+                    // one (another name of a hard link keeps its node as it is).
+                    self.reparent(&n, parent, e.name.clone());
+                    n.xattrs_changing();
+                    let mut s = n.state.write();
+                    if s.kind != e.kind || s.layer != e.layer {
+                        s.kind = e.kind;
+                        s.layer = e.layer;
+                        s.dir = dir_state(e);
+                        n.no_xattrs.store(false, Ordering::Relaxed);
+                    }
+                }
                 n
             }
             dashmap::Entry::Vacant(v) => {
@@ -365,77 +338,13 @@ impl Tree {
                         layer: e.layer,
                         dir: dir_state(e),
                         aliases: None,
-                        gone: false,
                     }),
                 });
                 v.insert(n.clone());
-                return Ok(n);
+                n
             }
         };
-        drop(links);
-        Ok(self.met_again(n, parent, e))
-    }
-
-    /// The node of `ino` with one more lookup, if there is one (taken under the map's lock,
-    /// which a FORGET dropping it holds too).
-    fn hit(&self, ino: u64) -> Option<Arc<Node>> {
-        let n = self.nodes.get(&ino)?;
-        n.lookups.fetch_add(1, Ordering::Relaxed);
-        Some(n.clone())
-    }
-
-    /// Node `n` met again as listing entry `e` of `parent`.
-    fn met_again(&self, n: Arc<Node>, parent: u64, e: &DirEntry) -> Arc<Node> {
-        let (same, gone) = {
-            let s = n.state.read();
-            (s.parent == parent && s.name == e.name, s.gone)
-        };
-        if same {
-            let mut s = n.state.write();
-            // The listing shows the number at that name again: it is alive there.
-            s.gone = false;
-            if s.kind != e.kind {
-                // Another kind of file under the number at the same name: the node is that
-                // file now (else every request on it would stat a file of another kind).
-                s.kind = e.kind;
-                s.layer = e.layer;
-                s.dir = dir_state(e);
-                n.no_xattrs.store(false, Ordering::Relaxed);
-            }
-        } else if !same && self.still_there(&n) {
-            // Another name of a hard-linked file: remembered for when this one goes.
-            let mut s = n.state.write();
-            let known = s.aliases.get_or_insert_with(Box::default);
-            if !known.iter().any(|(p, m)| *p == parent && *m == e.name) {
-                known.push((parent, e.name.clone()));
-            }
-        } else if !same {
-            // The number under another name whose old name is gone: a number the upper's
-            // filesystem gave a new file before the kernel forgot the deleted one (another
-            // name of a hard link keeps its node as it is). The old name, unless known gone,
-            // stays a candidate for when this one goes (the kernel may still use it).
-            let old = {
-                let s = n.state.read();
-                (!gone).then(|| (s.parent, s.name.clone()))
-            };
-            self.reparent(&n, parent, e.name.clone());
-            if let Some(old) = old {
-                let mut s = n.state.write();
-                let known = s.aliases.get_or_insert_with(Box::default);
-                if !known.contains(&old) {
-                    known.push(old);
-                }
-            }
-            n.xattrs_changing();
-            let mut s = n.state.write();
-            if s.kind != e.kind || s.layer != e.layer {
-                s.kind = e.kind;
-                s.layer = e.layer;
-                s.dir = dir_state(e);
-                n.no_xattrs.store(false, Ordering::Relaxed);
-            }
-        }
-        n
+        Ok(node)
     }
 
     /// After the name `name` in `parent` was unlinked: if `node` went by it, it takes another
@@ -456,52 +365,13 @@ impl Tree {
                 continue;
             };
             let layer = node.state.read().layer;
-            // Still a name of the file: on disk where the node is, or listed with its number
-            // (the node's layer may lag behind a copy-up of the link group).
-            let listed =
-                || self.listing(p).ok().and_then(|l| l.get(&m).map(|e| e.ino)) == Some(node.ino);
-            if self.stat_in(layer, &rel).is_ok() || listed() {
+            if self.stat_in(layer, &rel).is_ok() {
                 self.reparent(node, p, m.clone());
                 if let Some(a) = node.state.write().aliases.as_mut() {
                     a.retain(|(q, n)| !(*q == p && *n == m));
                 }
                 return;
             }
-        }
-        node.state.write().gone = true;
-    }
-
-    /// The name `from` of `node` moved to `name` in `parent` (a rename). A name of a hard
-    /// link other than the one the node goes by moves among its other names; the node keeps
-    /// its own (else the name it went by would be lost while the kernel still uses it).
-    pub fn renamed(&self, node: &Node, from: (u64, &OsStr), parent: u64, name: Arc<OsStr>) {
-        {
-            let mut s = node.state.write();
-            let own = s.parent == from.0 && *s.name == *from.1;
-            if !own && !s.gone && s.kind != FileKind::Directory {
-                let known = s.aliases.get_or_insert_with(Box::default);
-                known.retain(|(p, m)| !(*p == from.0 && **m == *from.1));
-                if !known.iter().any(|(p, m)| *p == parent && *m == name) {
-                    known.push((parent, name));
-                }
-                return;
-            }
-            if let Some(a) = s.aliases.as_mut() {
-                a.retain(|(p, m)| !(*p == parent && *m == name));
-            }
-        }
-        self.reparent(node, parent, name);
-    }
-
-    /// The name `name` in `parent` of `node` was removed and the file has no other name the
-    /// view knows of: from now on it has no path (its open files are served by their fds).
-    pub fn name_gone(&self, node: &Node, parent: u64, name: &OsStr) {
-        let mut s = node.state.write();
-        if s.parent == parent
-            && *s.name == *name
-            && !s.aliases.as_ref().is_some_and(|a| !a.is_empty())
-        {
-            s.gone = true;
         }
     }
 
@@ -519,21 +389,14 @@ impl Tree {
     /// Give `node` the name `name` in directory `parent` (rename; a number met again under
     /// another name), keeping right the child counts that hold parents alive for `path_of`.
     pub fn reparent(&self, node: &Node, parent: u64, name: Arc<OsStr>) {
-        let _links = self.links.lock();
         let old = {
             let mut s = node.state.write();
             let old = s.parent;
             s.parent = parent;
             s.name = name;
-            s.gone = false;
             old
         };
-        // A node already dropped from the table was taken off its parent's count then.
-        let live = self
-            .nodes
-            .get(&node.ino)
-            .is_some_and(|n| std::ptr::eq(&**n, node));
-        if old == parent || !live {
+        if old == parent {
             return;
         }
         if let Some(p) = self.nodes.get(&parent) {
@@ -547,18 +410,12 @@ impl Tree {
                 });
         }
         // The old parent may have been kept only by this child.
-        self.forget_locked(old, 0);
+        self.forget(old, 0);
     }
 
     /// Drop `n` lookups of `ino`; nodes without lookups and children go away (and may release
     /// their parent in turn).
     pub fn forget(&self, ino: u64, n: u64) {
-        let _links = self.links.lock();
-        self.forget_locked(ino, n);
-    }
-
-    /// [`Tree::forget`] with the lock of parent links held.
-    fn forget_locked(&self, ino: u64, n: u64) {
         let mut cur = ino;
         let mut dec = n;
         while cur != ROOT_INO {
@@ -597,7 +454,6 @@ impl Tree {
 
     /// Current attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> io::Result<Attr> {
-        let _names = self.names.read();
         let node = self.node(ino)?;
         let layer = node.state.read().layer;
         let rel = self.path_of(ino)?;
@@ -606,13 +462,6 @@ impl Tree {
         }
         let at = self.layers.get(layer).at(&rel)?;
         let st = sys::fstatat(at.dir(), at.name())?;
-        if FileKind::of_mode(st.st_mode) != node.state.read().kind {
-            // The node's path leads to another kind of file: not this node's. Its attributes
-            // would make the kernel's inode bad (EIO for every request on it); ESTALE makes a
-            // request by path look the name up again.
-            tracing::debug!(ino, rel = %rel.display(), "path of a node shows another kind of file");
-            return Err(errno(libc::ESTALE));
-        }
         Ok(self.attr_from_stat_at(&node, layer, at.dir(), at.name(), st))
     }
 
@@ -741,5 +590,176 @@ impl Tree {
 }
 
 #[cfg(test)]
-#[path = "tree_tests.rs"]
-mod tests;
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tree(lowers: &[&Path]) -> Tree {
+        let l: Vec<PathBuf> = lowers.iter().map(|p| p.to_path_buf()).collect();
+        Tree::new(Layers::open(None, &l).unwrap(), IdView::default()).unwrap()
+    }
+
+    fn names(t: &Tree, ino: u64) -> Vec<String> {
+        let mut v: Vec<String> = t
+            .listing(ino)
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| e.name.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn merges_and_whiteouts() {
+        let top = tempfile::tempdir().unwrap();
+        let low = tempfile::tempdir().unwrap();
+        fs::write(low.path().join("a"), "low").unwrap();
+        fs::write(low.path().join("gone"), "x").unwrap();
+        fs::create_dir_all(low.path().join("d/sub")).unwrap();
+        fs::write(low.path().join("d/old"), "x").unwrap();
+        fs::create_dir_all(low.path().join("o")).unwrap();
+        fs::write(low.path().join("o/hidden"), "x").unwrap();
+        fs::write(top.path().join("a"), "top").unwrap();
+        fs::write(top.path().join(".wh.gone"), "").unwrap();
+        fs::create_dir_all(top.path().join("d")).unwrap();
+        fs::write(top.path().join("d/new"), "x").unwrap();
+        fs::create_dir_all(top.path().join("o")).unwrap();
+        fs::write(top.path().join("o/.wh..wh..opq"), "").unwrap();
+        fs::write(top.path().join("o/mine"), "x").unwrap();
+        let t = tree(&[top.path(), low.path()]);
+        assert_eq!(names(&t, ROOT_INO), ["a", "d", "o"]);
+        let (a, attr) = t.lookup(ROOT_INO, OsStr::new("a")).unwrap();
+        assert_eq!(attr.size, 3);
+        assert_eq!(a.state.read().layer, 0);
+        let (d, _) = t.lookup(ROOT_INO, OsStr::new("d")).unwrap();
+        assert_eq!(names(&t, d.ino), ["new", "old", "sub"]);
+        let (o, _) = t.lookup(ROOT_INO, OsStr::new("o")).unwrap();
+        assert_eq!(names(&t, o.ino), ["mine"]);
+        assert!(t.lookup(ROOT_INO, OsStr::new("gone")).is_err());
+        // forget drops nodes; the number comes back the same
+        let n = t.node_count();
+        let ino_a = a.ino;
+        drop(a);
+        t.forget(ino_a, 1);
+        assert_eq!(t.node_count(), n - 1);
+        let (a2, _) = t.lookup(ROOT_INO, OsStr::new("a")).unwrap();
+        assert_eq!(a2.ino, ino_a);
+    }
+
+    #[test]
+    fn three_layers_end_hide_and_merge() {
+        let (top, mid, low) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        fs::create_dir_all(top.path().join("d")).unwrap();
+        fs::write(top.path().join("d/t"), "").unwrap();
+        fs::write(top.path().join(".wh.w"), "").unwrap();
+        fs::write(top.path().join("x"), "top").unwrap();
+        fs::write(top.path().join(".wh.x"), "").unwrap();
+        // A file under the directory ends it: the directory below it does not merge in.
+        fs::write(mid.path().join("d"), "").unwrap();
+        fs::write(mid.path().join("w"), "").unwrap();
+        fs::create_dir_all(mid.path().join("e/m")).unwrap();
+        fs::write(mid.path().join("x"), "mid").unwrap();
+        fs::create_dir_all(low.path().join("d/under")).unwrap();
+        fs::write(low.path().join("w"), "").unwrap();
+        fs::create_dir_all(low.path().join("e/l")).unwrap();
+        fs::write(low.path().join("only_low"), "").unwrap();
+        let t = tree(&[top.path(), mid.path(), low.path()]);
+        assert_eq!(names(&t, ROOT_INO), ["d", "e", "only_low", "x"]);
+        let root = t.listing(ROOT_INO).unwrap();
+        assert_eq!(root.get(OsStr::new("e")).unwrap().dir_layers[..], [1, 2]);
+        assert_eq!(root.get(OsStr::new("d")).unwrap().dir_layers[..], [0]);
+        assert_eq!(root.get(OsStr::new("only_low")).unwrap().layer, 2);
+        let (x, attr) = t.lookup(ROOT_INO, OsStr::new("x")).unwrap();
+        assert_eq!((x.state.read().layer, attr.size), (0, 3));
+        let (d, _) = t.lookup(ROOT_INO, OsStr::new("d")).unwrap();
+        assert_eq!(names(&t, d.ino), ["t"]);
+        let (e, _) = t.lookup(ROOT_INO, OsStr::new("e")).unwrap();
+        assert_eq!(names(&t, e.ino), ["l", "m"]);
+    }
+
+    #[test]
+    fn no_xattrs_cache_and_override() {
+        let low = tempfile::tempdir().unwrap();
+        fs::write(low.path().join("plain"), "x").unwrap();
+        fs::write(low.path().join("forced"), "x").unwrap();
+        let o = meta::OverrideStat::parse(b"7:8:600:file").unwrap();
+        if meta::write_override(&low.path().join("forced"), &o).is_err() {
+            return; // no user xattrs on this filesystem: nothing to check
+        }
+        let t = tree(&[low.path()]);
+        let (plain, _) = t.lookup(ROOT_INO, OsStr::new("plain")).unwrap();
+        assert!(t.no_xattrs(&plain));
+        let (forced, attr) = t.lookup(ROOT_INO, OsStr::new("forced")).unwrap();
+        assert!(!t.no_xattrs(&forced));
+        assert_eq!((attr.uid, attr.gid, attr.perm), (7, 8, 0o600));
+    }
+
+    #[test]
+    fn a_number_met_under_another_name_takes_that_name() {
+        // A deleted file's backing inode number given to a new file before the kernel forgot
+        // the old node: the node must answer for the new name (and parent) from then on.
+        let low = tempfile::tempdir().unwrap();
+        fs::create_dir_all(low.path().join("d1")).unwrap();
+        fs::create_dir_all(low.path().join("d2")).unwrap();
+        let t = tree(&[low.path()]);
+        let (d1, _) = t.lookup(ROOT_INO, OsStr::new("d1")).unwrap();
+        let (d2, _) = t.lookup(ROOT_INO, OsStr::new("d2")).unwrap();
+        let entry = |name: &str, kind| DirEntry {
+            name: OsStr::new(name).into(),
+            ino: 77,
+            kind,
+            layer: 0,
+            dir_layers: Box::default(),
+        };
+        let old = t
+            .get_or_insert(d1.ino, &entry("b", FileKind::RegularFile))
+            .unwrap();
+        assert_eq!(t.path_of(old.ino).unwrap(), Path::new("d1/b"));
+        let new = t
+            .get_or_insert(d2.ino, &entry("c", FileKind::Symlink))
+            .unwrap();
+        assert!(Arc::ptr_eq(&old, &new));
+        assert_eq!(t.path_of(new.ino).unwrap(), Path::new("d2/c"));
+        assert_eq!(new.state.read().kind, FileKind::Symlink);
+        // The child count moved with it: d1 can go, d2 cannot while its child lives.
+        t.forget(d1.ino, 1);
+        assert!(
+            t.node(d1.ino).is_err(),
+            "d1 kept alive by a child it no longer has"
+        );
+        t.forget(d2.ino, 1);
+        assert!(t.node(d2.ino).is_ok(), "d2 dropped while its child lives");
+        t.forget(new.ino, 2);
+        assert!(t.node(d2.ino).is_err());
+    }
+
+    #[test]
+    fn a_number_met_again_whose_old_name_holds_another_file_takes_the_new_name() {
+        // useradd's pattern: `passwd+` renamed over `passwd`, then a new `shadow-` gets the
+        // freed backing number of the old `passwd` before the kernel forgot its node. The old
+        // name still exists but is another file: the node is not a hard link to it, and a
+        // chmod of `shadow-` must not reach `passwd`.
+        let low = tempfile::tempdir().unwrap();
+        fs::write(low.path().join("passwd"), "old").unwrap();
+        fs::write(low.path().join("passwd+"), "new").unwrap();
+        let t = tree(&[low.path()]);
+        let (old, _) = t.lookup(ROOT_INO, OsStr::new("passwd")).unwrap();
+        fs::rename(low.path().join("passwd+"), low.path().join("passwd")).unwrap();
+        let entry = DirEntry {
+            name: OsStr::new("shadow-").into(),
+            ino: old.ino,
+            kind: FileKind::RegularFile,
+            layer: 0,
+            dir_layers: Box::default(),
+        };
+        let new = t.get_or_insert(ROOT_INO, &entry).unwrap();
+        assert!(Arc::ptr_eq(&old, &new));
+        assert_eq!(t.path_of(new.ino).unwrap(), Path::new("shadow-"));
+    }
+}

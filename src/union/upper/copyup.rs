@@ -391,54 +391,6 @@ impl UpperLayer {
         Ok(true)
     }
 
-    /// The lower file at `rel` (with lower stat `st`), copied as `copy` with the directory
-    /// `root` it lies in: its other lower names outside `root` are linked to the copy in the
-    /// upper, so the names stay one file when the copy takes the place of `root` (else the
-    /// moved name would be a file of its own, showing the number of the one left behind).
-    /// A copy whose move then fails leaves copied-up names, which the view shows unchanged.
-    fn link_outer_peers(&self, root: &Path, rel: &Path, copy: &Path, st: &libc::stat) {
-        let Some(entry) = self.lower_of(rel) else {
-            return;
-        };
-        for peer in self.lowers.hardlink_peers(&entry) {
-            if peer.starts_with(root) {
-                continue;
-            }
-            let linked = (|| {
-                if !self.link_peer_of(copy, &peer, st)? {
-                    return Ok::<_, io::Error>(());
-                }
-                self.peers_linked.store(true, Ordering::Release);
-                Ok(())
-            })();
-            if let Err(e) = linked {
-                tracing::warn!(peer = %peer.display(), %e, "hard link peer of a moved directory's file not linked");
-            }
-        }
-    }
-
-    /// Link `copy` (a staging path) as the upper entry `peer` if `peer` still shows the lower
-    /// inode of `st` and has no upper entry.
-    fn link_peer_of(&self, copy: &Path, peer: &Path, st: &libc::stat) -> io::Result<bool> {
-        if self.upper_stat(peer).is_some() {
-            return Ok(false);
-        }
-        let Some(e) = self.lower_of(peer) else {
-            return Ok(false);
-        };
-        let pst = e.lstat()?;
-        if (pst.st_dev, pst.st_ino) != (st.st_dev, st.st_ino) {
-            return Ok(false);
-        }
-        let (pparent, pname) = split(peer)?;
-        self.ensure_dir(pparent)?;
-        let dfd = self.open_upper_dir(pparent)?;
-        let sdir = sys::open_dir(copy.parent().ok_or_else(|| errno(libc::EINVAL))?)?;
-        let sname = copy.file_name().ok_or_else(|| errno(libc::EINVAL))?;
-        sys::linkat(sdir.as_fd(), sname, dfd.as_fd(), pname)?;
-        Ok(true)
-    }
-
     /// Build a copy of the entry at `src` as `dir/name`: contents, owner, mode, times, xattrs.
     /// Directories are copied empty. On error nothing is left at `dir/name`. A regular file
     /// comes back open.
@@ -510,7 +462,7 @@ impl UpperLayer {
         let mut links = HashMap::new();
         let staging = self.staging_path().to_path_buf();
         let res = self
-            .materialize_into(rel, rel, &staging, &tmp, &mut links)
+            .materialize_into(rel, &staging, &tmp, &mut links)
             .and_then(|()| {
                 let fd = sys::open_dir(&staging.join(&tmp))?;
                 whiteout::write_opaque(fd.as_fd())?;
@@ -530,7 +482,6 @@ impl UpperLayer {
 
     fn materialize_into(
         &self,
-        root: &Path,
         rel: &Path,
         dest_dir: &Path,
         name: &OsStr,
@@ -576,11 +527,10 @@ impl UpperLayer {
         }
         if ty == libc::S_IFREG && st.st_nlink > 1 {
             links.insert((st.st_dev, st.st_ino), dest.clone());
-            self.link_outer_peers(root, rel, &dest, &st);
         }
         if ty == libc::S_IFDIR {
             for child in self.merged_children(rel)? {
-                self.materialize_into(root, &rel.join(&child), &dest, &child, links)?;
+                self.materialize_into(&rel.join(&child), &dest, &child, links)?;
             }
             // Creating the children changed the directory's times.
             let shape = Shape::of(&st);

@@ -65,9 +65,6 @@ pub struct UpperLayer {
     pub(super) lowers: Arc<dyn LowerView>,
     /// Usage and limit of the layer.
     pub quota: Quota,
-    /// Set when a lower directory's copy linked names outside it (lower hard links of files
-    /// inside): the view then points those names at the upper ([`UpperLayer::take_peers_linked`]).
-    pub(super) peers_linked: AtomicBool,
 }
 
 impl std::fmt::Debug for UpperLayer {
@@ -116,15 +113,7 @@ impl UpperLayer {
             pid: std::process::id(),
             lowers,
             quota,
-            peers_linked: AtomicBool::new(false),
         })
-    }
-
-    /// Whether a copy of a lower directory linked names outside it into the upper since the
-    /// last call (the files there changed layer).
-    pub fn take_peers_linked(&self) -> bool {
-        self.peers_linked
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// For a `volatile` mount: copies are not flushed before they take their names (a

@@ -1,6 +1,6 @@
 //! `rename(2)` in the merged view, directories from lower layers included.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -16,12 +16,7 @@ impl UpperLayer {
     /// self-contained in the upper: non-directories are copied up; a directory with lower
     /// contents is replaced by an opaque full copy; an upper-only directory moving over a lower
     /// name is made opaque.
-    fn prepare_move(
-        &self,
-        rel: &Path,
-        dest_lower: bool,
-        left: &mut Vec<OsString>,
-    ) -> io::Result<()> {
+    fn prepare_move(&self, rel: &Path, dest_lower: bool) -> io::Result<()> {
         let src = self.source_of(rel).ok_or_else(|| errno(libc::ENOENT))?;
         let st = src.lstat()?;
         if !is_dir(&st) {
@@ -43,11 +38,9 @@ impl UpperLayer {
                 let _ = self.discard(&tmp);
                 return Err(e);
             }
-            // After an exchange, the old upper directory sits in staging under `tmp`: the
-            // caller deletes it once the view no longer shows its inodes' numbers (see
-            // [`UpperLayer::rename_committing`]).
+            // After an exchange, the old upper directory sits in staging under `tmp`.
             let (old_size, _) = (quota_of(&self.staging.join(&tmp)), ());
-            left.push(tmp);
+            self.discard(&tmp)?;
             self.quota.release(old_size);
         } else if dest_lower {
             let fd = self.open_upper_dir(rel)?;
@@ -60,38 +53,6 @@ impl UpperLayer {
     /// Directories from lower layers move too (as an opaque full copy; kernel overlayfs says
     /// `EXDEV` there).
     pub fn rename(&self, src: &Path, dst: &Path, flags: u32) -> io::Result<()> {
-        let mut left = Vec::new();
-        let r = self.rename_committing(src, dst, flags, &mut || {}, &mut left);
-        self.discard_leftovers(left);
-        r
-    }
-
-    /// Delete what a rename left in staging (old upper copies of the moved or replaced
-    /// directories).
-    pub fn discard_leftovers(&self, left: Vec<OsString>) {
-        for tmp in left {
-            if let Err(e) = self.discard(&tmp) {
-                // Staging is emptied at the next mount.
-                tracing::warn!(?tmp, %e, "a rename's leftover in staging not deleted");
-            }
-        }
-    }
-
-    /// [`UpperLayer::rename`], calling `commit` once everything that leaves the view as it
-    /// was is done (copies made), right before the first step that changes it: the caller
-    /// holds off readers of the old names from there (a copy of a large lower directory
-    /// does not keep them waiting). Old upper directories it replaces are left in staging,
-    /// their names in `left`, for [`UpperLayer::discard_leftovers`] once the caller's view
-    /// shows the new ones: until then the filesystem cannot give their inodes to new files,
-    /// which would show the numbers of directories the kernel still holds.
-    pub fn rename_committing(
-        &self,
-        src: &Path,
-        dst: &Path,
-        flags: u32,
-        commit: &mut dyn FnMut(),
-        left: &mut Vec<OsString>,
-    ) -> io::Result<()> {
         if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0 {
             return Err(errno(libc::EINVAL));
         }
@@ -121,11 +82,10 @@ impl UpperLayer {
             if dst_st.is_none() {
                 return Err(errno(libc::ENOENT));
             }
-            self.prepare_move(src, dst_lower, left)?;
-            self.prepare_move(dst, src_lower, left)?;
+            self.prepare_move(src, dst_lower)?;
+            self.prepare_move(dst, src_lower)?;
             let sfd = self.open_upper_dir(sparent)?;
             let dfd = self.open_upper_dir(dparent)?;
-            commit();
             return sys::renameat2(sfd.as_fd(), sname, dfd.as_fd(), dname, sys::RENAME_EXCHANGE);
         }
         if let Some(dst_st) = dst_st {
@@ -142,22 +102,21 @@ impl UpperLayer {
         self.ensure_dir(dparent)?;
         let dfd = self.open_upper_dir(dparent)?;
         let slot = self.free_whiteout_slot(dfd.as_fd(), dname)?;
-        // `src` becomes a self-contained upper entry first (a copy-up; a directory with lower
-        // contents an opaque full copy, exchanged for its old upper part): the view at `src`
-        // is unchanged by it, so a crash here shows the old state.
-        self.prepare_move(src, dst_lower || dst_deleted, left)?;
-        crash_point("rename: source self-contained")?;
-        commit();
         // Clear the target: an upper directory being replaced holds only markers.
         if let Some(ust) = self.upper_stat(dst) {
             if is_dir(&ust) {
                 let tmp = self.tmp_name();
                 sys::renameat2(dfd.as_fd(), dname, self.staging_fd.as_fd(), &tmp, 0)?;
-                left.push(tmp);
+                self.discard(&tmp)?;
             } else if ust.st_mode & libc::S_IFMT == libc::S_IFREG && ust.st_nlink == 1 {
                 self.quota.release(ust.st_size as u64);
             }
         }
+        // `src` becomes a self-contained upper entry first (a copy-up; a directory with lower
+        // contents an opaque full copy, exchanged for its old upper part): the view at `src`
+        // is unchanged by it, so a crash here shows the old state.
+        self.prepare_move(src, dst_lower || dst_deleted)?;
+        crash_point("rename: source self-contained")?;
         let sfd = self.open_upper_dir(sparent)?;
         if slot == Slot::Device {
             // The whiteout device comes to the old name: it stays there as its whiteout when

@@ -194,11 +194,8 @@ fn renumber_copy(fs: &View, up: &UpperLayer, node: &Node, rel: &Path) -> io::Res
         })
     });
     // The old node stays for its open files (pointed at the copy by the copy-up, so nothing
-    // copies it up again); what it knew of the copy's xattrs is the new node's to learn. Its
-    // name is the new node's now: by that name it would find whatever comes to be there
-    // (a directory made after an unlink of the copy: EIO on the kernel's inode).
+    // copies it up again); what it knew of the copy's xattrs is the new node's to learn.
     node.xattrs_changing();
-    fs.tree.name_gone(node, parent, &name);
     fs.invalidate_entry(parent, &name);
     tracing::debug!(rel = %rel.display(), old = node.ino, new = new_ino, "copy renumbered beside open readers");
     Ok(())

@@ -90,8 +90,6 @@ impl View {
             return Err(Errno::EBADF);
         };
         let listing = &h.listing;
-        // The entries are stat-ed by the directory's path: no rename moves it meanwhile.
-        let _names = self.tree.names_read();
         let rel = self.tree.path_of(ino)?;
         let mut off = offset;
         while off < 2 {
@@ -126,23 +124,12 @@ impl View {
             }
         }
         let mut dirs = h.dirs.lock();
-        // The entries come from the snapshot of opendir (its offsets), each checked against
-        // the directory as it is now: a name renamed away or removed since is skipped, and
-        // one that another file took gives that file (else the kernel would get the old
-        // file's node under a name it lost, with whatever the stat of that name shows).
-        let now = self.tree.listing(ino)?;
         for (i, e) in listing.entries().iter().enumerate().skip(start) {
             h.front.store(i, Ordering::Relaxed);
-            let Some(e) = now.get(&e.name) else {
-                continue;
-            };
             let node = self.tree.get_or_insert(ino, e)?;
             let layer = node.state.read().layer;
-            let attr = self.child_attr(&mut dirs, &rel, &node, layer, &e.name);
-            let Some(attr) = attr.ok().filter(|a| a.kind == node.state.read().kind) else {
-                // Vanished (upper changed under us), or another kind of file than the node
-                // (whose inode in the kernel those attributes would make bad): skip it, a
-                // look-up of the name answers for it.
+            let Ok(attr) = self.child_attr(&mut dirs, &rel, &node, layer, &e.name) else {
+                // Vanished (upper changed under us): skip it.
                 self.tree.forget(node.ino, 1);
                 continue;
             };

@@ -39,32 +39,29 @@ impl View {
         let up = fs.upper()?;
         let rel = fs.tree.path_of(parent)?.join(name);
         let found = up.present(&rel, lower_in_view(fs, up, parent, &rel))?;
-        // One name of a hard-linked file: its node needs another name.
+        // One name of a hard-linked file: its node (looked up only then) needs another name.
         let linked = !dir && found.st.st_nlink > 1;
-        let node = child_ino(fs, parent, name).and_then(|i| fs.tree.node(i).ok());
+        let gone = linked
+            .then(|| child_ino(fs, parent, name))
+            .flatten()
+            .and_then(|i| fs.tree.node(i).ok());
         // The last name of an upper inode: the filesystem may give the inode to a new file.
         let last = found
             .upper
             .filter(|st| dir || st.st_nlink <= 1)
             .map(|st| st.st_ino);
+        let victim = last.and_then(|_| child_ino(fs, parent, name));
         up.remove_present(&rel, dir, found)?;
         if let Some(st_ino) = last {
-            fs.tree
-                .layers
-                .retire_upper_ino(st_ino, node.as_ref().map(|n| n.ino));
+            fs.tree.layers.retire_upper_ino(st_ino, victim);
         }
-        match node {
-            Some(node) if linked => {
-                // A hard link loses one name: the node answers to another from now on, and
-                // the removal copied a lower link group up, so it points at the upper too.
-                fs.tree.unlinked(&node, parent, name);
-                if let Ok(now) = fs.tree.path_of(node.ino) {
-                    refresh(fs, up, Some(node.ino), &now);
-                }
+        if let Some(node) = gone {
+            // A hard link loses one name: the node answers to another from now on, and the
+            // removal copied a lower link group up, so it points at the upper too.
+            fs.tree.unlinked(&node, parent, name);
+            if let Ok(now) = fs.tree.path_of(node.ino) {
+                refresh(fs, up, Some(node.ino), &now);
             }
-            // Its name is gone: a new entry made there is another file.
-            Some(node) => fs.tree.name_gone(&node, parent, name),
-            None => {}
         }
         refresh(fs, up, Some(parent), rel.parent().unwrap_or(Path::new("")));
         fs.tree.update_listing(parent, |l| {

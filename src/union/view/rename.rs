@@ -9,9 +9,7 @@ use std::path::Path;
 use crate::sys;
 use crate::union::view::copy::copies_much;
 use crate::union::view::state::View;
-use crate::union::view::sync::{
-    changed_entry, child_ino, refresh, repoint_linked_peers, repoint_subtree,
-};
+use crate::union::view::sync::{changed_entry, child_ino, refresh, repoint_subtree};
 use crate::union::view::types::{Errno, Reply};
 
 /// [`copies_much`] for a rename: of what moves (both names for an exchange).
@@ -69,36 +67,14 @@ impl View {
             .and_then(|_| up.upper_stat(&dst))
             .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR || st.st_nlink <= 1)
             .map(|st| st.st_ino);
-        // From the first change of the upper until the tree has the new names, no look-up
-        // or stat by path runs (the guard goes at the end of this function).
-        let mut names = None;
-        // Old upper directories the rename replaced: deleted once the tree has the new ones.
-        let mut left = Vec::new();
-        let r = up.rename_committing(
-            &src,
-            &dst,
-            flags,
-            &mut || names = Some(fs.tree.names_write()),
-            &mut left,
-        );
-        if let Err(e) = r {
-            up.discard_leftovers(left);
-            return Err(e.into());
-        }
+        up.rename(&src, &dst, flags)?;
         if let Some(st_ino) = replaced {
             fs.tree.layers.retire_upper_ino(st_ino, other);
         }
-        // The replaced file lost its name (it keeps another, if it is a hard link).
-        if let Some(node) = other
-            .filter(|o| !exchange && Some(*o) != moved)
-            .and_then(|o| fs.tree.node(o).ok())
-        {
-            fs.tree.unlinked(&node, newparent, newname);
-        }
         // Point the moved nodes at their new names.
-        let set = |ino: Option<u64>, from: (u64, &OsStr), p: u64, n: &OsStr| {
+        let set = |ino: Option<u64>, p: u64, n: &OsStr| {
             if let Some(node) = ino.and_then(|i| fs.tree.node(i).ok()) {
-                fs.tree.renamed(&node, from, p, n.into());
+                fs.tree.reparent(&node, p, n.into());
                 let mut s = node.state.write();
                 s.layer = 0;
                 if let Some(d) = s.dir.as_mut() {
@@ -107,9 +83,9 @@ impl View {
                 }
             }
         };
-        set(moved, (parent, name), newparent, newname);
+        set(moved, newparent, newname);
         if exchange {
-            set(other, (newparent, newname), parent, name);
+            set(other, parent, name);
         }
         for (p, n) in [(parent, name), (newparent, newname)] {
             changed_entry(fs, p, n);
@@ -131,11 +107,6 @@ impl View {
         if let (true, Some(o), Some(st)) = (exchange, other, up.upper_stat(&src)) {
             fs.tree.layers.alias_ino(0, st.st_ino, o);
         }
-        if up.take_peers_linked() {
-            repoint_linked_peers(fs, up);
-        }
-        drop(names);
-        up.discard_leftovers(left);
         Ok(())
     }
 }

@@ -315,8 +315,6 @@ impl ViewState {
 
     /// Open `ino`'s backing file in its visible layer with `flags`.
     pub fn open_backing_file(&self, ino: u64, flags: i32) -> io::Result<File> {
-        // By path: no rename moves it meanwhile (the old name could be a whiteout by then).
-        let _names = self.tree.names_read();
         let (layer, rel) = self.tree.backing(ino)?;
         let fd = sys::open_beneath(self.tree.layers.get(layer).fd(), &rel, flags)?;
         Ok(File::from(fd))

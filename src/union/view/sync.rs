@@ -152,27 +152,3 @@ pub(super) fn repoint_subtree(fs: &View, up: &UpperLayer, dir: &Path) {
         }
     }
 }
-
-/// After a lower directory's copy linked names outside it into the upper (lower hard links
-/// of its files): the nodes of lower files whose names have an upper entry now point there,
-/// and every cached listing is dropped (those names may be in any directory).
-pub(super) fn repoint_linked_peers(fs: &View, up: &UpperLayer) {
-    for node in fs.tree.all_nodes() {
-        let lower_file = {
-            let s = node.state.read();
-            s.kind == FileKind::RegularFile && s.layer != 0
-        };
-        if !lower_file {
-            continue;
-        }
-        let Ok(rel) = fs.tree.path_of(node.ino) else {
-            continue;
-        };
-        if let Some(st) = up.upper_stat(&rel) {
-            fs.tree.layers.alias_ino(0, st.st_ino, node.ino);
-            node.xattrs_changing();
-            node.state.write().layer = 0;
-        }
-    }
-    fs.tree.invalidate_all_listings();
-}
