@@ -51,13 +51,21 @@ pub fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
-/// Wrap `reader` in the decompressor its first bytes call for (none for a plain tar).
-pub fn auto<'a, R: Read + 'a>(mut reader: R) -> Result<Box<dyn Read + 'a>> {
+/// A stream whose first bytes, read to tell its compression, are put back in front.
+pub type Sniffed<R> = io::Chain<Cursor<Vec<u8>>, R>;
+
+/// The compression `reader` starts with, and a reader of the whole stream.
+pub fn sniff<R: Read>(mut reader: R) -> io::Result<(Compression, Sniffed<R>)> {
     let mut head = [0u8; 6];
-    let got =
-        read_up_to(&mut reader, &mut head).map_err(|e| Error::io("reading the layer stream", e))?;
-    let whole = Cursor::new(head[..got].to_vec()).chain(reader);
-    Ok(match detect(&head[..got]) {
+    let got = read_up_to(&mut reader, &mut head)?;
+    let kind = detect(&head[..got]);
+    Ok((kind, Cursor::new(head[..got].to_vec()).chain(reader)))
+}
+
+/// Wrap `reader` in the decompressor its first bytes call for (none for a plain tar).
+pub fn auto<'a, R: Read + 'a>(reader: R) -> Result<Box<dyn Read + 'a>> {
+    let (kind, whole) = sniff(reader).map_err(|e| Error::io("reading the layer stream", e))?;
+    Ok(match kind {
         Compression::None => Box::new(whole),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
         Compression::Zstd => Box::new(

@@ -414,18 +414,13 @@ impl ImageStore {
     fn unpack_verified(
         &self,
         id: &str,
-        mut blob: Box<dyn std::io::Read + Send>,
+        blob: Box<dyn std::io::Read + Send>,
         l: &format::LayerRef,
         progress: &dyn Progress,
     ) -> Result<u64> {
         use crate::archive::decompress;
-        use std::io::Read as _;
-        let mut head = [0u8; 6];
-        let n =
-            decompress::read_up_to(&mut blob, &mut head).ctx(|| format!("reading {}", l.path))?;
-        let compressed = decompress::detect(&head[..n]) != decompress::Compression::None;
-        let blob = std::io::Cursor::new(head[..n].to_vec()).chain(blob);
-        let mut raw = match compressed {
+        let (kind, blob) = decompress::sniff(blob).ctx(|| format!("reading {}", l.path))?;
+        let mut raw = match kind != decompress::Compression::None {
             true => digest::Hashing::new(blob),
             false => digest::Hashing::counting(blob),
         }
